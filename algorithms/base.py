@@ -1,0 +1,89 @@
+"""Shared shapes of the algorithm layer.
+
+An algorithm is built from a config and a :class:`Context`; it exposes the
+parameter-server round as pure-ish functions with explicit state (Optax
+style): worker state is batched ``[n, ...]``, server state is per-run, and
+each call returns the new state.  The engine moves the messages through the
+simulated network between the calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sim.models import Block
+from sim.rng import WorkerStreams
+
+# Bytes of one float32 value on the wire.
+VALUE_BYTES = 4
+# Bytes of one coordinate index on the wire (uint32; enough for d < 2^32).
+INDEX_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an algorithm may know about the run when it is built."""
+
+    d: int                          # number of parameters
+    n: int                          # number of workers
+    blocks: tuple[Block, ...]       # layer layout of theta (for per-layer compressors)
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Payload:
+    """An encoded batch of worker messages (row i is worker i's message).
+
+    ``tensors`` is what the receiver decodes; ``nbytes[i]`` is the size of
+    worker i's encoding on the wire, from the encoder's formula (headers are
+    added by the network layer).
+    """
+
+    tensors: Mapping[str, torch.Tensor]
+    nbytes: torch.Tensor  # [n] int64
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What the workers send this round."""
+
+    payload: Payload
+    carries_gradient: torch.Tensor   # [n] bool: counts as an upload (not a skip notice)
+
+
+@dataclass(frozen=True)
+class Downlink:
+    """What the server broadcasts this round (the same message to every worker)."""
+
+    nbytes: int
+    kind: str   # "params" | "update"
+
+
+class Algorithm(Protocol):
+    name: str
+
+    def init(self, theta: torch.Tensor) -> Any: ...
+
+    def worker_encode(self, state: Any, grads: torch.Tensor, round: int,
+                      streams: WorkerStreams) -> tuple[Upload, Any]: ...
+
+    def server_update(self, state: Any, theta: torch.Tensor, upload: Upload,
+                      arrived: torch.Tensor, round: int) -> tuple[torch.Tensor, Downlink, Any]: ...
+
+
+class AlgorithmConfig(BaseModel):
+    """Fields every algorithm entry in a scenario has."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="label in results and plots (default: kind)")
+    lr: float = Field(gt=0, description="learning rate")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind  # type: ignore[attr-defined]
+
+    def build(self, ctx: Context) -> Algorithm:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,262 @@
+"""The scenario schema (pydantic, unknown keys forbidden) and its loader.
+
+``load_scenario(path, overrides)`` reads YAML, applies ``--set a.b.c=value``
+overrides, validates, and raises :class:`ConfigError` with the file, the field
+path and what is allowed.  Quantities carry units ("1 Gbps", "5 ms", "10 min").
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from algorithms import AlgorithmEntry
+from topologies import TOPOLOGIES
+
+from .compute import ComputeConfig, FlopsCompute
+from .errors import ConfigError
+from .models import MODELS, MlpConfig
+from .unitfields import Bandwidth, Duration, PositiveDuration
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- data -------------------------------------------------------------------
+class IidPartition(Strict):
+    kind: Literal["iid"] = "iid"
+
+
+class DirichletPartition(Strict):
+    kind: Literal["dirichlet"] = "dirichlet"
+    alpha: float = Field(gt=0, description="concentration; small = more skewed")
+    min_size: int = Field(1, ge=1, description="redraw until every worker has this many samples")
+
+
+class ShardsPartition(Strict):
+    kind: Literal["shards"] = "shards"
+    classes_per_worker: int = Field(ge=1)
+
+
+Partition = Annotated[Union[IidPartition, DirichletPartition, ShardsPartition], Field(discriminator="kind")]
+
+
+class DataSpec(Strict):
+    dataset: str = "mnist5k"
+    root: str | None = Field(None, description="folder of a local data set (mnist, cifar10, cifar100)")
+    partition: Partition = Field(default_factory=IidPartition)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .data import DATASETS
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}")
+        return v
+
+
+# --- model ------------------------------------------------------------------
+ModelSpec = Annotated[Union[tuple(c for _, c in MODELS.items())], Field(discriminator="kind")]
+
+
+# --- network ----------------------------------------------------------------
+class LinkSpec(Strict):
+    bandwidth: Bandwidth = Field(description='e.g. "1 Gbps"')
+    latency: Duration = Field(0.0, description='one-way, e.g. "5 ms"')
+
+
+class NetworkSpec(Strict):
+    topology: str = "star"
+    uplink: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e9, latency=0.005))
+    downlink: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e9, latency=0.005))
+    server: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e10, latency=0.0))
+    sharing: Literal["fair"] = "fair"
+    header_bytes: int = Field(64, ge=0, description="bytes of header on every message")
+
+    @field_validator("topology")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {v!r}; allowed: {', '.join(TOPOLOGIES.names())}")
+        return v
+
+
+# --- run control ------------------------------------------------------------
+class StopSpec(Strict):
+    target_accuracy: float = Field(0.9, gt=0, le=1)
+    max_rounds: int = Field(1000, ge=1)
+    max_sim_time: PositiveDuration | None = Field(None, description='e.g. "10 min"')
+    on_target: bool = Field(True, description="stop an algorithm once it reaches the target")
+
+
+class Scenario(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    seeds: list[int] | None = Field(None, description="run every algorithm once per seed (default: [seed])")
+    workers: int = Field(ge=1)
+    batch_size: int = Field(ge=1, description="per worker")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradients: Literal["vmap", "loop"] = Field("vmap", description="batched per-worker gradients or a loop")
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=MlpConfig)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    compute: ComputeConfig = Field(default_factory=FlopsCompute)
+    stop: StopSpec = Field(default_factory=StopSpec)
+    eval_every: int = Field(25, ge=1, description="rounds between evaluations")
+    algorithms: list[AlgorithmEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Scenario":
+        labels = [a.label for a in self.algorithms]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"algorithm names must be unique; repeated: {', '.join(dup)} "
+                             "(give each entry its own name:)")
+        speed = getattr(self.compute, "speed", 1.0)
+        if isinstance(speed, list) and len(speed) != self.workers:
+            raise ValueError(f"compute.speed lists {len(speed)} values; allowed: one number, "
+                             f"or a list of exactly workers = {self.workers}")
+        return self
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --- loading ----------------------------------------------------------------
+def _set(data: dict, dotted: str, value: Any, file: str) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        where = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            try:
+                idx = int(key)
+                node[idx]  # noqa: B018 - bounds check
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {dotted}: {where} is not an index of a list of {len(node)}",
+                                  field=dotted, file=file) from None
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[:i])} is not a mapping or list",
+                              field=dotted, file=file)
+
+
+def parse_overrides(items: list[str] | None, file: str) -> list[tuple[str, Any]]:
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value", file=file)
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def _field_path(loc: tuple) -> str:
+    # pydantic puts the union tag in loc ("algorithms", 0, "sgd", "lr"); drop it.
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
+    return ".".join(parts)
+
+
+def _describe(err: dict) -> tuple[str, str]:
+    loc = list(err["loc"])
+    typ = err["type"]
+    msg = err["msg"]
+    inp = err.get("input")
+    if typ == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        return _field_path(tuple(loc) + ("kind",)), (
+            f"unknown value {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}")
+    if typ == "union_tag_not_found":
+        return _field_path(tuple(loc) + ("kind",)), "missing; every entry needs a kind"
+    # Discriminated unions insert the tag value into loc: remove it.
+    clean = []
+    for i, p in enumerate(loc):
+        if i > 0 and isinstance(p, str) and isinstance(loc[i - 1], int) and p.isidentifier() and \
+                i + 1 <= len(loc) and _is_tag(p):
+            continue
+        clean.append(p)
+    path = _field_path(tuple(clean))
+    if typ == "extra_forbidden":
+        return path, "unknown key (not allowed here; check the spelling)"
+    if typ == "missing":
+        return path, "required field is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if typ not in ("value_error",) and inp is not None and not isinstance(inp, (dict, list)):
+        msg = f"{msg} (got {inp!r})"
+    return path, msg
+
+
+_TAGS: set[str] = set()
+
+
+def _is_tag(p: str) -> bool:
+    if not _TAGS:
+        from algorithms import ALGORITHMS, COMPRESSORS
+        from .compute import COMPUTE_MODELS
+        for reg in (ALGORITHMS, COMPRESSORS, MODELS, COMPUTE_MODELS):
+            _TAGS.update(reg.names())
+        _TAGS.update({"iid", "dirichlet", "shards"})
+    return p in _TAGS
+
+
+def validate(data: Any, file: str) -> Scenario:
+    if not isinstance(data, dict):
+        raise ConfigError("the scenario must be a YAML mapping (key: value pairs)", file=file)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            path, msg = _describe(err)
+            lines.append(f"{path or '(top level)'}: {msg}")
+        first_path = _describe(exc.errors()[0])[0] or None
+        raise ConfigError("\n  ".join(lines) if len(lines) == 1 else
+                          f"{len(lines)} problems:\n  " + "\n  ".join(lines),
+                          field=None if len(lines) > 1 else first_path, file=file) from None
+
+
+def _message_without_field(e: ConfigError) -> ConfigError:
+    return e
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    file = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("no such file", file=file)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"malformed YAML{where}: {problem}", file=file) from None
+    if data is None:
+        data = {}
+    for key, value in parse_overrides(overrides, file):
+        if not isinstance(data, dict):
+            break
+        _set(data, key, value, file)
+    return validate(data, file)

@@ -1,0 +1,250 @@
+"""The co-simulation: real gradients on real data, simulated time on a SimPy network.
+
+One :class:`World` (data on the device, worker shards, model template,
+topology, compute times) is built per scenario and seed; :func:`run_algorithm`
+trains one algorithm in it.  The math of round t is computed batched over the
+n workers; the SimPy processes then decide *when* each message arrives:
+
+    worker i:  wait for round t's broadcast -> compute (step_s[i]) -> upload
+    server:    wait for every upload -> aggregate and update -> broadcast
+
+The synchronous trajectory does not depend on timing, so computing round t's
+math when the server starts the round is exact.  Simulated time comes only
+from the network and compute models, never from the host clock.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import simpy
+import torch
+
+import algorithms
+from algorithms.base import Context
+from topologies import TOPOLOGIES
+
+from .config import Scenario
+from .data import Dataset, Shards, load_dataset, make_shards, partition
+from .errors import ConfigError
+from .grads import GradFn, dropout_masks
+from .models import FlatModel, build_model
+from .network import Network
+from .rng import TAG_BATCH, WorkerStreams
+from .wire import Message
+
+SERVER = "server"
+EVAL_CHUNK = 2048          # samples per evaluation forward pass
+TRAIN_EVAL_SAMPLES = 2048  # train loss is measured on this fixed subset of the training set
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but torch.cuda.is_available() is False; "
+                          "allowed here: auto, cpu", field="device")
+    return torch.device(name)
+
+
+@dataclass
+class World:
+    """Everything about a scenario and seed that does not depend on the algorithm."""
+
+    scenario: Scenario
+    seed: int
+    device: torch.device
+    data: Dataset
+    shards: Shards               # on device
+    x_train: torch.Tensor        # on device
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    train_eval_idx: torch.Tensor
+    model: FlatModel
+    step_s: list[float]          # [n] seconds per local step
+
+    @property
+    def n(self) -> int:
+        return self.scenario.workers
+
+
+def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> World:
+    """Load data, partition it, build the model; raises ConfigError for
+    settings that are only checkable against the data (batch > shard)."""
+    device = pick_device(scn.device)
+    data = dataset or load_dataset(scn.data.dataset, scn.data.root)
+    part = scn.data.partition
+    params = part.model_dump(exclude={"kind"})
+    labels = data.y_train.numpy()
+    if scn.workers > len(labels):
+        raise ConfigError(f"{scn.workers} workers but the training set has only {len(labels)} samples; "
+                          f"allowed: 1 .. {len(labels)}", field="workers")
+    parts = partition(labels, scn.workers, part.kind, seed, **params)
+    smallest = min(len(p) for p in parts)
+    if scn.batch_size > smallest:
+        raise ConfigError(f"batch_size {scn.batch_size} is larger than the smallest worker shard "
+                          f"({smallest} samples under partition {part.kind!r}); allowed: 1 .. {smallest}",
+                          field="batch_size")
+    model = build_model(scn.model, data.input_shape, data.num_classes).to(device)
+    g = torch.Generator().manual_seed(seed)
+    n_eval = min(TRAIN_EVAL_SAMPLES, len(labels))
+    train_eval_idx = torch.randperm(len(labels), generator=g)[:n_eval].sort().values
+    try:
+        step_s = scn.compute.step_times(model, scn.batch_size, scn.workers)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="compute.speed") from None
+    return World(scn, seed, device, data, make_shards(parts).to(device),
+                 data.x_train.to(device), data.y_train.to(device),
+                 data.x_test.to(device), data.y_test.to(device),
+                 train_eval_idx.to(device), model, step_s)
+
+
+def build_network(scn: Scenario, env: simpy.Environment) -> Network:
+    net = scn.network
+    graph = TOPOLOGIES[net.topology](scn.workers, net.uplink, net.downlink, net.server)
+    return Network(env, graph, net.sharing)
+
+
+@torch.no_grad()
+def evaluate(world: World, theta: torch.Tensor) -> dict[str, float]:
+    """Test loss/accuracy on the whole test set; train loss on a fixed subset."""
+    def over(x, y):
+        loss_sum, correct = 0.0, 0
+        for s in range(0, len(y), EVAL_CHUNK):
+            logits = world.model.forward(theta, x[s:s + EVAL_CHUNK])
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, y[s:s + EVAL_CHUNK], reduction="sum"))
+            correct += int((logits.argmax(1) == y[s:s + EVAL_CHUNK]).sum())
+        return loss_sum / len(y), correct / len(y)
+
+    test_loss, test_acc = over(world.x_test, world.y_test)
+    idx = world.train_eval_idx
+    train_loss, _ = over(world.x_train[idx], world.y_train[idx])
+    return {"train_loss": train_loss, "test_loss": test_loss, "test_acc": test_acc}
+
+
+@dataclass
+class Counters:
+    round: int = 0
+    uploads: int = 0       # worker -> server messages carrying gradient information
+    bytes_up: int = 0      # all worker -> server bytes, headers included
+    bytes_down: int = 0    # all server -> worker bytes, headers included
+
+
+@dataclass
+class RunResult:
+    algorithm: str
+    seed: int
+    rows: list[dict] = field(default_factory=list)
+    diverged: bool = False
+    model_params: int = 0
+
+
+def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
+                  on_row: Callable[[dict], None] = lambda row: None,
+                  on_round: Callable[[int, float], None] = lambda r, t: None) -> RunResult:
+    """Train one algorithm in ``world`` until a stop rule fires.
+
+    ``on_row`` gets every evaluation row as soon as it exists (the caller
+    appends it to metrics.csv); ``on_round(round, sim_time_s)`` drives progress.
+    """
+    scn, n, dev = world.scenario, world.n, world.device
+    ctx = Context(d=world.model.d, n=n, blocks=world.model.blocks, device=dev)
+    alg = cfg.build(ctx)
+    streams = WorkerStreams(world.seed, n, dev)
+    grad_fn = GradFn(world.model, scn.gradients)
+    theta = world.model.init_params(world.seed, dev)                   # [d]
+    state = alg.init(theta)
+    env = simpy.Environment()
+    net = build_network(scn, env)
+    header = scn.network.header_bytes
+    workers = [f"w{i}" for i in range(n)]
+    result = RunResult(cfg.label, world.seed, model_params=world.model.d)
+    c = Counters()
+    stop = scn.stop
+    done_reason: list[str] = []
+
+    def record(extra_loss: float | None = None) -> dict:
+        ev = evaluate(world, theta)
+        row = {"algorithm": cfg.label, "seed": world.seed, "round": c.round, "sim_time_s": env.now,
+               "uploads": c.uploads, "bytes_up": c.bytes_up, "bytes_down": c.bytes_down, **ev}
+        result.rows.append(row)
+        on_row(row)
+        return row
+
+    def worker(i: int, ready: simpy.Event, msg: Message):
+        yield ready                                   # has round t's parameters
+        yield env.timeout(world.step_s[i])            # local forward/backward
+        yield net.send(msg)                           # upload
+
+    def server():
+        nonlocal theta, state
+        ready = [env.event().succeed() for _ in workers]   # round 0: theta_0 is known to all
+        row = record()
+        while True:
+            t = c.round
+            # -- the math of round t, batched over workers --------------------
+            local = streams.randint(TAG_BATCH, t, world.shards.size, scn.batch_size)      # [n, b]
+            idx = torch.gather(world.shards.index, 1, local)                             # [n, b]
+            x, y = world.x_train[idx], world.y_train[idx]                                # [n, b, ...], [n, b]
+            masks = dropout_masks(world.model, streams, t, scn.batch_size)
+            grads, losses = grad_fn(theta, x, y, masks)                                  # [n, d], [n]
+            if not bool(torch.isfinite(losses).all()):
+                result.diverged = True
+                done_reason.append("diverged")
+                return
+            upload, state = alg.worker_encode(state, grads, t, streams)
+            # -- the timing of round t ----------------------------------------
+            nbytes = upload.payload.nbytes.tolist()
+            msgs = [Message(workers[i], SERVER, "grad", t, int(nbytes[i]), header) for i in range(n)]
+            procs = [env.process(worker(i, ready[i], msgs[i])) for i in range(n)]
+            yield env.all_of(procs)
+            arrived = torch.ones(n, dtype=torch.bool)
+            theta, down, state = alg.server_update(state, theta, upload, arrived, t)
+            c.round += 1
+            c.uploads += int(upload.carries_gradient.sum())
+            c.bytes_up += sum(m.nbytes for m in msgs)
+            downs = [Message(SERVER, w, down.kind, t, down.nbytes, header) for w in workers]
+            c.bytes_down += sum(m.nbytes for m in downs)
+            ready = [net.send(m) for m in downs]
+            on_round(c.round, env.now)
+            if not bool(torch.isfinite(theta).all()):
+                result.diverged = True
+                done_reason.append("diverged")
+                record()
+                return
+            last = c.round >= stop.max_rounds or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
+            if c.round % scn.eval_every == 0 or last:
+                row = record()
+                if not math.isfinite(row["train_loss"]):
+                    result.diverged = True
+                    done_reason.append("diverged")
+                    return
+                if stop.on_target and row["test_acc"] >= stop.target_accuracy:
+                    done_reason.append("target")
+                    return
+            if last:
+                done_reason.append("limit")
+                return
+
+    proc = env.process(server())
+    env.run(until=proc)
+    return result
+
+
+def summarize(result: RunResult, target: float) -> dict:
+    """One summary row: first evaluation at or above the target accuracy."""
+    rows = result.rows
+    hit = next((r for r in rows if r["test_acc"] >= target), None)
+    last = rows[-1] if rows else {}
+    return {
+        "algorithm": result.algorithm, "seed": result.seed, "model_params": result.model_params,
+        "target_acc": target, "reached": hit is not None,
+        "time_to_target_s": hit["sim_time_s"] if hit else "",
+        "rounds_to_target": hit["round"] if hit else "",
+        "uploads_to_target": hit["uploads"] if hit else "",
+        "bytes_up_to_target": hit["bytes_up"] if hit else "",
+        "final_test_acc": last.get("test_acc", ""), "final_sim_time_s": last.get("sim_time_s", ""),
+        "final_round": last.get("round", ""), "diverged": result.diverged,
+    }

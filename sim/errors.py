@@ -1,0 +1,31 @@
+"""Errors that the CLI turns into one clear message and exit code 2."""
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """Bad user input: names the file, the field path and what is allowed.
+
+    ``field`` is a dotted path into the scenario (``network.uplink.bandwidth``,
+    ``algorithms.1.kind``) or ``None`` when the whole file is at fault.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, file: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.file = file
+
+    def with_file(self, file: str) -> "ConfigError":
+        if self.file is None:
+            self.file = file
+        return self
+
+    def __str__(self) -> str:
+        where = self.file or "<scenario>"
+        if self.field:
+            where += f": {self.field}"
+        return f"{where}: {self.message}"
+
+
+class DataError(ConfigError):
+    """A data set that cannot be read (missing files, wrong format)."""
