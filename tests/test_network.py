@@ -1,0 +1,182 @@
+"""The network model against closed forms and exact traces."""
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import simpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.network import Flow, Link, Network, max_min_rates
+from sim.wire import Message
+
+
+def line(*hops: tuple[str, str, float, float]) -> nx.DiGraph:
+    g = nx.DiGraph()
+    for u, v, bw, lat in hops:
+        g.add_edge(u, v, bandwidth_bps=bw, latency_s=lat)
+    return g
+
+
+def run_sends(graph, sends):
+    """sends: list of (start_s, src, dst, payload_bytes). Returns arrival time of each, in order."""
+    env = simpy.Environment()
+    net = Network(env, graph)
+    arrivals = [None] * len(sends)
+
+    def sender(i, start, src, dst, size):
+        yield env.timeout(start)
+        yield net.send(Message(src, dst, "x", 0, size, header_bytes=0))
+        arrivals[i] = env.now
+
+    for i, s in enumerate(sends):
+        env.process(sender(i, *s))
+    env.run()
+    return arrivals, net
+
+
+def test_one_message_latency_plus_size_over_bandwidth():
+    # 1 MB over 1 Gbit/s with 10 ms latency arrives at 0.018 s (design sketch trace).
+    arr, _ = run_sends(line(("a", "b", 1e9, 0.010)), [(0.0, "a", "b", 1_000_000)])
+    assert arr[0] == pytest.approx(0.018, rel=1e-12)
+
+
+def test_header_counts_on_the_wire():
+    env = simpy.Environment()
+    net = Network(env, line(("a", "b", 8e3, 0.0)))  # 1000 bytes/s
+    done = net.send(Message("a", "b", "x", 0, payload_bytes=936, header_bytes=64))
+    env.run()
+    assert done.processed and env.now == pytest.approx(1.0)
+    assert net.links[("a", "b")].bytes_carried == 1000
+
+
+def test_path_latency_adds_over_hops_and_bottleneck_sets_rate():
+    g = line(("a", "s", 1e9, 0.001), ("s", "b", 1e8, 0.002))
+    arr, _ = run_sends(g, [(0.0, "a", "b", 125_000)])  # 1 Mbit
+    assert arr[0] == pytest.approx(0.003 + 1e6 / 1e8, rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7])
+def test_k_equal_flows_share_a_link_equally(k):
+    size, bw, lat = 250_000, 1e9, 0.005
+    arr, _ = run_sends(line(("a", "b", bw, lat)), [(0.0, "a", "b", size)] * k)
+    # each gets bw / k: all finish together at k * size * 8 / bw
+    for t in arr:
+        assert t == pytest.approx(lat + k * size * 8 / bw, rel=1e-12)
+
+
+def test_late_flow_slows_the_first_then_speeds_it_up_again():
+    # B = 8000 bit/s = 1000 B/s. Flow A: 1000 B from t=0; flow B: 250 B from t=0.5.
+    # 0..0.5: A alone, 500 B sent.  Then both at 500 B/s: B done at 1.0 (250 B),
+    # A has 250 B left at 1.0 and finishes alone at 1.25.
+    arr, _ = run_sends(line(("a", "b", 8000.0, 0.0)), [(0.0, "a", "b", 1000), (0.5, "a", "b", 250)])
+    assert arr == [pytest.approx(1.25), pytest.approx(1.0)]
+
+
+def test_flow_limited_elsewhere_leaves_its_share_to_the_others():
+    # Two flows share link s->d (capacity 10 units); flow 1 is limited to 2 units by
+    # its own first hop, so flow 2 gets 8 (max-min), not 5 (equal split).
+    g = line(("x1", "s", 16.0, 0.0), ("x2", "s", 1000.0, 0.0), ("s", "d", 80.0, 0.0))
+    env = simpy.Environment()
+    net = Network(env, g)
+    f1 = Flow(Message("x1", "d", "x", 0, 100, 0), net.route("x1", "d"), 100.0, env.event(), 0.0)
+    f2 = Flow(Message("x2", "d", "x", 0, 100, 0), net.route("x2", "d"), 100.0, env.event(), 0.0)
+    max_min_rates([f1, f2])
+    assert f1.rate_Bps == pytest.approx(2.0)
+    assert f2.rate_Bps == pytest.approx(8.0)
+
+
+def test_parking_lot_textbook_rates():
+    # Bertsekas & Gallager parking lot: links L1..L3 of capacity 1; a long flow
+    # crosses all three, one short flow per link: every flow gets 1/2.
+    links = [Link(f"n{i}", f"n{i+1}", 8.0, 0.0) for i in range(3)]
+    ev = simpy.Environment().event()
+    long = Flow(Message("n0", "n3", "x", 0, 1, 0), tuple(links), 1.0, ev, 0.0)
+    shorts = [Flow(Message(l.src, l.dst, "x", 0, 1, 0), (l,), 1.0, ev, 0.0) for l in links]
+    max_min_rates([long, *shorts])
+    assert [f.rate_Bps for f in [long, *shorts]] == pytest.approx([0.5] * 4)
+    # Make L1 twice as fast: its short flow takes the spare capacity, others unchanged.
+    links[0].bandwidth_bps = 16.0
+    max_min_rates([long, *shorts])
+    assert [f.rate_Bps for f in [long, *shorts]] == pytest.approx([0.5, 1.5, 0.5, 0.5])
+
+
+def test_star_upload_through_shared_server_nic():
+    from topologies import TOPOLOGIES
+
+    class L:  # link spec stand-in
+        def __init__(self, bw, lat):
+            self.bandwidth, self.latency = bw, lat
+
+    n, size = 10, 1_000_000
+    g = TOPOLOGIES["star"](n, L(1e9, 0.005), L(1e9, 0.005), L(1e9, 0.0))
+    arr, net = run_sends(g, [(0.0, f"w{i}", "server", size) for i in range(n)])
+    # Every uplink could carry 1 Gbps but the server NIC (1 Gbps) is shared by 10:
+    # each flow runs at 100 Mbps -> 80 ms, plus 5 ms latency.
+    for t in arr:
+        assert t == pytest.approx(0.005 + n * size * 8 / 1e9)
+    nic = net.links[("switch", "server")]
+    assert nic.bytes_carried == n * size
+    assert nic.busy_s == pytest.approx(n * size * 8 / 1e9)
+
+
+def test_exact_trace_of_interleaved_sends():
+    env = simpy.Environment()
+    net = Network(env, line(("a", "b", 8000.0, 0.1)))
+    net.trace = True
+
+    def go(start, size, tag):
+        yield env.timeout(start)
+        yield net.send(Message("a", "b", tag, 0, size, 0))
+
+    env.process(go(0.0, 500, "m0"))
+    env.process(go(0.2, 100, "m1"))
+    env.run()
+    # m0 alone 0..0.2 (200 B), then both at 500 B/s: m1 done at 0.4, m0 has 200 B left
+    # -> alone at 1000 B/s -> done at 0.6; +0.1 latency each.
+    trace = [(round(s, 9), round(a, 9), m.kind) for s, a, m in net.delivered]
+    assert trace == [(0.2, 0.5, "m1"), (0.0, 0.7, "m0")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_max_min_properties_on_random_flow_sets(data):
+    n_links = data.draw(st.integers(1, 6))
+    caps = data.draw(st.lists(st.floats(1.0, 100.0), min_size=n_links, max_size=n_links))
+    links = [Link(f"a{i}", f"b{i}", 8 * c, 0.0) for i, c in enumerate(caps)]
+    n_flows = data.draw(st.integers(1, 8))
+    ev = simpy.Environment().event()
+    flows = []
+    for _ in range(n_flows):
+        idx = data.draw(st.lists(st.integers(0, n_links - 1), min_size=1, max_size=n_links, unique=True))
+        flows.append(Flow(Message("a", "b", "x", 0, 1, 0), tuple(links[i] for i in sorted(idx)), 1.0, ev, 0.0))
+    max_min_rates(flows)
+    load = {l: 0.0 for l in links}
+    for f in flows:
+        assert f.rate_Bps > 0
+        for l in f.path:
+            load[l] += f.rate_Bps
+            assert f.rate_Bps <= l.bandwidth_bps / 8 * (1 + 1e-9)   # never above any link on its path
+    for l in links:
+        assert load[l] <= l.bandwidth_bps / 8 * (1 + 1e-9)          # no link over capacity
+    # max-min: every flow has a saturated bottleneck on which it has the largest rate
+    for f in flows:
+        assert any(load[l] >= l.bandwidth_bps / 8 * (1 - 1e-9) and
+                   all(g.rate_Bps <= f.rate_Bps * (1 + 1e-9) for g in flows if l in g.path)
+                   for l in f.path)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(1, 5000)), min_size=1, max_size=8))
+def test_bytes_delivered_equal_bytes_sent_and_work_conserving(sends):
+    bw = 8000.0  # 1000 B/s
+    arr, net = run_sends(line(("a", "b", bw, 0.0)), [(s, "a", "b", b) for s, b in sends])
+    assert all(t is not None for t in arr)
+    link = net.links[("a", "b")]
+    assert link.bytes_carried == sum(b for _, b in sends)
+    # one link, work conserving: the last arrival is when a FIFO queue would empty
+    t = 0.0
+    for s, b in sorted(sends):
+        t = max(t, s) + b / 1000.0
+    assert max(arr) == pytest.approx(t, rel=1e-9, abs=1e-9)
+    assert link.busy_s == pytest.approx(sum(b for _, b in sends) / 1000.0, rel=1e-9, abs=1e-9)
