@@ -15,7 +15,7 @@ def _lineplot(df: pd.DataFrame, x: str, xlabel: str, target: float | None, path:
               logx: bool = False) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=df, x=x, y="test_acc", hue="algorithm", errorbar=("pi", 100) if df["seed"].nunique() > 1 else None,
-                 estimator="mean", ax=ax, drawstyle="steps-post")
+                 estimator="mean", ax=ax, marker="o", markersize=3)
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.0%}")
     if logx:
