@@ -180,3 +180,114 @@ def test_bytes_delivered_equal_bytes_sent_and_work_conserving(sends):
         t = max(t, s) + b / 1000.0
     assert max(arr) == pytest.approx(t, rel=1e-9, abs=1e-9)
     assert link.busy_s == pytest.approx(sum(b for _, b in sends) / 1000.0, rel=1e-9, abs=1e-9)
+
+
+# --- fifo, schedules, down intervals ------------------------------------------
+from sim.schedule import Schedule, read_trace, with_down_intervals  # noqa: E402
+
+
+def run_model(graph, sends, sharing, until=100.0):
+    env = simpy.Environment()
+    net = Network(env, graph, sharing)
+    arrivals = [None] * len(sends)
+
+    def sender(i, start, src, dst, size):
+        yield env.timeout(start)
+        yield net.send(Message(src, dst, "x", 0, size, header_bytes=0))
+        arrivals[i] = env.now
+
+    for i, s in enumerate(sends):
+        env.process(sender(i, *s))
+    env.run(until=until)  # a looping schedule never runs out of events
+    return arrivals, net
+
+
+@pytest.mark.parametrize("sharing", ["fair", "fifo"])
+def test_lone_message_same_time_in_both_models(sharing):
+    g = line(("a", "s", 1e9, 0.001), ("s", "t", 1e8, 0.002), ("t", "b", 5e8, 0.003))
+    arr, _ = run_model(g, [(0.25, "a", "b", 125_000)], sharing)
+    assert arr[0] == pytest.approx(0.25 + 0.006 + 1e6 / 1e8, rel=1e-12)
+
+
+def test_fifo_one_link_is_the_sum_of_serialization_times():
+    sizes = [1000, 250, 4000, 10]
+    arr, net = run_model(line(("a", "b", 8000.0, 0.5)), [(0.0, "a", "b", s) for s in sizes], "fifo")
+    t, expect = 0.0, []
+    for s in sizes:
+        t += s / 1000.0
+        expect.append(t + 0.5)
+    assert arr == pytest.approx(expect)
+    assert net.links[("a", "b")].busy_s == pytest.approx(sum(sizes) / 1000.0)
+
+
+def test_fifo_pipelines_across_links_instead_of_store_and_forward():
+    # two equal links: pipelined = S/B + 2 lat, store-and-forward would be 2 S/B + 2 lat
+    g = line(("a", "s", 8000.0, 0.1), ("s", "b", 8000.0, 0.1))
+    arr, _ = run_model(g, [(0.0, "a", "b", 1000)], "fifo")
+    assert arr[0] == pytest.approx(1.0 + 0.2)
+    # a slow first hop: the second link cannot finish before the tail arrives
+    g = line(("a", "s", 4000.0, 0.0), ("s", "b", 8000.0, 0.0))
+    arr, _ = run_model(g, [(0.0, "a", "b", 1000), (0.0, "a", "b", 1000)], "fifo")
+    assert arr == pytest.approx([2.0, 4.0])
+
+
+def sched_line(schedule, lat=0.0, nominal=8000.0):
+    g = nx.DiGraph()
+    g.add_edge("a", "b", bandwidth_bps=nominal, latency_s=lat, schedule=schedule)
+    return g
+
+
+@pytest.mark.parametrize("sharing", ["fair", "fifo"])
+def test_bandwidth_step_mid_transfer_gives_the_piecewise_answer(sharing):
+    # 1000 B/s until t=0.5, then 250 B/s: 1000 B -> 500 B by 0.5, 500 B more take 2 s.
+    s = Schedule((0.0, 0.5), (8000.0, 2000.0))
+    arr, _ = run_model(sched_line(s, lat=0.01), [(0.0, "a", "b", 1000)], sharing)
+    assert arr[0] == pytest.approx(2.5 + 0.01)
+
+
+@pytest.mark.parametrize("sharing", ["fair", "fifo"])
+def test_down_interval_delays_a_transfer_by_exactly_its_length(sharing):
+    base, _ = run_model(sched_line(None), [(0.0, "a", "b", 1000)], sharing)
+    down = with_down_intervals(None, 8000.0, [(0.3, 0.8)])
+    arr, _ = run_model(sched_line(down), [(0.0, "a", "b", 1000)], sharing)
+    assert arr[0] == pytest.approx(base[0] + 0.5)
+
+
+def test_looping_trace_repeats():
+    s = Schedule((0.0, 1.0), (8000.0, 0.0), period_s=2.0)  # up 1 s, down 1 s, repeat
+    assert [s.rate_at(t) for t in (0.0, 0.5, 1.0, 1.5, 2.0, 3.5, 4.2)] == \
+        [8000.0, 8000.0, 0.0, 0.0, 8000.0, 0.0, 8000.0]
+    # 2500 B at 1000 B/s while up: 1000 in [0,1), 1000 in [2,3), 500 in [4,4.5)
+    assert s.finish_time(0.0, 8 * 2500) == pytest.approx(4.5)
+    arr, _ = run_model(sched_line(s), [(0.0, "a", "b", 2500)], "fair")
+    assert arr[0] == pytest.approx(4.5)
+
+
+def test_link_that_never_comes_back_never_delivers():
+    s = Schedule((0.0, 0.5), (8000.0, 0.0))
+    assert s.finish_time(0.0, 8 * 1000) == float("inf")
+    for sharing in ("fair", "fifo"):
+        arr, _ = run_model(sched_line(s), [(0.0, "a", "b", 1000)], sharing)
+        assert arr == [None]
+
+
+@pytest.mark.parametrize("bad", [((0.0, 0.0), (1.0, 2.0)), ((0.0, 2.0, 1.0), (1.0, 1.0, 1.0)),
+                                 ((1.0,), (1.0,)), ((0.0,), (-1.0,))])
+def test_schedule_rejects_bad_points(bad):
+    with pytest.raises(ValueError):
+        Schedule(*bad)
+
+
+def test_trace_csv_errors_name_the_line(tmp_path):
+    from sim.errors import ConfigError
+    p = tmp_path / "t.csv"
+    p.write_text("time_s,bandwidth_bps\n0,1e9\n1,5e8\n")
+    assert read_trace(p, "f") == ([0.0, 1.0], [1e9, 5e8])
+    p.write_text("time_s,bandwidth_bps\n0,1e9\n1,abc\n")
+    with pytest.raises(ConfigError, match=r"t.csv:3"):
+        read_trace(p, "f")
+    p.write_text("time_s,bandwidth_bps\n0,1e9\n0,2e9\n")
+    with pytest.raises(ConfigError, match=r"t.csv:3: time_s"):
+        read_trace(p, "f")
+    with pytest.raises(ConfigError, match="not found"):
+        read_trace(tmp_path / "missing.csv", "f")
