@@ -70,7 +70,7 @@ def cmd_run(args) -> int:
     from sim.engine import build_world, run_algorithm, summarize
     from sim.errors import ConfigError
     from sim.progress import Progress
-    from sim.results import METRICS_COLUMNS, SUMMARY_COLUMNS, CsvAppender
+    from sim.results import LINK_COLUMNS, METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS, CsvAppender
 
     # 1. Scenario: read, override, validate (nothing is written before this passes).
     scn = load_scenario(args.scenario, args.set)
@@ -92,6 +92,8 @@ def cmd_run(args) -> int:
     (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
     metrics = CsvAppender(out / "metrics.csv", METRICS_COLUMNS)
     summary = CsvAppender(out / "summary.csv", SUMMARY_COLUMNS)
+    phases = CsvAppender(out / "phases.csv", PHASE_COLUMNS)
+    links = CsvAppender(out / "links.csv", LINK_COLUMNS)
     summaries: list[dict] = []
     status = 0
     any_world = next(iter(worlds.values()))
@@ -105,17 +107,21 @@ def cmd_run(args) -> int:
             for cfg in scn.algorithms:
                 with Progress(f"{cfg.label} (seed {seed})", scn.stop.max_rounds,
                               disable=args.quiet) as bar:
-                    result = run_algorithm(world, cfg, on_row=metrics.append, on_round=bar.update)
-                row = {**summarize(result, scn.stop.target_accuracy),
-                       "status": "diverged" if result.diverged else "done"}
+                    result = run_algorithm(world, cfg, on_row=metrics.append, on_round=bar.update,
+                                           on_phase=phases.append)
+                if result.stalled:
+                    print(f"{cfg.label} (seed {seed}) stopped: {result.stalled}", file=sys.stderr)
+                for link_row in result.links:
+                    links.append(link_row)
+                row = summarize(result, scn.stop.target_accuracy)
                 summary.append(row)
                 summaries.append(row)
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
         print("\ninterrupted: the rows written so far are kept", file=sys.stderr)
     finally:
-        metrics.close()
-        summary.close()
+        for f in (metrics, summary, phases, links):
+            f.close()
 
     # 5. Plots and the time-to-target table.
     if summaries:

@@ -56,10 +56,25 @@ class Upload:
 
 @dataclass(frozen=True)
 class Downlink:
-    """What the server broadcasts this round (the same message to every worker)."""
+    """What the server broadcasts this round (the same message to every worker).
+
+    ``delta`` [d], when the message is a parameter update, lets sharded servers
+    size their slice exactly (each sends the cheaper of dense and sparse).
+    """
 
     nbytes: int
     kind: str   # "params" | "update"
+    delta: torch.Tensor | None = None
+
+    def slice_bytes(self, bounds: list[tuple[int, int]], encode) -> list[int]:
+        if len(bounds) == 1:
+            return [self.nbytes]
+        if self.delta is not None:
+            return [encode(self.delta[a:b]) for a, b in bounds]
+        d = bounds[-1][1]
+        per = [self.nbytes * (b - a) // d for a, b in bounds]
+        per[-1] += self.nbytes - sum(per)
+        return per
 
 
 class Algorithm(Protocol):
@@ -67,8 +82,10 @@ class Algorithm(Protocol):
 
     def init(self, theta: torch.Tensor) -> Any: ...
 
+    summable: bool   # messages can be summed in transit (ring all-reduce)
+
     def worker_encode(self, state: Any, grads: torch.Tensor, round: int,
-                      streams: WorkerStreams) -> tuple[Upload, Any]: ...
+                      streams: WorkerStreams, active: torch.Tensor | None = None) -> tuple[Upload, Any]: ...
 
     def server_update(self, state: Any, theta: torch.Tensor, upload: Upload,
                       arrived: torch.Tensor, round: int) -> tuple[torch.Tensor, Downlink, Any]: ...

@@ -58,21 +58,29 @@ class ParameterServer:
         ef = ErrorFeedback(self.compressor).init(self.n, theta.numel(), theta.device) if self.error_feedback else None
         return PSState(self.optimizer.init(theta), ef)
 
+    @property
+    def summable(self) -> bool:
+        """Can the workers' messages be summed in transit (ring all-reduce)?"""
+        return self.compressor.linear
+
     def worker_encode(self, state: PSState, grads: torch.Tensor, round: int,
-                      streams: WorkerStreams) -> tuple[Upload, PSState]:
-        """grads [n, d] -> every worker's message."""
+                      streams: WorkerStreams, active: torch.Tensor | None = None) -> tuple[Upload, PSState]:
+        """grads [n, d] -> every worker's message.  ``active`` [n] bool: workers
+        taking part this round; the others' state is left as it was."""
         if self.error_feedback:
             payload, decoded, error = ErrorFeedback(self.compressor).step(
                 grads, state.error, streams=streams, round=round)
+            if active is not None:
+                error = torch.where(active.to(error.device).view(-1, 1), error, state.error)
         else:
             payload = self.compressor.compress(grads, streams=streams, round=round)
             decoded, error = self.compressor.decompress(payload), None
-        upload = Upload(payload, torch.ones(grads.shape[0], dtype=torch.bool))
-        return upload, replace(state, error=error, decoded=decoded)
+        sends = torch.ones(grads.shape[0], dtype=torch.bool) if active is None else active.cpu()
+        return Upload(payload, sends), replace(state, error=error, decoded=decoded)
 
     def server_update(self, state: PSState, theta: torch.Tensor, upload: Upload,
                       arrived: torch.Tensor, round: int) -> tuple[torch.Tensor, Downlink, PSState]:
         g_bar = mean_over_arrived(state.decoded, arrived.to(theta.device))
         delta, opt = self.optimizer.update(g_bar, state.opt, round)
-        down = Downlink(update_bytes(delta), "update")
+        down = Downlink(update_bytes(delta), "update", delta)
         return theta + delta, down, replace(state, opt=opt, decoded=None)

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch.utils.flop_counter import FlopCounterMode
 
 from .models import FlatModel
 from .registry import Registry
 from .unitfields import Duration
+from topologies.spec import _dists, per_worker, per_worker_type
+
+SpeedDist = _dists(PositiveFloat, "Speed")
 
 COMPUTE_MODELS: Registry = Registry("compute model")
 
@@ -37,23 +41,29 @@ def forward_flops_per_sample(model: FlatModel) -> int:
     return int(counter.get_total_flops())
 
 
+class Stragglers(BaseModel):
+    """Each worker, each step, independently: with ``probability`` the step
+    takes ``slowdown`` times as long (drawn from the worker's own stream)."""
+
+    model_config = ConfigDict(extra="forbid")
+    probability: float = Field(ge=0, le=1)
+    slowdown: float = Field(ge=1)
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    speed: Union[float, list[float]] = Field(
-        1.0, description="per-worker speed factor (a list of n, or one for all); 0.5 = half as fast")
+    speed: per_worker_type(PositiveFloat, SpeedDist) = Field(  # type: ignore[valid-type]
+        1.0, description="per-worker speed factor: one number, a list of n, or a distribution "
+                         "({dist: lognormal|uniform|choice, ...}); 0.5 = half as fast")
+    stragglers: Stragglers | None = None
 
-    def speeds(self, n: int) -> list[float]:
-        s = self.speed if isinstance(self.speed, list) else [self.speed] * n
-        if len(s) != n:
-            raise ValueError(f"compute.speed lists {len(s)} values but there are {n} workers")
-        if any(v <= 0 for v in s):
-            raise ValueError("compute.speed values must be > 0")
-        return [float(v) for v in s]
+    def speeds(self, n: int, rng: np.random.Generator) -> list[float]:
+        return per_worker(self.speed, n, rng, "compute.speed")
 
-    def step_times(self, model: FlatModel, batch_size: int, n: int) -> list[float]:
-        """Seconds per local step for each worker, [n]."""
+    def step_times(self, model: FlatModel, batch_size: int, n: int, rng: np.random.Generator) -> list[float]:
+        """Seconds per local step for each worker, [n] (before stragglers)."""
         base = self.base_step_s(model, batch_size)
-        return [base / s for s in self.speeds(n)]
+        return [base / s for s in self.speeds(n, rng)]
 
 
 @COMPUTE_MODELS.register("flops")

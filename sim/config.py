@@ -6,6 +6,7 @@ path and what is allowed.  Quantities carry units ("1 Gbps", "5 ms", "10 min").
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -14,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from algorithms import AlgorithmEntry
 from topologies import TOPOLOGIES
+from topologies.spec import LinkSpec
+from topologies.star import StarTopology
 
 from .compute import ComputeConfig, FlopsCompute
 from .errors import ConfigError
 from .models import MODELS, MlpConfig
-from .unitfields import Bandwidth, Duration, PositiveDuration
+from .unitfields import Duration, PositiveDuration
 
 
 class Strict(BaseModel):
@@ -63,25 +66,41 @@ ModelSpec = Annotated[Union[tuple(c for _, c in MODELS.items())], Field(discrimi
 
 
 # --- network ----------------------------------------------------------------
-class LinkSpec(Strict):
-    bandwidth: Bandwidth = Field(description='e.g. "1 Gbps"')
-    latency: Duration = Field(0.0, description='one-way, e.g. "5 ms"')
+Topology = Annotated[Union[tuple(c for _, c in TOPOLOGIES.items())], Field(discriminator="kind")]
 
 
 class NetworkSpec(Strict):
-    topology: str = "star"
-    uplink: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e9, latency=0.005))
-    downlink: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e9, latency=0.005))
-    server: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e10, latency=0.0))
-    sharing: Literal["fair"] = "fair"
+    topology: Topology = Field(default_factory=StarTopology,
+                               description="star | ring | hierarchical | graph (a name or {kind: ..., ...})")
+    uplink: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e9, latency=0.005),
+                             description="each worker -> its switch (ring: -> the next worker)")
+    downlink: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e9, latency=0.005),
+                               description="switch -> each worker")
+    server: LinkSpec = Field(default_factory=lambda: LinkSpec(bandwidth=1e10, latency=0.0),
+                             description="each server's NIC, both directions")
+    sharing: Literal["fair", "fifo"] = Field("fair", description="max-min fair flows, or one message at a time")
     header_bytes: int = Field(64, ge=0, description="bytes of header on every message")
 
-    @field_validator("topology")
+    @field_validator("topology", mode="before")
     @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in TOPOLOGIES:
-            raise ValueError(f"unknown topology {v!r}; allowed: {', '.join(TOPOLOGIES.names())}")
+    def _name_is_kind(cls, v):
+        if isinstance(v, str):
+            if v not in TOPOLOGIES:
+                raise ValueError(f"unknown topology {v!r}; allowed: {', '.join(TOPOLOGIES.names())}")
+            return {"kind": v}
         return v
+
+
+class WorkerFailure(Strict):
+    worker: int = Field(ge=0, description="worker index")
+    crash_at: Duration = Field(description='e.g. "10 s"')
+    rejoin_at: Duration | None = Field(None, description="comes back at this time (default: never)")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.rejoin_at is not None and self.rejoin_at <= self.crash_at:
+            raise ValueError("rejoin_at must be after crash_at")
+        return self
 
 
 # --- run control ------------------------------------------------------------
@@ -106,6 +125,10 @@ class Scenario(Strict):
     compute: ComputeConfig = Field(default_factory=FlopsCompute)
     stop: StopSpec = Field(default_factory=StopSpec)
     eval_every: int = Field(25, ge=1, description="rounds between evaluations")
+    round_timeout: PositiveDuration | None = Field(
+        None, description="a synchronous server stops waiting this long after it broadcast; "
+                          "later uploads count as missing for that round")
+    failures: list[WorkerFailure] = Field(default_factory=list, description="worker crashes (and rejoins)")
     algorithms: list[AlgorithmEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -113,12 +136,24 @@ class Scenario(Strict):
         labels = [a.label for a in self.algorithms]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
-            raise ValueError(f"algorithm names must be unique; repeated: {', '.join(dup)} "
+            raise ValueError(f"algorithms: names must be unique; repeated: {', '.join(dup)} "
                              "(give each entry its own name:)")
         speed = getattr(self.compute, "speed", 1.0)
         if isinstance(speed, list) and len(speed) != self.workers:
-            raise ValueError(f"compute.speed lists {len(speed)} values; allowed: one number, "
-                             f"or a list of exactly workers = {self.workers}")
+            raise ValueError(f"compute.speed: lists {len(speed)} values; allowed: one number, "
+                             f"a distribution, or a list of exactly workers = {self.workers}")
+        for field, spec in [("uplink", self.network.uplink), ("downlink", self.network.downlink)]:
+            for q in ("bandwidth", "latency"):
+                v = getattr(spec, q)
+                if isinstance(v, list) and len(v) != self.workers:
+                    raise ValueError(f"network.{field}.{q}: lists {len(v)} values; allowed: one value, "
+                                     f"a distribution, or a list of exactly workers = {self.workers}")
+        for f in self.failures:
+            if f.worker >= self.workers:
+                raise ValueError(f"failures: worker {f.worker} does not exist; allowed: 0 .. {self.workers - 1}")
+        if self.network.topology.collective == "ring" and (self.failures or self.round_timeout):
+            raise ValueError("network.topology: failures and round_timeout need a parameter-server topology "
+                             "(star, hierarchical, graph); a ring has no server to drop workers")
         return self
 
     @property
@@ -189,12 +224,7 @@ def _describe(err: dict) -> tuple[str, str]:
     if typ == "union_tag_not_found":
         return _field_path(tuple(loc) + ("kind",)), "missing; every entry needs a kind"
     # Discriminated unions insert the tag value into loc: remove it.
-    clean = []
-    for i, p in enumerate(loc):
-        if i > 0 and isinstance(p, str) and isinstance(loc[i - 1], int) and p.isidentifier() and \
-                i + 1 <= len(loc) and _is_tag(p):
-            continue
-        clean.append(p)
+    clean = [p for i, p in enumerate(loc) if not (i > 0 and isinstance(p, str) and _is_tag(p))]
     path = _field_path(tuple(clean))
     if typ == "extra_forbidden":
         return path, "unknown key (not allowed here; check the spelling)"
@@ -204,6 +234,10 @@ def _describe(err: dict) -> tuple[str, str]:
         msg = msg[len("Value error, "):]
     if typ not in ("value_error",) and inp is not None and not isinstance(inp, (dict, list)):
         msg = f"{msg} (got {inp!r})"
+    if not path:  # a check across fields says which field it is about: "field.path: message"
+        m = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg, re.S)
+        if m:
+            path, msg = m.groups()
     return path, msg
 
 
@@ -216,7 +250,8 @@ def _is_tag(p: str) -> bool:
         from .compute import COMPUTE_MODELS
         for reg in (ALGORITHMS, COMPRESSORS, MODELS, COMPUTE_MODELS):
             _TAGS.update(reg.names())
-        _TAGS.update({"iid", "dirichlet", "shards"})
+        _TAGS.update(TOPOLOGIES.names())
+        _TAGS.update({"iid", "dirichlet", "shards", "lognormal", "uniform", "choice", "one", "list", "dist"})
     return p in _TAGS
 
 
@@ -226,14 +261,12 @@ def validate(data: Any, file: str) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path, msg = _describe(err)
-            lines.append(f"{path or '(top level)'}: {msg}")
-        first_path = _describe(exc.errors()[0])[0] or None
-        raise ConfigError("\n  ".join(lines) if len(lines) == 1 else
-                          f"{len(lines)} problems:\n  " + "\n  ".join(lines),
-                          field=None if len(lines) > 1 else first_path, file=file) from None
+        problems = [_describe(err) for err in exc.errors()]
+        if len(problems) == 1:
+            path, msg = problems[0]
+            raise ConfigError(msg, field=path or None, file=file) from None
+        lines = [f"{path or '(top level)'}: {msg}" for path, msg in problems]
+        raise ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines), file=file) from None
 
 
 def _message_without_field(e: ConfigError) -> ConfigError:
@@ -259,4 +292,19 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         if not isinstance(data, dict):
             break
         _set(data, key, value, file)
-    return validate(data, file)
+    scn = validate(data, file)
+    try:
+        load_network_files(scn, p.resolve().parent)
+    except ConfigError as exc:
+        raise exc.with_file(file)
+    return scn
+
+
+def load_network_files(scn: Scenario, base: Path) -> None:
+    """Read trace and GraphML files named in the network section (paths are
+    relative to the scenario's folder)."""
+    net = scn.network
+    for name in ("uplink", "downlink", "server"):
+        getattr(net, name).load_trace(base, f"network.{name}.trace")
+    if hasattr(net.topology, "load_files"):
+        net.topology.load_files(base)

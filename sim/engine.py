@@ -18,12 +18,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import networkx as nx
+import numpy as np
 import simpy
 import torch
 
 import algorithms
 from algorithms.base import Context
-from topologies import TOPOLOGIES
+from algorithms.ps import update_bytes
 
 from .config import Scenario
 from .data import Dataset, Shards, load_dataset, make_shards, partition
@@ -31,10 +33,9 @@ from .errors import ConfigError
 from .grads import GradFn, dropout_masks
 from .models import FlatModel, build_model
 from .network import Network
-from .rng import TAG_BATCH, WorkerStreams
-from .wire import Message
+from .protocols import Failures, ParameterServer, Ring
+from .rng import TAG_BATCH, TAG_STRAGGLER, WorkerStreams
 
-SERVER = "server"
 EVAL_CHUNK = 2048          # samples per evaluation forward pass
 TRAIN_EVAL_SAMPLES = 2048  # train loss is measured on this fixed subset of the training set
 
@@ -63,7 +64,8 @@ class World:
     y_test: torch.Tensor
     train_eval_idx: torch.Tensor
     model: FlatModel
-    step_s: list[float]          # [n] seconds per local step
+    step_s: list[float]          # [n] seconds per local step (before stragglers)
+    graph: nx.DiGraph            # the topology, per-worker draws made
 
     @property
     def n(self) -> int:
@@ -91,20 +93,37 @@ def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> Wor
     g = torch.Generator().manual_seed(seed)
     n_eval = min(TRAIN_EVAL_SAMPLES, len(labels))
     train_eval_idx = torch.randperm(len(labels), generator=g)[:n_eval].sort().values
+    graph = build_graph(scn, seed)
     try:
-        step_s = scn.compute.step_times(model, scn.batch_size, scn.workers)
+        step_s = scn.compute.step_times(model, scn.batch_size, scn.workers, network_rng(seed + 1))
     except ValueError as exc:
         raise ConfigError(str(exc), field="compute.speed") from None
     return World(scn, seed, device, data, make_shards(parts).to(device),
                  data.x_train.to(device), data.y_train.to(device),
                  data.x_test.to(device), data.y_test.to(device),
-                 train_eval_idx.to(device), model, step_s)
+                 train_eval_idx.to(device), model, step_s, graph)
 
 
-def build_network(scn: Scenario, env: simpy.Environment) -> Network:
+def network_rng(seed: int) -> np.random.Generator:
+    """The generator for per-worker network and compute draws of a seed (its
+    own stream, so adding a dataset or algorithm never changes the network)."""
+    return np.random.default_rng([seed, 0x6E6574])
+
+
+def build_graph(scn: Scenario, seed: int) -> nx.DiGraph:
     net = scn.network
-    graph = TOPOLOGIES[net.topology](scn.workers, net.uplink, net.downlink, net.server)
-    return Network(env, graph, net.sharing)
+    try:
+        return net.topology.build(net, scn.workers, network_rng(seed))
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="network") from None
+
+
+def failures_of(scn: Scenario) -> Failures:
+    out = Failures()
+    for f in scn.failures:
+        out.intervals.setdefault(f.worker, []).append(
+            (f.crash_at, f.rejoin_at if f.rejoin_at is not None else math.inf))
+    return out
 
 
 @torch.no_grad()
@@ -127,9 +146,9 @@ def evaluate(world: World, theta: torch.Tensor) -> dict[str, float]:
 @dataclass
 class Counters:
     round: int = 0
-    uploads: int = 0       # worker -> server messages carrying gradient information
-    bytes_up: int = 0      # all worker -> server bytes, headers included
-    bytes_down: int = 0    # all server -> worker bytes, headers included
+    uploads: int = 0       # messages carrying gradient information (worker -> server, or ring steps)
+    bytes_up: int = 0      # all bytes sent by workers, headers included
+    bytes_down: int = 0    # all bytes sent by servers, headers included
 
 
 @dataclass
@@ -138,16 +157,33 @@ class RunResult:
     seed: int
     rows: list[dict] = field(default_factory=list)
     diverged: bool = False
+    stalled: str = ""          # why the run could not go on (nothing delivered), or ""
     model_params: int = 0
+    links: list[dict] = field(default_factory=list)
+
+
+MAX_EMPTY_ROUNDS = 10  # consecutive rounds in which no upload arrives before the run is declared stalled
+
+
+def straggler_times(world: World, streams: WorkerStreams, t: int) -> list[float]:
+    """This round's compute time per worker: base time, times the slowdown for
+    workers that straggle this step (drawn from each worker's stream)."""
+    spec = world.scenario.compute.stragglers
+    if spec is None or spec.probability == 0:
+        return world.step_s
+    u = streams.uniform(TAG_STRAGGLER, t, ()).view(-1).tolist()
+    return [s * (spec.slowdown if u[i] < spec.probability else 1.0) for i, s in enumerate(world.step_s)]
 
 
 def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                   on_row: Callable[[dict], None] = lambda row: None,
-                  on_round: Callable[[int, float], None] = lambda r, t: None) -> RunResult:
+                  on_round: Callable[[int, float], None] = lambda r, t: None,
+                  on_phase: Callable[[dict], None] = lambda row: None) -> RunResult:
     """Train one algorithm in ``world`` until a stop rule fires.
 
     ``on_row`` gets every evaluation row as soon as it exists (the caller
-    appends it to metrics.csv); ``on_round(round, sim_time_s)`` drives progress.
+    appends it to metrics.csv); ``on_phase`` gets each round's time breakdown;
+    ``on_round(round, sim_time_s)`` drives progress.
     """
     scn, n, dev = world.scenario, world.n, world.device
     ctx = Context(d=world.model.d, n=n, blocks=world.model.blocks, device=dev)
@@ -157,15 +193,18 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     theta = world.model.init_params(world.seed, dev)                   # [d]
     state = alg.init(theta)
     env = simpy.Environment()
-    net = build_network(scn, env)
+    net = Network(env, world.graph, scn.network.sharing)
     header = scn.network.header_bytes
-    workers = [f"w{i}" for i in range(n)]
+    topo = scn.network.topology
+    if topo.collective == "ring":
+        proto = Ring(env, net, n, world.model.d, header, alg.summable)
+    else:
+        proto = ParameterServer(env, net, n, topo.server_names(), world.model.d, header, failures_of(scn))
     result = RunResult(cfg.label, world.seed, model_params=world.model.d)
     c = Counters()
     stop = scn.stop
-    done_reason: list[str] = []
 
-    def record(extra_loss: float | None = None) -> dict:
+    def record() -> dict:
         ev = evaluate(world, theta)
         row = {"algorithm": cfg.label, "seed": world.seed, "round": c.round, "sim_time_s": env.now,
                "uploads": c.uploads, "bytes_up": c.bytes_up, "bytes_down": c.bytes_down, **ev}
@@ -173,17 +212,13 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
         on_row(row)
         return row
 
-    def worker(i: int, ready: simpy.Event, msg: Message):
-        yield ready                                   # has round t's parameters
-        yield env.timeout(world.step_s[i])            # local forward/backward
-        yield net.send(msg)                           # upload
-
     def server():
         nonlocal theta, state
-        ready = [env.event().succeed() for _ in workers]   # round 0: theta_0 is known to all
-        row = record()
+        record()
+        empty = 0
         while True:
             t = c.round
+            active = proto.begin(t)                                                      # [n] who takes part
             # -- the math of round t, batched over workers --------------------
             local = streams.randint(TAG_BATCH, t, world.shards.size, scn.batch_size)      # [n, b]
             idx = torch.gather(world.shards.index, 1, local)                             # [n, b]
@@ -192,26 +227,34 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
             grads, losses = grad_fn(theta, x, y, masks)                                  # [n, d], [n]
             if not bool(torch.isfinite(losses).all()):
                 result.diverged = True
-                done_reason.append("diverged")
                 return
-            upload, state = alg.worker_encode(state, grads, t, streams)
+            act = torch.tensor(active, dtype=torch.bool)
+            upload, state = alg.worker_encode(state, grads, t, streams, act)
             # -- the timing of round t ----------------------------------------
-            nbytes = upload.payload.nbytes.tolist()
-            msgs = [Message(workers[i], SERVER, "grad", t, int(nbytes[i]), header) for i in range(n)]
-            procs = [env.process(worker(i, ready[i], msgs[i])) for i in range(n)]
-            yield env.all_of(procs)
-            arrived = torch.ones(n, dtype=torch.bool)
-            theta, down, state = alg.server_update(state, theta, upload, arrived, t)
+            timing = yield from proto.round(t, upload.payload, active, straggler_times(world, streams, t),
+                                            scn.round_timeout)
+            arrived = torch.tensor(timing.arrived, dtype=torch.bool)
             c.round += 1
-            c.uploads += int(upload.carries_gradient.sum())
-            c.bytes_up += sum(m.nbytes for m in msgs)
-            downs = [Message(SERVER, w, down.kind, t, down.nbytes, header) for w in workers]
-            c.bytes_down += sum(m.nbytes for m in downs)
-            ready = [net.send(m) for m in downs]
+            c.uploads += timing.uploads
+            c.bytes_up += timing.bytes_up
+            if bool(arrived.any()):
+                empty = 0
+                theta, down, state = alg.server_update(state, theta, upload, arrived, t)
+                proto.finish(t, down.slice_bytes(getattr(proto, "bounds", [(0, world.model.d)]), update_bytes))
+            else:
+                empty += 1
+                proto.finish(t, None)     # nothing to apply: a header-only "no update"
+            c.bytes_down = proto.bytes_down
+            on_phase({"algorithm": cfg.label, "seed": world.seed, "round": t, **timing.phase,
+                      "arrived": int(arrived.sum())})
             on_round(c.round, env.now)
             if not bool(torch.isfinite(theta).all()):
                 result.diverged = True
-                done_reason.append("diverged")
+                record()
+                return
+            if empty >= MAX_EMPTY_ROUNDS:
+                result.stalled = (f"no upload arrived in {MAX_EMPTY_ROUNDS} consecutive rounds "
+                                  f"(rounds {t - MAX_EMPTY_ROUNDS + 2}..{t + 1}): workers crashed or links down")
                 record()
                 return
             last = c.round >= stop.max_rounds or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
@@ -219,18 +262,39 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                 row = record()
                 if not math.isfinite(row["train_loss"]):
                     result.diverged = True
-                    done_reason.append("diverged")
                     return
                 if stop.on_target and row["test_acc"] >= stop.target_accuracy:
-                    done_reason.append("target")
                     return
             if last:
-                done_reason.append("limit")
                 return
 
     proc = env.process(server())
-    env.run(until=proc)
+    try:
+        env.run(until=proc)
+    except RuntimeError as exc:
+        if "No scheduled events left" not in str(exc):
+            raise
+        result.stalled = (f"at simulated time {env.now:.6g} s, round {c.round + 1}: no message can ever "
+                          f"be delivered (a link down for good, or every worker crashed) and no "
+                          f"round_timeout is set")
+        record()
+    result.links = link_rows(net, cfg.label, world.seed, env.now)
     return result
+
+
+def link_rows(net: Network, label: str, seed: int, end_s: float) -> list[dict]:
+    """Per-link accounting for links.csv."""
+    rows = []
+    for (u, v), link in net.links.items():
+        if link.active:   # still busy at the end of the run: close the interval
+            link.busy_s += end_s - link._busy_since
+            link._busy_since = end_s
+        rows.append({"algorithm": label, "seed": seed, "link": link.name, "src": u, "dst": v,
+                     "bandwidth_bps": net.graph.edges[u, v]["bandwidth_bps"],
+                     "latency_s": link.latency_s, "messages": link.messages,
+                     "bytes_carried": int(link.bytes_carried), "busy_s": link.busy_s,
+                     "utilization": link.busy_s / end_s if end_s > 0 else 0.0})
+    return rows
 
 
 def summarize(result: RunResult, target: float) -> dict:
@@ -247,4 +311,5 @@ def summarize(result: RunResult, target: float) -> dict:
         "bytes_up_to_target": hit["bytes_up"] if hit else "",
         "final_test_acc": last.get("test_acc", ""), "final_sim_time_s": last.get("sim_time_s", ""),
         "final_round": last.get("round", ""), "diverged": result.diverged,
+        "status": "diverged" if result.diverged else ("stalled" if result.stalled else "done"),
     }

@@ -28,6 +28,7 @@ _C2 = 0x846CA68B
 TAG_BATCH = 1
 TAG_DROPOUT = 2
 TAG_COMPRESS = 3
+TAG_STRAGGLER = 4
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:

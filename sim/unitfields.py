@@ -27,3 +27,5 @@ Duration = Annotated[float, BeforeValidator(_parser("time")), Field(ge=0),
                      PlainSerializer(_writer("time"), return_type=str)]
 PositiveDuration = Annotated[float, BeforeValidator(_parser("time")), Field(gt=0),
                              PlainSerializer(_writer("time"), return_type=str)]
+BandwidthOrZero = Annotated[float, BeforeValidator(_parser("bandwidth")), Field(ge=0),
+                            PlainSerializer(_writer("bandwidth"), return_type=str)]

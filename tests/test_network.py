@@ -102,14 +102,18 @@ def test_parking_lot_textbook_rates():
 
 
 def test_star_upload_through_shared_server_nic():
-    from topologies import TOPOLOGIES
+    import numpy as np
 
-    class L:  # link spec stand-in
-        def __init__(self, bw, lat):
-            self.bandwidth, self.latency = bw, lat
+    from topologies.spec import LinkSpec
+    from topologies.star import StarTopology
+
+    class Net:
+        uplink = LinkSpec(bandwidth="1 Gbps", latency="5 ms")
+        downlink = LinkSpec(bandwidth="1 Gbps", latency="5 ms")
+        server = LinkSpec(bandwidth="1 Gbps")
 
     n, size = 10, 1_000_000
-    g = TOPOLOGIES["star"](n, L(1e9, 0.005), L(1e9, 0.005), L(1e9, 0.0))
+    g = StarTopology().build(Net, n, np.random.default_rng(0))
     arr, net = run_sends(g, [(0.0, f"w{i}", "server", size) for i in range(n)])
     # Every uplink could carry 1 Gbps but the server NIC (1 Gbps) is shared by 10:
     # each flow runs at 100 Mbps -> 80 ms, plus 5 ms latency.

@@ -1,7 +1,11 @@
-"""Topology registry: ``network.topology`` -> a builder of a networkx DiGraph.
+"""Topology registry: ``network.topology`` -> a config class whose ``build``
+returns a networkx DiGraph.
 
-Nodes are ``"server"``, ``"switch"`` and workers ``"w0" .. "w{n-1}"``; every
-directed edge carries ``bandwidth_bps`` and ``latency_s``.
+Workers are nodes ``"w0" .. "w{n-1}"``; parameter servers are ``"server"``
+(or ``"server0" ..`` when sharded); every directed edge carries
+``bandwidth_bps``, ``latency_s`` and optionally a bandwidth ``schedule``.
+``collective`` says how a round moves gradients: ``"ps"`` (upload to the
+servers, broadcast back) or ``"ring"`` (ring all-reduce / all-gather).
 """
 from __future__ import annotations
 
@@ -9,11 +13,9 @@ from sim.registry import Registry
 
 TOPOLOGIES: Registry = Registry("topology")
 
-from . import star  # noqa: E402,F401  (registers "star")
-
 
 def worker_name(i: int) -> str:
     return f"w{i}"
 
 
-SERVER = "server"
+from . import graph, hierarchical, ring, star  # noqa: E402,F401  (register the topologies)

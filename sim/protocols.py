@@ -1,0 +1,258 @@
+"""How one synchronous round moves messages through the network, in simulated time.
+
+A protocol gets the round's messages (sizes from the encoder), each worker's
+compute time and who takes part, runs the SimPy processes, and reports who
+arrived in time, the bytes moved and where the round's time went.  The math is
+not here: the engine computes it batched and passes only sizes.
+
+``ParameterServer``: workers upload to S servers (each server gets its slice
+of theta), the servers update and broadcast their slice back.
+``Ring``: ring all-reduce (summable messages) or all-gather (the rest).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+import torch
+
+from .network import Network
+from .wire import Message
+
+INF = float("inf")
+
+
+def slice_bounds(d: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous slices of theta for ``parts`` servers (or ring chunks), sizes
+    differing by at most one (np.array_split)."""
+    sizes = [len(a) for a in np.array_split(np.arange(d), parts)] if parts > 1 else [d]
+    out, start = [], 0
+    for s in sizes:
+        out.append((start, start + s))
+        start += s
+    return out
+
+
+def slice_bytes(tensors, nbytes: torch.Tensor, d: int, bounds: list[tuple[int, int]]) -> list[list[int]]:
+    """Per worker, the payload bytes that fall in each slice, [n][S].
+
+    Index-coded payloads (``indices`` in the tensors) are split exactly by where
+    their indices fall, each entry costing nbytes / k; other encodings are split
+    in proportion to the slice length (exact for dense and per-coordinate codes),
+    the rounding remainder going to the last slice.
+    """
+    n, parts = int(nbytes.shape[0]), len(bounds)
+    total = nbytes.tolist()
+    if parts == 1:
+        return [[int(b)] for b in total]
+    if "indices" in tensors:
+        idx = tensors["indices"]                                  # [n, k]
+        k = max(int(idx.shape[1]), 1)
+        edges = torch.tensor([b for _, b in bounds[:-1]], device=idx.device)
+        which = torch.bucketize(idx, edges, right=True)           # [n, k] slice of each entry
+        counts = torch.stack([(which == j).sum(1) for j in range(parts)], 1).tolist()  # [n, S]
+        out = []
+        for i in range(n):
+            per = [int(c * total[i] // k) for c in counts[i]]
+            per[-1] += int(total[i]) - sum(per)
+            out.append(per)
+        return out
+    out = []
+    for i in range(n):
+        per = [int(total[i] * (b - a) // d) for a, b in bounds]
+        per[-1] += int(total[i]) - sum(per)
+        out.append(per)
+    return out
+
+
+@dataclass
+class RoundTiming:
+    arrived: list[bool]
+    messages_up: int = 0
+    bytes_up: int = 0
+    uploads: int = 0                 # messages carrying gradient information
+    phase: dict = field(default_factory=dict)
+
+
+@dataclass
+class Failures:
+    """Worker down intervals: worker i is down in [crash_at, rejoin_at)."""
+
+    intervals: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def up(self, i: int, t: float) -> bool:
+        return not any(a <= t < b for a, b in self.intervals.get(i, ()))
+
+    def up_through(self, i: int, t0: float, t1: float) -> bool:
+        """Up for the whole of [t0, t1]."""
+        return not any(a <= t1 and t0 < b for a, b in self.intervals.get(i, ()))
+
+
+class ParameterServer:
+    """Workers -> S servers (slices) -> workers."""
+
+    def __init__(self, env: simpy.Environment, net: Network, n: int, servers: list[str], d: int,
+                 header: int, failures: Failures) -> None:
+        self.env, self.net, self.n, self.servers, self.d = env, net, n, servers, d
+        self.header = header
+        self.failures = failures
+        self.workers = [f"w{i}" for i in range(n)]
+        self.bounds = slice_bounds(d, len(servers))
+        start = env.event().succeed()
+        self.ready: list[simpy.Event | None] = [start] * n    # has the round's parameters
+        self.synced_at = [0.0] * n                            # when its last broadcast was sent
+        self.round_start = 0.0
+        self.bytes_down = 0
+
+    def begin(self, t: int) -> list[bool]:
+        """Who takes part in round t: the workers up now.  A worker that was down
+        since its last broadcast pulls the full parameters first (4 d bytes: its
+        copy may be stale)."""
+        active = []
+        now = self.env.now
+        for i in range(self.n):
+            up = self.failures.up(i, now)
+            active.append(up)
+            if up and (self.ready[i] is None or not self.failures.up_through(i, self.synced_at[i], now)):
+                evs = []
+                for j, s in enumerate(self.servers):
+                    a, b = self.bounds[j]
+                    msg = Message(s, self.workers[i], "params", t, 4 * (b - a), self.header)
+                    self.bytes_down += msg.nbytes
+                    evs.append(self.net.send(msg))
+                self.ready[i] = evs[0] if len(evs) == 1 else self.env.all_of(evs)
+                self.synced_at[i] = now
+        return active
+
+    def _worker(self, i: int, t: int, sizes: list[int], step_s: float, out: dict):
+        yield self.ready[i]
+        out["ready"][i] = self.env.now
+        yield self.env.timeout(step_s)
+        if not self.failures.up_through(i, self.round_start, self.env.now):
+            out["lost"][i] = self.env.now   # crashed before it could send
+            return False
+        evs = [self.net.send(Message(self.workers[i], s, "grad", t, sizes[j], self.header))
+               for j, s in enumerate(self.servers)]
+        out["sent_bytes"][i] = sum(sizes) + self.header * len(self.servers)
+        yield self.env.all_of(evs)
+        out["done"][i] = self.env.now
+        return True
+
+    def round(self, t: int, payload, active: list[bool], step_s: list[float], timeout_s: float | None):
+        """SimPy generator: returns RoundTiming once every active worker's
+        upload arrived, crashed, or the deadline passed."""
+        sizes = slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
+        out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}}
+        procs = {i: self.env.process(self._worker(i, t, sizes[i], step_s[i], out))
+                 for i in range(self.n) if active[i]}
+        wait = self.env.all_of(list(procs.values()))
+        if timeout_s is not None:
+            deadline = self.round_start + timeout_s
+            yield wait | self.env.timeout(max(deadline - self.env.now, 0.0))
+        else:
+            yield wait
+        end = self.env.now
+        arrived = [i in out["done"] and out["done"][i] <= end for i in range(self.n)]
+        timing = RoundTiming(arrived)
+        timing.messages_up = len(out["sent_bytes"]) * len(self.servers)
+        timing.bytes_up = sum(out["sent_bytes"].values())
+        timing.uploads = timing.messages_up
+        timing.phase = self._phases(out, step_s, end, arrived)
+        return timing
+
+    def _phases(self, out, step_s, end, arrived) -> dict:
+        """Critical-path breakdown: the worker whose upload completed last."""
+        done = {i: t for i, t in out["done"].items() if arrived[i]}
+        ph = {"start_s": self.round_start, "end_s": end, "download_s": 0.0, "compute_s": 0.0,
+              "upload_s": 0.0, "server_s": 0.0, "wait_s": end - self.round_start, "critical_worker": ""}
+        if done:
+            c = max(done, key=lambda i: (done[i], -i))
+            ready = out["ready"][c]
+            ph.update(download_s=ready - self.round_start, compute_s=step_s[c],
+                      upload_s=done[c] - ready - step_s[c], wait_s=end - done[c], critical_worker=c)
+        return ph
+
+    def finish(self, t: int, down_sizes: list[int] | None) -> None:
+        """The servers broadcast their slice of the update to every worker up now;
+        ``None``: nothing was applied, a header-only 'no update' goes out."""
+        self.round_start = self.env.now
+        for i in range(self.n):
+            if not self.failures.up(i, self.env.now):
+                self.ready[i] = None          # must pull the parameters when it rejoins
+                continue
+            evs = []
+            for j, s in enumerate(self.servers):
+                size = 0 if down_sizes is None else down_sizes[j]
+                msg = Message(s, self.workers[i], "update", t, size, self.header)
+                self.bytes_down += msg.nbytes
+                evs.append(self.net.send(msg))
+            self.ready[i] = evs[0] if len(evs) == 1 else self.env.all_of(evs)
+            self.synced_at[i] = self.env.now
+
+
+class Ring:
+    """Ring all-reduce or all-gather among the workers; no server."""
+
+    def __init__(self, env: simpy.Environment, net: Network, n: int, d: int, header: int,
+                 summable: bool) -> None:
+        self.env, self.net, self.n, self.d, self.header = env, net, n, d, header
+        self.summable = summable
+        self.workers = [f"w{i}" for i in range(n)]
+        self.ready_at = [0.0] * n      # when each worker had the last round's result
+        self.round_start = 0.0
+        self.bytes_down = 0
+        self.bounds = slice_bounds(d, n)
+
+    def begin(self, t: int) -> list[bool]:
+        return [True] * self.n
+
+    def round(self, t: int, payload, active, step_s, timeout_s):
+        n = self.n
+        if self.summable:
+            # reduce-scatter then all-gather: step s, worker i sends chunk (i - s) mod n
+            chunk = slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)   # [n][n]
+            steps = 2 * (n - 1)
+            size = lambda i, s: chunk[i][(i - s) % n]  # noqa: E731
+        else:
+            # all-gather: step s, worker i forwards the message that originated at (i - s) mod n
+            total = payload.nbytes.tolist()
+            steps = n - 1
+            size = lambda i, s: int(total[(i - s) % n])  # noqa: E731
+        got = [[self.env.event() for _ in range(steps)] for _ in range(n)]  # got[i][s]: i received step s
+        out = {"ready": {}, "done": {}, "bytes": 0, "msgs": 0}
+
+        def worker(i):
+            # Worker i had the previous result at ready_at[i] (<= now) and computes
+            # from then on; it cannot send before now, when the engine starts the round.
+            out["ready"][i] = self.ready_at[i]
+            yield self.env.timeout(max(self.ready_at[i] + step_s[i] - self.env.now, 0.0))
+            nxt = (i + 1) % n
+            for s in range(steps):
+                if s > 0:
+                    yield got[i][s - 1]
+                msg = Message(self.workers[i], self.workers[nxt], "grad", t, size(i, s), self.header)
+                out["bytes"] += msg.nbytes
+                out["msgs"] += 1
+                ev = self.net.send(msg)
+                ev.callbacks.append(lambda _e, nxt=nxt, s=s: got[nxt][s].succeed())
+            if steps:
+                yield got[i][steps - 1]
+            out["done"][i] = self.env.now
+
+        procs = [self.env.process(worker(i)) for i in range(n)]
+        yield self.env.all_of(procs)
+        end = self.env.now
+        timing = RoundTiming([True] * n, messages_up=out["msgs"], bytes_up=out["bytes"], uploads=out["msgs"])
+        c = max(out["done"], key=lambda i: (out["done"][i], -i))
+        compute = max(out["ready"][c] + step_s[c] - self.round_start, 0.0)   # the part inside this round
+        timing.phase = {"start_s": self.round_start, "end_s": end, "download_s": 0.0,
+                        "compute_s": compute, "upload_s": out["done"][c] - self.round_start - compute,
+                        "server_s": 0.0, "wait_s": end - out["done"][c], "critical_worker": c}
+        # every worker starts the next round as soon as it has the reduced result
+        self.ready_at = [out["done"][i] for i in range(n)]
+        return timing
+
+    def finish(self, t: int, down_sizes) -> None:
+        # Each worker applied the update itself when its all-gather finished.
+        self.round_start = self.env.now
