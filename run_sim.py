@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv")
 EXIT_INTERRUPTED = 130
 
 
@@ -54,7 +55,14 @@ def cmd_list() -> int:
 
 def cmd_validate(args) -> int:
     from sim.config import load_scenario
+    from sim.engine import build_world
+    from sim.errors import ConfigError
     scn = load_scenario(args.scenario, args.set)
+    try:  # checks that need the data (batch larger than a shard, unreachable nodes)
+        for seed in scn.run_seeds:
+            build_world(scn, seed)
+    except ConfigError as exc:
+        raise exc.with_file(args.scenario)
     print(f"{args.scenario}: ok ({len(scn.algorithms)} algorithms, {scn.workers} workers, "
           f"seeds {scn.run_seeds})")
     return 0
@@ -76,8 +84,10 @@ def cmd_run(args) -> int:
     scn = load_scenario(args.scenario, args.set)
     out = Path(args.out) if args.out else \
         Path("results") / scn.name / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if (out / "metrics.csv").exists() and not args.overwrite:
-        raise ConfigError(f"{out} already holds results; pass --overwrite or choose another --out",
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder", file=args.scenario)
+    if not args.overwrite and any((out / f).exists() for f in RESULT_FILES):
+        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
                           file=args.scenario)
 
     # 2. Worlds (data on the device, shards, model) per seed: checks that need the data.

@@ -137,7 +137,7 @@ class Scenario(Strict):
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"algorithms: names must be unique; repeated: {', '.join(dup)} "
-                             "(give each entry its own name:)")
+                             "(give each entry its own `name`)")
         speed = getattr(self.compute, "speed", 1.0)
         if isinstance(speed, list) and len(speed) != self.workers:
             raise ValueError(f"compute.speed: lists {len(speed)} values; allowed: one number, "
@@ -161,7 +161,9 @@ class Scenario(Strict):
         return list(self.seeds) if self.seeds else [self.seed]
 
     def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """The resolved scenario, units written back ("1 Gbps"); unset optional
+        fields (None) are left out, so the dump loads back to the same scenario."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 # --- loading ----------------------------------------------------------------
@@ -217,15 +219,16 @@ def _describe(err: dict) -> tuple[str, str]:
     typ = err["type"]
     msg = err["msg"]
     inp = err.get("input")
-    if typ == "union_tag_invalid":
-        ctx = err.get("ctx", {})
-        return _field_path(tuple(loc) + ("kind",)), (
-            f"unknown value {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}")
-    if typ == "union_tag_not_found":
-        return _field_path(tuple(loc) + ("kind",)), "missing; every entry needs a kind"
     # Discriminated unions insert the tag value into loc: remove it.
     clean = [p for i, p in enumerate(loc) if not (i > 0 and isinstance(p, str) and _is_tag(p))]
     path = _field_path(tuple(clean))
+    if typ in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx", {})
+        key = str(ctx.get("discriminator", "kind")).strip("'")
+        path = f"{path}.{key}" if path else key
+        if typ == "union_tag_not_found":
+            return path, f"missing; allowed: {_allowed_tags(loc, key)}"
+        return path, f"unknown value {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
     if typ == "extra_forbidden":
         return path, "unknown key (not allowed here; check the spelling)"
     if typ == "missing":
@@ -242,6 +245,12 @@ def _describe(err: dict) -> tuple[str, str]:
 
 
 _TAGS: set[str] = set()
+
+
+def _allowed_tags(loc: list, key: str) -> str:
+    if key == "dist":
+        return "'lognormal', 'uniform', 'choice'"
+    return "see `python run_sim.py list`"
 
 
 def _is_tag(p: str) -> bool:
@@ -292,6 +301,8 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         if not isinstance(data, dict):
             break
         _set(data, key, value, file)
+    if overrides:
+        file = f"{file} (with --set {' '.join(overrides)})"
     scn = validate(data, file)
     try:
         load_network_files(scn, p.resolve().parent)

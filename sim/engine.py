@@ -86,7 +86,7 @@ def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> Wor
     parts = partition(labels, scn.workers, part.kind, seed, **params)
     smallest = min(len(p) for p in parts)
     if scn.batch_size > smallest:
-        raise ConfigError(f"batch_size {scn.batch_size} is larger than the smallest worker shard "
+        raise ConfigError(f"{scn.batch_size} is larger than the smallest worker shard "
                           f"({smallest} samples under partition {part.kind!r}); allowed: 1 .. {smallest}",
                           field="batch_size")
     model = build_model(scn.model, data.input_shape, data.num_classes).to(device)
@@ -227,6 +227,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
             grads, losses = grad_fn(theta, x, y, masks)                                  # [n, d], [n]
             if not bool(torch.isfinite(losses).all()):
                 result.diverged = True
+                record()
                 return
             act = torch.tensor(active, dtype=torch.bool)
             upload, state = alg.worker_encode(state, grads, t, streams, act)

@@ -74,4 +74,6 @@ def format(value: float, kind: str) -> str:  # noqa: A001 - mirrors parse()
             if float(text) * scale == value:
                 return f"{text} {unit}"
     base = _OUT[kind][-1][0] if kind != "time" else "s"
+    if value == 0:
+        return f"0 {base}"
     return f"{value!r} {base}"

@@ -39,6 +39,7 @@ class EdgeSpec(LinkSpec):
 class GraphTopology(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["graph"] = "graph"
+    nodes: list[str] | None = Field(None, description="optional: the node names edges may use")
     edges: list[EdgeSpec] = Field(default_factory=list)
     graphml: str | None = Field(None, description="GraphML file; edge attributes bandwidth_bps and latency_s")
     servers: int = Field(1, ge=1)
@@ -82,8 +83,15 @@ class GraphTopology(BaseModel):
 
     def build(self, net, n: int, rng: np.random.Generator) -> nx.DiGraph:
         g = self._graphml() if self.graphml else nx.DiGraph()
+        if self.nodes is not None:
+            g.add_nodes_from(self.nodes)
         for i, e in enumerate(self.edges):
             field = f"network.topology.edges.{i}"
+            if self.nodes is not None:
+                for end in (e.src, e.dst):
+                    if end not in self.nodes:
+                        raise ConfigError(f"unknown node {end!r}; allowed: the nodes listed in "
+                                          f"network.topology.nodes", field=field)
             bw = e.nominal(1, rng, field)[0]
             lat = e.latencies(1, rng, field)[0]
             attrs = link_attrs(bw, lat, e.make_schedule(bw))
