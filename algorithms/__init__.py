@@ -13,10 +13,15 @@ from sim.registry import Registry
 
 from .base import AlgorithmConfig, Context
 from .compressors import COMPRESSORS, CompressorConfig, TopKConfig
-from .optim import AmsGrad, Sgd
-from .ps import ParameterServer
+from .onebit import OneBitAdam
+from .optim import Adam, AmsGrad, Momentum, Sgd
+from .ps import LocalAdam, LocalMomentum, ParameterServer
 
 ALGORITHMS: Registry = Registry("algorithm")
+
+
+def _none(ctx: Context):
+    return COMPRESSORS["none"]().build(ctx)
 
 
 @ALGORITHMS.register("sgd")
@@ -27,7 +32,48 @@ class SgdConfig(AlgorithmConfig):
     kind: Literal["sgd"] = "sgd"
 
     def build(self, ctx: Context) -> ParameterServer:
-        return ParameterServer(self.label, COMPRESSORS["none"]().build(ctx), Sgd(self.lr), False, ctx.n)
+        return ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n)
+
+
+@ALGORITHMS.register("momentum_sgd")
+class MomentumSgdConfig(AlgorithmConfig):
+    """Dense SGD with heavy-ball (or Nesterov) momentum on the server."""
+
+    kind: Literal["momentum_sgd"] = "momentum_sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+    def build(self, ctx: Context) -> ParameterServer:
+        return ParameterServer(self.label, _none(ctx), Momentum(self.lr_at, self.momentum, self.nesterov),
+                               False, ctx.n)
+
+
+class _AdamFields(AlgorithmConfig):
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+
+
+@ALGORITHMS.register("amsgrad")
+class AmsGradConfig(_AdamFields):
+    """Dense AMSGrad on the server (comp-ams.txt Algorithm 1 with eps inside the root)."""
+
+    kind: Literal["amsgrad"] = "amsgrad"
+
+    def build(self, ctx: Context) -> ParameterServer:
+        return ParameterServer(self.label, _none(ctx), AmsGrad(self.lr_at, self.beta1, self.beta2, self.eps),
+                               False, ctx.n)
+
+
+@ALGORITHMS.register("adam")
+class AdamConfig(_AdamFields):
+    """Dense Adam on the server (Kingma & Ba 2015, bias-corrected, eps outside the root)."""
+
+    kind: Literal["adam"] = "adam"
+
+    def build(self, ctx: Context) -> ParameterServer:
+        return ParameterServer(self.label, _none(ctx), Adam(self.lr_at, self.beta1, self.beta2, self.eps),
+                               False, ctx.n)
 
 
 @ALGORITHMS.register("topk_ef_sgd")
@@ -38,26 +84,95 @@ class TopKEfSgdConfig(AlgorithmConfig):
 
     kind: Literal["topk_ef_sgd"] = "topk_ef_sgd"
     ratio: float = Field(0.01, gt=0, le=1, description="fraction of coordinates kept, in (0, 1]")
+    error_feedback: bool = True
 
     def build(self, ctx: Context) -> ParameterServer:
-        return ParameterServer(self.label, TopKConfig(ratio=self.ratio).build(ctx), Sgd(self.lr), True, ctx.n)
+        return ParameterServer(self.label, TopKConfig(ratio=self.ratio).build(ctx), Sgd(self.lr_at),
+                               self.error_feedback, ctx.n)
 
 
 @ALGORITHMS.register("comp_ams")
-class CompAmsConfig(AlgorithmConfig):
+class CompAmsConfig(_AdamFields):
     """COMP-AMS (comp-ams.txt Algorithm 2): compressed gradients with error
-    feedback on the workers, AMSGrad with max(v) on the server."""
+    feedback on the workers (lines 7-8), AMSGrad with max(v) on the server
+    (lines 12-16).  Any compressor; ``error_feedback: false`` gives the
+    paper's curves without EF."""
 
     kind: Literal["comp_ams"] = "comp_ams"
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
     compressor: CompressorConfig = Field(default_factory=lambda: TopKConfig(ratio=0.01))
     error_feedback: bool = True
 
     def build(self, ctx: Context) -> ParameterServer:
-        opt = AmsGrad(self.lr, self.beta1, self.beta2, self.eps)
+        opt = AmsGrad(self.lr_at, self.beta1, self.beta2, self.eps)
         return ParameterServer(self.label, self.compressor.build(ctx), opt, self.error_feedback, ctx.n)
+
+
+@ALGORITHMS.register("qadam")
+class QAdamConfig(_AdamFields):
+    """Quantized Adam with error feedback (Chen et al. 2020, comp-ams.txt ref.
+    [13]): each worker keeps its own m and v and sends the compressed
+    m / (sqrt(v) + eps) with EF; the server averages and steps by lr."""
+
+    kind: Literal["qadam"] = "qadam"
+    compressor: CompressorConfig = Field(default_factory=lambda: TopKConfig(ratio=0.01))
+    error_feedback: bool = True
+
+    def build(self, ctx: Context) -> ParameterServer:
+        return ParameterServer(self.label, self.compressor.build(ctx), Sgd(self.lr_at), self.error_feedback,
+                               ctx.n, local=LocalAdam(self.beta1, self.beta2, self.eps))
+
+
+@ALGORITHMS.register("efficient_adam")
+class EfficientAdamConfig(_AdamFields):
+    """Efficient-Adam (Chen et al., efficient-adam-abstract.txt): workers send
+    their compressed Adam direction with worker-side EF; the server averages,
+    compresses the update again with server-side EF and broadcasts it
+    (two-way quantization, two-way error feedback).  Only the abstract is in
+    ../shared/papers: the worker direction m / (sqrt(v) + eps) follows the
+    published Algorithm 1 as we read it (unverified against the full text)."""
+
+    kind: Literal["efficient_adam"] = "efficient_adam"
+    compressor: CompressorConfig = Field(default_factory=lambda: TopKConfig(ratio=0.01))
+    server_compressor: CompressorConfig | None = Field(
+        None, description="compressor for the broadcast (default: the same as the workers')")
+
+    def build(self, ctx: Context) -> ParameterServer:
+        down = (self.server_compressor or self.compressor).build(ctx)
+        return ParameterServer(self.label, self.compressor.build(ctx), Sgd(self.lr_at), True, ctx.n,
+                               local=LocalAdam(self.beta1, self.beta2, self.eps),
+                               down_compressor=down, down_error_feedback=True)
+
+
+@ALGORITHMS.register("dist_ef_sgd")
+class DistEfSgdConfig(AlgorithmConfig):
+    """dist-EF-SGD (Zheng, Huang & Kwok 2019; sketched-amsgrad.txt ref. [11]):
+    blockwise scaled-sign compression both ways with error feedback on both
+    sides; worker p = m + (lr_{t-1}/lr_t) e with local momentum m (mu = 0 gives
+    plain EF-SGD); blocks are the layers; wire d bits + 32 bits per block each way."""
+
+    kind: Literal["dist_ef_sgd"] = "dist_ef_sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+    def build(self, ctx: Context) -> ParameterServer:
+        comp = COMPRESSORS["block_sign"]().build(ctx)
+        local = LocalMomentum(self.momentum) if self.momentum > 0 else None
+        return ParameterServer(self.label, comp, Sgd(self.lr_at), True, ctx.n, local=local,
+                               down_compressor=comp, down_error_feedback=True,
+                               lr=self.lr_at, rescale_error=True)
+
+
+@ALGORITHMS.register("onebit_adam")
+class OneBitAdamConfig(_AdamFields):
+    """1-bit Adam (Tang et al. 2021; DeepSpeed): dense Adam warm-up for
+    ``freeze_step`` rounds, then frozen variance and 1-bit compressed momentum
+    with error feedback on both sides (algorithms/onebit.py)."""
+
+    kind: Literal["onebit_adam"] = "onebit_adam"
+    freeze_step: int = Field(100, ge=0, description="rounds of dense Adam warm-up")
+
+    def build(self, ctx: Context) -> OneBitAdam:
+        return OneBitAdam(self.label, self.lr_at, ctx.n, ctx.blocks, self.freeze_step,
+                          self.beta1, self.beta2, self.eps)
 
 
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sim.models import Block
 from sim.rng import WorkerStreams
 
+from .schedules import Constant, ScheduleConfig
+
 # Bytes of one float32 value on the wire.
 VALUE_BYTES = 4
 # Bytes of one coordinate index on the wire (uint32; enough for d < 2^32).
@@ -97,10 +99,15 @@ class AlgorithmConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, description="label in results and plots (default: kind)")
     lr: float = Field(gt=0, description="learning rate")
+    lr_schedule: ScheduleConfig = Field(default_factory=Constant, description="lr_t = lr * factor(t)")
 
     @property
     def label(self) -> str:
         return self.name or self.kind  # type: ignore[attr-defined]
+
+    def lr_at(self, t: int) -> float:
+        """The learning rate of round t."""
+        return self.lr * self.lr_schedule.factor(t)
 
     def build(self, ctx: Context) -> Algorithm:  # pragma: no cover - abstract
         raise NotImplementedError
