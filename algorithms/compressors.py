@@ -1,24 +1,62 @@
 """Gradient compressors, batched over workers, with exact wire sizes.
 
-A compressor maps x [n, d] to a :class:`Payload` (what would be sent, and its
-size in bytes per worker from the formula next to the code) and decodes a
-payload back to [n, d].  Error feedback is a wrapper (:class:`ErrorFeedback`),
-not a subclass.
+A compressor maps x [n, d] (row i is worker i's vector) to a :class:`Payload`
+(what would be sent, and its size in bytes per worker from the formula next to
+the code) and decodes a payload back to [n, d] (what the receiver
+reconstructs).  ``linear`` says whether payloads can be summed in compressed
+form (ring all-reduce).  Every compressor works on all n workers in one tensor
+expression; randomness comes only from the workers' counter-based streams
+(``streams.bits/uniform(TAG_COMPRESS, round, ...)``), so a round replays
+exactly and no global RNG is touched.  Error feedback is a wrapper
+(:class:`ErrorFeedback`), not a subclass.
+
+Wire sizes per worker message (headers are added by the network layer; a value
+is a float32, VALUE_BYTES = 4; ``ceil`` rounds a bit count up to whole bytes
+once per message):
+
+==============  ==============================================================
+none            4 d
+topk            ceil(k (32 + ib) / 8);  k = max(1, floor(ratio d)) or the given
+                k; scope: layer -> k = sum_b max(1, floor(ratio d_b))
+randomk         ceil(k (32 + ib) / 8)
+threshold       ceil(nnz_i (32 + ib) / 8),  nnz_i = #{j : |x_ij| >= tau}
+mvss            ceil(nnz_i (32 + ib) / 8),  nnz_i = #{j : Z_ij = 1} (random)
+block_sign      ceil(d / 8) + 4 M           (M blocks)
+scaled_sign     ceil(d / 8) + 4
+sign            ceil(d / 8)
+qsgd            ceil(d (1 + ceil(log2(s + 1))) / 8) + 4 ceil(d / bucket_size)
+==============  ==============================================================
+
+``ib`` is the index cost per kept entry, the ``index_bits`` setting of every
+index-based compressor: 32 (a uint32 per index, so 8 bytes per kept entry, the
+SASG/GRACE convention; default), "log2d" (ceil(log2 d) bits per index into the
+flat d-vector, bit-packed together with the 32-bit values), or 0 (indices not
+counted, as some papers assume, e.g. comp-ams.txt's ~100x for top-k 1%).  With
+32 or 0 the rounding never bites (whole bytes per entry).  The number of kept
+entries of a variable-size message (threshold, mvss) is implied by the
+message length, which the header carries.
+
+Sign convention: one bit cannot encode three values, so every sign-based
+compressor (block_sign, scaled_sign, sign, and qsgd's sign bit) sends bit 1 for
+x >= 0 and bit 0 for x < 0, i.e. sign(0) = +1, and decodes exactly what the bit
+says (a 0 input decodes to +scale, not to 0 as torch.sign would give).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, Protocol, Union
+from typing import Annotated, ClassVar, Literal, Protocol, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.registry import Registry
-from sim.rng import WorkerStreams
+from sim.rng import TAG_COMPRESS, WorkerStreams
 
 from .base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 
 COMPRESSORS: Registry = Registry("compressor")  # kind -> config class with .build(ctx)
+
+IndexBits = Literal[32, "log2d", 0]
 
 
 class Compressor(Protocol):
@@ -30,9 +68,85 @@ class Compressor(Protocol):
     def decompress(self, p: Payload) -> torch.Tensor: ...
 
 
+# --- shared pieces ---------------------------------------------------------------
+
+def ceil_log2(d: int) -> int:
+    """ceil(log2 d) for d >= 1 (0 for d = 1: a single index needs no bits)."""
+    return max(0, int(d) - 1).bit_length()
+
+
+def index_bits_per_entry(index_bits: IndexBits, d: int) -> int:
+    """Bits of one index on the wire: 32 (uint32), ceil(log2 d) ("log2d") or 0."""
+    if index_bits == "log2d":
+        return ceil_log2(d)
+    if index_bits == 32:
+        return 8 * INDEX_BYTES
+    if index_bits == 0:
+        return 0
+    raise ValueError(f"index_bits must be 32, 'log2d' or 0, got {index_bits!r}")
+
+
+def sparse_bytes(nnz: torch.Tensor | int, d: int, index_bits: IndexBits) -> torch.Tensor:
+    """Bytes of a message of ``nnz`` (value, index) pairs, bit-packed, rounded up
+    to whole bytes once per message:  ceil(nnz (32 + ib) / 8).
+
+    ib = 32 gives nnz (4 + 4) = nnz (VALUE_BYTES + INDEX_BYTES); ib = 0 gives 4 nnz."""
+    bits = 8 * VALUE_BYTES + index_bits_per_entry(index_bits, d)
+    nnz = torch.as_tensor(nnz, dtype=torch.int64).cpu()
+    return (nnz * bits + 7) // 8
+
+
+def sign_bytes(d: int) -> int:
+    """d sign bits packed into whole bytes: ceil(d / 8)."""
+    return (d + 7) // 8
+
+
+def _full(n: int, nbytes: int) -> torch.Tensor:
+    return torch.full((n,), int(nbytes), dtype=torch.int64)
+
+
+def _scatter(d: int, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(vals.shape[0], d, dtype=vals.dtype, device=vals.device)
+    return out.scatter_(1, idx, vals)
+
+
+def _need_streams(streams: WorkerStreams | None, who: str) -> WorkerStreams:
+    if streams is None:
+        raise ValueError(f"{who} is random: pass the workers' streams (streams=WorkerStreams(...))")
+    return streams
+
+
+def layer_bounds(ctx: Context) -> tuple[tuple[int, int], ...]:
+    """The (start, stop) of every non-empty block of ``ctx.blocks`` (the layers);
+    one block [0, d) when the context has no layout.  The blocks must tile [0, d)."""
+    if not ctx.blocks:
+        return ((0, ctx.d),)
+    bounds, pos = [], 0
+    for b in ctx.blocks:
+        if b.start != pos or b.stop < b.start:
+            raise ValueError(f"blocks must tile [0, d) in order; block {b.name!r} is [{b.start}, {b.stop})")
+        if b.stop > b.start:
+            bounds.append((b.start, b.stop))
+        pos = b.stop
+    if pos != ctx.d:
+        raise ValueError(f"blocks cover [0, {pos}) but d = {ctx.d}")
+    return tuple(bounds)
+
+
+def _padded_view(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x [n, d] -> [n, ceil(d/size), size], zero-padded at the end."""
+    n, d = x.shape
+    m = -(-d // size)
+    if m * size != d:
+        x = torch.nn.functional.pad(x, (0, m * size - d))
+    return x.view(n, m, size)
+
+
+# --- compressors -------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class Identity:
-    """No compression: d float32 values.  nbytes = 4 d."""
+    """No compression: d float32 values.  nbytes = 4 d.  Exact and linear."""
 
     d: int
     linear: bool = True
@@ -49,33 +163,338 @@ class Identity:
 class TopK:
     """Top-k by magnitude over the whole vector (comp-ams.txt Definition 1).
 
-    Wire: k float32 values and k uint32 indices, nbytes = k (4 + 4).
+    Wire: k float32 values and k indices, nbytes = ceil(k (32 + ib) / 8), ib the
+    index bits (32 -> k (4 + 4), "log2d" -> ceil(log2 d), 0 -> 4 k).
     Ties are broken by torch.topk; a kept entry that is exactly 0 is still sent.
     """
 
     d: int
     k: int
     linear: bool = False
+    index_bits: IndexBits = 32
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
         n = x.shape[0]
         idx = torch.topk(x.abs(), self.k, dim=1, sorted=False).indices      # [n, k]
         vals = torch.gather(x, 1, idx)                                      # [n, k]
-        nbytes = torch.full((n,), self.k * (VALUE_BYTES + INDEX_BYTES), dtype=torch.int64)
+        nbytes = sparse_bytes(torch.full((n,), self.k), self.d, self.index_bits)
         return Payload({"values": vals, "indices": idx}, nbytes)
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        vals, idx = p.tensors["values"], p.tensors["indices"]
-        out = torch.zeros(vals.shape[0], self.d, dtype=vals.dtype, device=vals.device)
-        return out.scatter_(1, idx, vals)
+        return _scatter(self.d, p.tensors["values"], p.tensors["indices"])
 
+
+@dataclass(frozen=True)
+class LayerTopK:
+    """Top-k per block (scope: layer), as in the SASG reference code: in block b
+    of size d_b keep k_b = max(1, floor(ratio d_b)) largest magnitudes.
+
+    Wire: one message of K = sum_b k_b (value, index) pairs, indices into the
+    flat d-vector: nbytes = ceil(K (32 + ib) / 8) (ib as in :class:`TopK`).
+    """
+
+    d: int
+    blocks: tuple[tuple[int, int, int], ...]   # (start, stop, k_b)
+    index_bits: IndexBits = 32
+    linear: ClassVar[bool] = False
+
+    @property
+    def k(self) -> int:
+        return sum(k for _, _, k in self.blocks)
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        n = x.shape[0]
+        idx = torch.cat([torch.topk(x[:, a:b].abs(), k, dim=1, sorted=False).indices + a
+                         for a, b, k in self.blocks], dim=1)               # [n, K]
+        vals = torch.gather(x, 1, idx)
+        nbytes = sparse_bytes(torch.full((n,), self.k), self.d, self.index_bits)
+        return Payload({"values": vals, "indices": idx}, nbytes)
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        return _scatter(self.d, p.tensors["values"], p.tensors["indices"])
+
+
+@dataclass(frozen=True)
+class RandomK:
+    """k coordinates drawn uniformly at random without replacement, per worker
+    from its own stream (``streams.bits(TAG_COMPRESS, round, (d,))``: the k
+    coordinates with the largest key bits * d + j, keys all distinct, so the
+    choice is the same on every device).
+
+    ``unbiased``: decoded values are scaled by d / k (E[decoded] = x); otherwise
+    decoded = x on the kept coordinates (biased, as in the EF literature).
+    ``shared_seed``: every worker uses worker 0's draw, so all workers keep the
+    same coordinates and payloads can be summed in compressed form
+    (``linear = True``).  A receiver that knows the seed could regenerate the
+    indices; set ``index_bits: 0`` to model that.
+
+    Wire: nbytes = ceil(k (32 + ib) / 8), ib = index bits (32, ceil(log2 d), 0).
+    """
+
+    d: int
+    k: int
+    unbiased: bool = False
+    shared_seed: bool = False
+    index_bits: IndexBits = 32
+
+    @property
+    def linear(self) -> bool:
+        return self.shared_seed
+
+    def _indices(self, n: int, streams: WorkerStreams, round: int, device) -> torch.Tensor:
+        if self.shared_seed:
+            # Worker 0's stream: a 1-worker stream with the same seed has worker 0's key.
+            bits = WorkerStreams(streams.seed, 1, streams.device).bits(TAG_COMPRESS, round, (self.d,))
+        else:
+            bits = streams.bits(TAG_COMPRESS, round, (self.d,))              # [n, d]
+        keys = bits * self.d + torch.arange(self.d, dtype=torch.int64, device=bits.device)
+        idx = torch.topk(keys, self.k, dim=1, sorted=False).indices.to(device)
+        return idx.expand(n, -1) if self.shared_seed else idx
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        streams = _need_streams(streams, "randomk")
+        n = x.shape[0]
+        idx = self._indices(n, streams, round, x.device)                     # [n, k]
+        vals = torch.gather(x, 1, idx)
+        nbytes = sparse_bytes(torch.full((n,), self.k), self.d, self.index_bits)
+        return Payload({"values": vals, "indices": idx}, nbytes)
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        out = _scatter(self.d, p.tensors["values"], p.tensors["indices"])
+        return out * (self.d / self.k) if self.unbiased else out
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Keep the entries with |x_ij| >= tau (hard threshold); biased.
+
+    Wire: nnz_i (value, index) pairs, nnz_i = #{j : |x_ij| >= tau} varies per
+    worker: nbytes_i = ceil(nnz_i (32 + ib) / 8) (0 when nothing passes).
+    """
+
+    d: int
+    tau: float
+    index_bits: IndexBits = 32
+    linear: ClassVar[bool] = False
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        kept = x.abs() >= self.tau                                           # [n, d]
+        vals = torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return Payload({"values": vals, "kept": kept}, sparse_bytes(kept.sum(1), self.d, self.index_bits))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        return p.tensors["values"]
+
+
+@dataclass(frozen=True)
+class Mvss:
+    """Minimal-variance stochastic sparsification (Wangni et al. 2018), unbiased.
+
+    p_i = min(rho d |g_i| / ||g||_1, 1); then, with I the unsaturated set
+    {p_i < 1}, repeat  c = (rho d - d + |I|) / sum_{i in I} p_i,  p_I <- min(c p_I, 1)
+    until c <= 1 for every worker (at most ``max_iters`` passes, all workers at
+    once; c >= 1 always, so a converged worker is left unchanged; if the cap
+    stops it early, sum_i p_i is somewhat below rho d).  Z_i ~
+    Bernoulli(p_i) from the worker's stream; decoded Q_i = Z_i g_i / p_i.
+    Exactly unbiased w.r.t. the stream: p_i is rounded up to the 2^-32 grid,
+    p_i' = ceil(p_i 2^32) / 2^32, Z_i = [bits_i < p_i' 2^32], value g_i / p_i'.
+    E[nnz] = sum_i p_i' ~= rho d (less when g has fewer than rho d nonzeros).
+
+    Wire: nbytes_i = ceil(nnz_i (32 + ib) / 8), nnz_i = #{Z_i = 1} varies.
+    """
+
+    d: int
+    rho: float
+    max_iters: int = 20
+    index_bits: IndexBits = 32
+    linear: ClassVar[bool] = False
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The keep probabilities p [n, d] of the greedy algorithm (sums in
+        float64; a worker counts as done once c <= 1 + 1e-6, since float
+        rounding makes c hover around 1 once nothing new saturates)."""
+        a = x.abs()
+        l1 = a.sum(1, keepdim=True, dtype=torch.float64)
+        target = self.rho * self.d
+        zero = torch.zeros((), dtype=a.dtype, device=a.device)
+        p = torch.where(l1 > 0, (target * a / l1.clamp_min(1e-300)).clamp(max=1.0).to(a.dtype), zero)
+        for _ in range(self.max_iters):
+            unsat = p < 1
+            num = target - self.d + unsat.sum(1, keepdim=True).to(torch.float64)
+            den = torch.where(unsat, p, zero).sum(1, keepdim=True, dtype=torch.float64)
+            c = torch.where(den > 0, num / den.clamp_min(1e-300), torch.ones_like(den))
+            busy = c > 1 + 1e-6                                              # [n, 1]
+            if not bool(busy.any()):
+                break
+            p = torch.where(unsat & busy, (c * p).clamp(max=1.0).to(p.dtype), p)
+        return p
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        streams = _need_streams(streams, "mvss")
+        p = self.probabilities(x)
+        m = torch.ceil(p.double() * 2.0 ** 32).to(torch.int64)                # P(keep) = m / 2^32
+        bits = streams.bits(TAG_COMPRESS, round, (self.d,)).to(x.device)     # [n, d] in [0, 2^32)
+        kept = bits < m
+        scale = m.double().clamp_min(1.0) / 2.0 ** 32
+        vals = torch.where(kept, (x.double() / scale).to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+        return Payload({"values": vals, "kept": kept}, sparse_bytes(kept.sum(1), self.d, self.index_bits))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        return p.tensors["values"]
+
+
+@dataclass(frozen=True)
+class BlockSign:
+    """Block-Sign (comp-ams.txt Definition 2): for each block B,
+    C(x)_B = sign(x_B) ||x_B||_1 / |B|.  Blocks are the layers (``bounds``,
+    from ``ctx.blocks``) or fixed-size blocks (``block_size``; the last block
+    shorter if it does not divide d); one block [0, d) is Scaled-Sign
+    (sketched-amsgrad.txt eq. 3: ||x||_1 / d sign(x)).
+
+    Wire: d sign bits, packed: ceil(d / 8) bytes, plus one float32 scale per
+    block: nbytes = ceil(d / 8) + 4 M.  sign(0) = +1 (bit 1 means x >= 0), and
+    a 0 entry decodes to +||x_B||_1 / |B|, what the bit encodes.
+    """
+
+    d: int
+    bounds: tuple[tuple[int, int], ...] | None = None   # (start, stop) of each block, tiling [0, d)
+    block_size: int | None = None                        # or fixed-size blocks
+    linear: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if (self.bounds is None) == (self.block_size is None):
+            raise ValueError("BlockSign needs exactly one of bounds or block_size")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.bounds) if self.bounds is not None else -(-self.d // self.block_size)
+
+    @property
+    def nbytes(self) -> int:
+        return sign_bytes(self.d) + VALUE_BYTES * self.n_blocks
+
+    def _sizes(self, device) -> torch.Tensor:
+        if self.bounds is not None:
+            return torch.tensor([b - a for a, b in self.bounds], dtype=torch.int64, device=device)
+        m = self.n_blocks
+        sizes = torch.full((m,), self.block_size, dtype=torch.int64, device=device)
+        sizes[-1] = self.d - (m - 1) * self.block_size
+        return sizes
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        n = x.shape[0]
+        a = x.abs()
+        if self.block_size is not None:
+            l1 = _padded_view(a, self.block_size).sum(-1)                     # [n, M]
+        else:  # a loop over the layers (a handful), deterministic on every device
+            l1 = torch.stack([a[:, s:e].sum(1) for s, e in self.bounds], dim=1)
+        scales = l1 / self._sizes(x.device).to(x.dtype)
+        return Payload({"positive": x >= 0, "scales": scales}, _full(n, self.nbytes))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        scales, pos = p.tensors["scales"], p.tensors["positive"]
+        if self.block_size is not None:
+            mag = torch.repeat_interleave(scales, self.block_size, dim=1)[:, : self.d]
+        else:
+            mag = torch.repeat_interleave(scales, self._sizes(scales.device), dim=1, output_size=self.d)
+        return torch.where(pos, mag, -mag)
+
+
+@dataclass(frozen=True)
+class Sign:
+    """Plain sign (signSGD; for majority vote): decoded = +1 or -1 (float32).
+
+    Wire: d sign bits, nbytes = ceil(d / 8).  sign(0) = +1 (bit 1 means x >= 0).
+    """
+
+    d: int
+    linear: ClassVar[bool] = False
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        return Payload({"positive": x >= 0}, _full(x.shape[0], sign_bytes(self.d)))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        pos = p.tensors["positive"]
+        return pos.to(torch.float32) * 2 - 1
+
+
+@dataclass(frozen=True)
+class Qsgd:
+    """QSGD (Alistarh et al. 2017) with s levels and buckets of ``bucket_size``
+    entries (the last bucket shorter if it does not divide d).
+
+    Per bucket v: norm = ||v||_2; per entry l_i = floor(s |v_i| / norm + u_i),
+    u_i ~ U[0, 1) from the worker's stream (stochastic rounding, clamped to s);
+    decoded = norm sign(v_i) l_i / s.  Unbiased up to the 2^-24 grid of the
+    uniforms (|bias| <= 2^-24 norm / s per entry).  sign(0) = +1 for the bit;
+    a 0 entry has level 0, so it decodes to 0 either way.
+
+    Wire: per entry a sign bit and a level in 0..s, bit-packed:
+    bits = 1 + ceil(log2(s + 1)); plus one float32 norm per bucket:
+    nbytes = ceil(d bits / 8) + 4 ceil(d / bucket_size).
+    """
+
+    d: int
+    s: int
+    bucket_size: int = 512
+    linear: ClassVar[bool] = False
+
+    @property
+    def n_buckets(self) -> int:
+        return -(-self.d // self.bucket_size)
+
+    @property
+    def bits_per_entry(self) -> int:
+        return 1 + ceil_log2(self.s + 1)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.d * self.bits_per_entry + 7) // 8 + VALUE_BYTES * self.n_buckets
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        streams = _need_streams(streams, "qsgd")
+        n = x.shape[0]
+        v = _padded_view(x, self.bucket_size)                                # [n, M, b]
+        norms = torch.linalg.vector_norm(v, dim=-1)                          # [n, M]
+        safe = norms.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
+        r = (v.abs() / safe * self.s).reshape(n, -1)[:, : self.d]            # s |v_i| / norm in [0, s]
+        u = streams.uniform(TAG_COMPRESS, round, (self.d,)).to(device=x.device, dtype=r.dtype)
+        levels = torch.floor(r + u).clamp_(0, self.s).to(torch.int32)
+        return Payload({"norms": norms, "levels": levels, "positive": x >= 0}, _full(n, self.nbytes))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        norms, levels, pos = p.tensors["norms"], p.tensors["levels"], p.tensors["positive"]
+        per = torch.repeat_interleave(norms, self.bucket_size, dim=1)[:, : self.d] / self.s
+        mag = per * levels.to(per.dtype)
+        return torch.where(pos, mag, -mag)
+
+
+# --- configs -----------------------------------------------------------------------
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _index_bits_field():
+    return Field(32, description='bits per index on the wire: 32 (uint32), "log2d" '
+                                 '(ceil(log2 d), bit-packed) or 0 (indices not counted)')
+
+
+def _ratio_or_k(ratio: float | None, k: int | None, d: int) -> int:
+    # k = max(1, floor(ratio d)), as in the SASG reference code; capped at d.
+    k = k if k is not None else max(1, int(ratio * d))
+    return min(k, d)
+
+
+def _check_one_of(ratio, k) -> None:
+    if (ratio is None) == (k is None):
+        raise ValueError("give exactly one of ratio (in (0, 1]) or k (>= 1)")
+
+
 @COMPRESSORS.register("none")
 class NoneConfig(_Config):
+    """No compression (4 d bytes)."""
+
     kind: Literal["none"] = "none"
 
     def build(self, ctx: Context) -> Compressor:
@@ -84,20 +503,118 @@ class NoneConfig(_Config):
 
 @COMPRESSORS.register("topk")
 class TopKConfig(_Config):
+    """Top-k by magnitude; scope: vector (k of d) or layer (k_b of each layer)."""
+
     kind: Literal["topk"] = "topk"
     ratio: float | None = Field(None, gt=0, le=1, description="fraction of coordinates kept, in (0, 1]")
     k: int | None = Field(None, ge=1, description="number of coordinates kept (instead of ratio)")
+    scope: Literal["vector", "layer"] = Field(
+        "vector", description="vector: k of the whole vector; layer: max(1, floor(ratio d_b)) of each layer")
+    index_bits: IndexBits = _index_bits_field()
 
     @model_validator(mode="after")
     def _one_of(self):
-        if (self.ratio is None) == (self.k is None):
-            raise ValueError("give exactly one of ratio (in (0, 1]) or k (>= 1)")
+        _check_one_of(self.ratio, self.k)
+        if self.scope == "layer" and self.k is not None:
+            raise ValueError("k: not allowed with scope: layer; give ratio (each layer keeps max(1, floor(ratio d_b)))")
         return self
 
     def build(self, ctx: Context) -> Compressor:
-        # k = max(1, floor(ratio d)), as in the SASG reference code.
-        k = self.k if self.k is not None else max(1, int(self.ratio * ctx.d))
-        return TopK(ctx.d, min(k, ctx.d))
+        if self.scope == "layer":
+            blocks = tuple((a, b, min(b - a, max(1, int(self.ratio * (b - a))))) for a, b in layer_bounds(ctx))
+            return LayerTopK(ctx.d, blocks, self.index_bits)
+        return TopK(ctx.d, _ratio_or_k(self.ratio, self.k, ctx.d), index_bits=self.index_bits)
+
+
+@COMPRESSORS.register("randomk")
+class RandomKConfig(_Config):
+    """k uniformly random coordinates per worker (its own stream, or a shared seed)."""
+
+    kind: Literal["randomk"] = "randomk"
+    ratio: float | None = Field(None, gt=0, le=1, description="fraction of coordinates kept, in (0, 1]")
+    k: int | None = Field(None, ge=1, description="number of coordinates kept (instead of ratio)")
+    unbiased: bool = Field(False, description="scale decoded values by d / k")
+    shared_seed: bool = Field(False, description="same coordinates on every worker (then linear)")
+    index_bits: IndexBits = _index_bits_field()
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        _check_one_of(self.ratio, self.k)
+        return self
+
+    def build(self, ctx: Context) -> Compressor:
+        return RandomK(ctx.d, _ratio_or_k(self.ratio, self.k, ctx.d), self.unbiased, self.shared_seed,
+                       self.index_bits)
+
+
+@COMPRESSORS.register("threshold")
+class ThresholdConfig(_Config):
+    """Keep |x_i| >= tau; the message size varies per worker."""
+
+    kind: Literal["threshold"] = "threshold"
+    tau: float = Field(gt=0, description="keep entries with |x_i| >= tau (> 0)")
+    index_bits: IndexBits = _index_bits_field()
+
+    def build(self, ctx: Context) -> Compressor:
+        return Threshold(ctx.d, self.tau, self.index_bits)
+
+
+@COMPRESSORS.register("mvss")
+class MvssConfig(_Config):
+    """Minimal-variance stochastic sparsification (Wangni et al. 2018), unbiased."""
+
+    kind: Literal["mvss"] = "mvss"
+    rho: float = Field(gt=0, le=1, description="expected fraction of coordinates kept, in (0, 1]")
+    max_iters: int = Field(20, ge=0, description="passes of the greedy rescaling (stops early when done)")
+    index_bits: IndexBits = _index_bits_field()
+
+    def build(self, ctx: Context) -> Compressor:
+        return Mvss(ctx.d, self.rho, self.max_iters, self.index_bits)
+
+
+@COMPRESSORS.register("block_sign")
+class BlockSignConfig(_Config):
+    """Block-Sign (comp-ams.txt Definition 2): per block sign(x_B) ||x_B||_1 / |B|."""
+
+    kind: Literal["block_sign"] = "block_sign"
+    block_size: int | None = Field(None, ge=1, description="fixed block size (default: the model's layers)")
+
+    def build(self, ctx: Context) -> Compressor:
+        if self.block_size is not None:
+            return BlockSign(ctx.d, block_size=min(self.block_size, ctx.d))
+        return BlockSign(ctx.d, bounds=layer_bounds(ctx))
+
+
+@COMPRESSORS.register("scaled_sign")
+class ScaledSignConfig(_Config):
+    """||x||_1 / d * sign(x) (sketched-amsgrad.txt eq. 3)."""
+
+    kind: Literal["scaled_sign"] = "scaled_sign"
+
+    def build(self, ctx: Context) -> Compressor:
+        return BlockSign(ctx.d, bounds=((0, ctx.d),))
+
+
+@COMPRESSORS.register("sign")
+class SignConfig(_Config):
+    """Plain sign (decoded +-1), e.g. for signSGD with majority vote."""
+
+    kind: Literal["sign"] = "sign"
+
+    def build(self, ctx: Context) -> Compressor:
+        return Sign(ctx.d)
+
+
+@COMPRESSORS.register("qsgd")
+class QsgdConfig(_Config):
+    """QSGD: s levels, stochastic rounding, one L2 norm per bucket; unbiased."""
+
+    kind: Literal["qsgd"] = "qsgd"
+    s: int = Field(ge=1, description="number of quantization levels (>= 1)")
+    bucket_size: int = Field(512, ge=1, description="entries per bucket (one float32 norm each)")
+
+    def build(self, ctx: Context) -> Compressor:
+        return Qsgd(ctx.d, self.s, min(self.bucket_size, ctx.d))
 
 
 CompressorConfig = Annotated[Union[tuple(c for _, c in COMPRESSORS.items())], Field(discriminator="kind")]
@@ -110,7 +627,10 @@ class ErrorFeedback:
         p = x + e;   sent = C(p);   e' = p - D(sent)   (= e + x - x~)
 
     so ``D(sent) + e' == x + e`` exactly up to float rounding; the state ``e``
-    ([n, d], one row per worker) goes in and comes out explicitly.
+    ([n, d], one row per worker) goes in and comes out explicitly.  It is
+    generic: it only uses ``compress``/``decompress``, so it works with every
+    registered compressor.  An algorithm with ``error_feedback: false`` skips
+    this wrapper and runs the plain compressed method (sent = C(x)).
     """
 
     inner: Compressor

@@ -1,25 +1,48 @@
-"""Conformance over the compressor registry: every entry is tested the moment it is registered."""
+"""Conformance over the compressor registry: every entry is tested the moment it is registered.
+
+Expected wire sizes are computed here from the formulas in algorithms/compressors.py,
+independently of the code (math.ceil / math.log2 on Python ints, counts taken from the
+input or the decoded output).
+"""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 import algorithms
-from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context
-from algorithms.compressors import ErrorFeedback, TopKConfig
+from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context, Payload
+from algorithms.compressors import CompressorConfig, ErrorFeedback, TopKConfig
 from sim.models import Block
 from sim.rng import WorkerStreams
 
 N, D = 4, 103
 
 
-def ctx(n=N, d=D) -> Context:
-    return Context(d=d, n=n, blocks=(Block("w", 0, d - 3, (d - 3,)), Block("b", d - 3, d, (3,))),
-                   device=torch.device("cpu"))
+def ctx(n=N, d=D, blocks=None) -> Context:
+    if blocks is None:
+        blocks = (Block("w", 0, d - 3, (d - 3,)), Block("b", d - 3, d, (3,)))
+    return Context(d=d, n=n, blocks=blocks, device=torch.device("cpu"))
 
 
 def x(seed=0, n=N, d=D) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def build(kind, c=None, **over):
+    return algorithms.COMPRESSORS[kind](**{**COMPRESSOR_EXAMPLES[kind], **over}).build(c or ctx())
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def sparse_expected(nnz: int, d: int, index_bits) -> int:
+    """ceil(nnz (32 + ib) / 8) with ib = 32, ceil(log2 d) or 0."""
+    ib = {32: 32, 0: 0, "log2d": math.ceil(math.log2(d))}[index_bits]
+    return math.ceil(nnz * (32 + ib) / 8)
 
 
 # Example configs for every registered compressor; a new entry must be added here
@@ -27,34 +50,114 @@ def x(seed=0, n=N, d=D) -> torch.Tensor:
 COMPRESSOR_EXAMPLES = {
     "none": {},
     "topk": {"ratio": 0.1},
+    "randomk": {"ratio": 0.1, "unbiased": True},
+    "threshold": {"tau": 1.0},
+    "mvss": {"rho": 0.25},
+    "block_sign": {},
+    "scaled_sign": {},
+    "sign": {},
+    "qsgd": {"s": 4, "bucket_size": 32},
 }
 
-# Expected wire bytes per worker for the examples above (the formulas next to the code).
+RANDOM = {"randomk", "mvss", "qsgd"}   # draw from the workers' streams
+TAU = COMPRESSOR_EXAMPLES["threshold"]["tau"]
+
+# Expected wire bytes per worker for the examples above (the formulas next to the code):
+# an int, or f(input, decoded) -> list of n ints where the size varies per worker.
 EXPECTED_BYTES = {
     "none": VALUE_BYTES * D,
     "topk": int(0.1 * D) * (VALUE_BYTES + INDEX_BYTES),
+    "randomk": int(0.1 * D) * (VALUE_BYTES + INDEX_BYTES),
+    "threshold": lambda inp, out: [8 * int((r.abs() >= TAU).sum()) for r in inp],
+    "mvss": lambda inp, out: [8 * int(torch.count_nonzero(r)) for r in out],
+    "block_sign": math.ceil(D / 8) + 4 * 2,                           # 2 layers
+    "scaled_sign": math.ceil(D / 8) + 4,
+    "sign": math.ceil(D / 8),
+    "qsgd": math.ceil(D * (1 + math.ceil(math.log2(4 + 1))) / 8) + 4 * math.ceil(D / 32),
 }
+
+
+def expected_bytes(kind, inp, out) -> list[int]:
+    e = EXPECTED_BYTES[kind]
+    return e(inp, out) if callable(e) else [e] * inp.shape[0]
 
 
 def test_every_compressor_has_an_example():
     assert sorted(COMPRESSOR_EXAMPLES) == algorithms.COMPRESSORS.names()
+    assert sorted(EXPECTED_BYTES) == algorithms.COMPRESSORS.names()
 
 
 @pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
 def test_compressor_conformance(kind):
-    comp = algorithms.COMPRESSORS[kind](**COMPRESSOR_EXAMPLES[kind]).build(ctx())
+    comp = build(kind)
+    assert isinstance(comp.linear, bool)
     streams = WorkerStreams(0, N)
     inp = x()
+    rng_before = torch.random.get_rng_state()
     p1 = comp.compress(inp, streams=streams, round=3)
     out = comp.decompress(p1)
+    assert torch.equal(torch.random.get_rng_state(), rng_before)            # global RNG untouched
     assert out.shape == inp.shape and out.dtype == inp.dtype                # shape and dtype kept
-    assert p1.nbytes.tolist() == [EXPECTED_BYTES[kind]] * N                 # bytes match the formula
+    assert p1.nbytes.dtype == torch.int64 and p1.nbytes.shape == (N,)
+    assert p1.nbytes.tolist() == expected_bytes(kind, inp, out)             # bytes match the formula
     again = comp.decompress(comp.compress(inp.clone(), streams=WorkerStreams(0, N), round=3))
     assert torch.equal(out, again)                                          # same seed, same output
+    if kind in RANDOM:
+        other = comp.decompress(comp.compress(inp, streams=streams, round=4))
+        assert not torch.equal(out, other)                                  # another round, other draw
+        with pytest.raises(ValueError, match="streams"):
+            comp.compress(inp)                                              # no silent global RNG
     ef = ErrorFeedback(comp)
-    e = x(1) * 0.1
-    _, decoded, e_new = ef.step(inp, e, streams=streams, round=3)
-    torch.testing.assert_close(decoded + e_new, inp + e, rtol=0, atol=1e-6)  # EF invariant
+    e = ef.init(N, D, "cpu")
+    for t in range(3):                                                      # EF invariant, every round
+        g = x(10 + t)
+        _, decoded, e_new = ef.step(g, e, streams=streams, round=t)
+        torch.testing.assert_close(decoded + e_new, g + e, rtol=0, atol=1e-5)
+        e = e_new
+    zero = comp.decompress(comp.compress(torch.zeros(N, D), streams=streams, round=0))
+    assert bool(torch.isfinite(zero).all())                                 # all-zero input is fine
+
+
+@pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
+def test_config_is_in_the_union_and_strict(kind):
+    cfg = TypeAdapter(CompressorConfig).validate_python({"kind": kind, **COMPRESSOR_EXAMPLES[kind]})
+    assert type(cfg) is algorithms.COMPRESSORS[kind]
+    with pytest.raises(ValidationError):
+        algorithms.COMPRESSORS[kind](**COMPRESSOR_EXAMPLES[kind], bogus=1)  # extra="forbid"
+
+
+@pytest.mark.parametrize("kind,bad", [
+    ("topk", {"ratio": 0}), ("topk", {"ratio": 1.5}), ("topk", {"k": 0}),
+    ("topk", {"k": 3, "scope": "layer"}), ("topk", {"ratio": 0.1, "index_bits": 16}),
+    ("randomk", {"ratio": 0}), ("randomk", {}), ("randomk", {"ratio": 0.1, "k": 3}),
+    ("threshold", {"tau": 0}), ("threshold", {}),
+    ("mvss", {"rho": 0}), ("mvss", {"rho": 1.1}),
+    ("block_sign", {"block_size": 0}),
+    ("qsgd", {"s": 0}), ("qsgd", {"s": 4, "bucket_size": 0}), ("qsgd", {}),
+])
+def test_config_validation(kind, bad):
+    with pytest.raises(ValidationError):
+        algorithms.COMPRESSORS[kind](**bad)
+
+
+@pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
+def test_linear_compressors_sum_in_compressed_form(kind):
+    comp = build(kind, shared_seed=True) if kind == "randomk" else build(kind)
+    if not comp.linear:
+        return
+    s = WorkerStreams(0, N)
+    a, b = x(1), x(2)
+    pa, pb = comp.compress(a, streams=s, round=5), comp.compress(b, streams=s, round=5)
+    summed = {}
+    for name, ta in pa.tensors.items():
+        tb = pb.tensors[name]
+        if ta.is_floating_point():
+            summed[name] = ta + tb
+        else:
+            assert torch.equal(ta, tb)        # same structure (indices) for every input
+            summed[name] = ta
+    torch.testing.assert_close(comp.decompress(Payload(summed, pa.nbytes)),
+                               comp.decompress(comp.compress(a + b, streams=s, round=5)))
 
 
 def test_none_is_exact():
@@ -82,3 +185,212 @@ def test_topk_ratio_or_k_exactly_one():
         TopKConfig(ratio=0.1, k=3)
 
 
+def test_topk_per_layer_keeps_k_b_in_every_block():
+    sizes = [50, 30, 17, 3, 3]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    blocks = tuple(Block(f"l{i}", a, a + s, (s,)) for i, (a, s) in enumerate(zip(starts, sizes)))
+    c = ctx(blocks=blocks)
+    comp = TopKConfig(ratio=0.1, scope="layer").build(c)
+    inp = x()
+    p = comp.compress(inp)
+    out = comp.decompress(p)
+    ks = [max(1, math.floor(0.1 * s)) for s in sizes]                      # 5, 3, 1, 1, 1
+    assert p.nbytes.tolist() == [8 * sum(ks)] * N
+    for (a, s), k in zip(zip(starts, sizes), ks):
+        blk_in, blk_out = inp[:, a:a + s], out[:, a:a + s]
+        for i in range(N):
+            kept = blk_out[i].nonzero().flatten()
+            assert len(kept) == k
+            assert torch.equal(blk_out[i, kept], blk_in[i, kept])
+            thresh = blk_in[i].abs().sort(descending=True).values[k - 1]
+            assert bool((blk_in[i, kept].abs() >= thresh).all())
+    # scope: vector on the same input keeps the global top-k instead
+    vec = TopKConfig(ratio=0.1).build(c)
+    assert vec.decompress(vec.compress(inp)).count_nonzero(1).tolist() == [math.floor(0.1 * D)] * N
+
+
+@pytest.mark.parametrize("index_bits", [32, "log2d", 0])
+@pytest.mark.parametrize("kind,cfg", [("topk", {"ratio": 0.1}), ("topk", {"k": 7, "scope": "vector"}),
+                                      ("topk", {"ratio": 0.1, "scope": "layer"}),
+                                      ("randomk", {"k": 9}), ("threshold", {"tau": 0.5}), ("mvss", {"rho": 0.3})])
+def test_index_bits_change_bytes_as_the_formula_says(kind, cfg, index_bits):
+    comp = algorithms.COMPRESSORS[kind](**cfg, index_bits=index_bits).build(ctx())
+    inp = x()
+    p = comp.compress(inp, streams=WorkerStreams(0, N), round=1)
+    nnz = [int(torch.count_nonzero(r)) for r in comp.decompress(p)]         # no kept entry is 0 here
+    assert p.nbytes.tolist() == [sparse_expected(k, D, index_bits) for k in nnz]
+
+
+def test_index_bits_log2d_rounds_up_once_per_message():
+    # d = 103 -> ceil(log2 103) = 7 bits per index; 10 entries of 32 + 7 bits = 390 bits -> 49 bytes.
+    comp = TopKConfig(k=10, index_bits="log2d").build(ctx())
+    assert comp.compress(x()).nbytes.tolist() == [49] * N
+    assert TopKConfig(k=10, index_bits=0).build(ctx()).compress(x()).nbytes.tolist() == [40] * N
+    # d = 1: an index needs no bits
+    one = TopKConfig(k=1, index_bits="log2d").build(ctx(d=1, blocks=()))
+    assert one.compress(x(d=1)).nbytes.tolist() == [4] * N
+
+
+def test_randomk_draws_k_distinct_coordinates_per_worker():
+    comp = build("randomk", unbiased=False)
+    k = math.floor(0.1 * D)
+    inp = x()
+    p = comp.compress(inp, streams=WorkerStreams(0, N), round=0)
+    idx = p.tensors["indices"]
+    assert idx.shape == (N, k)
+    assert all(len(set(r.tolist())) == k for r in idx)                     # without replacement
+    assert len({tuple(sorted(r.tolist())) for r in idx}) == N               # workers draw independently
+    out = comp.decompress(p)
+    assert torch.equal(torch.gather(out, 1, idx), torch.gather(inp, 1, idx))
+    unb = build("randomk").decompress(p)
+    torch.testing.assert_close(torch.gather(unb, 1, idx), torch.gather(inp, 1, idx) * (D / k))
+
+
+def test_randomk_shared_seed_is_linear_and_shares_indices():
+    comp = build("randomk", shared_seed=True)
+    assert comp.linear and not build("randomk").linear
+    s = WorkerStreams(7, N)
+    a, b = x(1), x(2)
+    pa = comp.compress(a, streams=s, round=2)
+    idx = pa.tensors["indices"]
+    assert all(torch.equal(idx[i], idx[0]) for i in range(N))
+    torch.testing.assert_close(comp.decompress(comp.compress(a, streams=s, round=2))
+                               + comp.decompress(comp.compress(b, streams=s, round=2)),
+                               comp.decompress(comp.compress(a + b, streams=s, round=2)))
+
+
+def test_threshold_keeps_exactly_the_large_entries():
+    comp = build("threshold")
+    inp = x()
+    inp[0, 0] = TAU                                                         # |x| == tau is kept
+    out = comp.decompress(comp.compress(inp))
+    keep = inp.abs() >= TAU
+    assert torch.equal(out, torch.where(keep, inp, torch.zeros(())))
+    assert len(set(comp.compress(inp).nbytes.tolist())) > 1                # varies per worker
+
+
+def test_block_sign_magnitudes_are_block_l1_means():
+    c = ctx()
+    inp = x()
+    inp[0, :5] = 0.0                                                        # sign(0) = +1
+    comp = build("block_sign", c)
+    out = comp.decompress(comp.compress(inp))
+    for blk in c.blocks:
+        xb, ob = inp[:, blk.start:blk.stop], out[:, blk.start:blk.stop]
+        scale = xb.abs().sum(1, keepdim=True) / (blk.stop - blk.start)
+        torch.testing.assert_close(ob.abs(), scale.expand_as(ob))
+        assert torch.equal(ob >= 0, xb >= 0)
+    assert bool((out[0, :5] > 0).all())
+
+
+def test_block_sign_fixed_block_size():
+    comp = build("block_sign", block_size=10)                               # 11 blocks, the last of 3
+    inp = x()
+    p = comp.compress(inp)
+    assert p.nbytes.tolist() == [math.ceil(D / 8) + 4 * math.ceil(D / 10)] * N
+    out = comp.decompress(p)
+    for a in range(0, D, 10):
+        xb = inp[:, a:a + 10]
+        torch.testing.assert_close(out[:, a:a + 10].abs(), (xb.abs().sum(1, keepdim=True) / xb.shape[1]).expand_as(xb))
+
+
+def test_scaled_sign_is_l1_mean_times_sign():
+    inp = x()
+    inp[1, 3] = 0.0
+    comp = build("scaled_sign")
+    out = comp.decompress(comp.compress(inp))
+    scale = inp.abs().sum(1, keepdim=True) / D
+    sgn = torch.where(inp >= 0, 1.0, -1.0)                                  # sign(0) = +1
+    torch.testing.assert_close(out, scale * sgn)
+
+
+def test_sign_is_plus_minus_one():
+    inp = x()
+    inp[2, 7] = 0.0
+    comp = build("sign")
+    out = comp.decompress(comp.compress(inp))
+    assert torch.equal(out, torch.where(inp >= 0, 1.0, -1.0))
+
+
+def test_qsgd_levels_are_in_range_and_on_the_grid():
+    s, b = 4, 32
+    comp = build("qsgd")
+    inp = x()
+    p = comp.compress(inp, streams=WorkerStreams(0, N), round=0)
+    lv = p.tensors["levels"]
+    assert int(lv.min()) >= 0 and int(lv.max()) <= s and int(lv.max()) > 0
+    out = comp.decompress(p)
+    for a in range(0, D, b):
+        norm = torch.linalg.vector_norm(inp[:, a:a + b], dim=1, keepdim=True)
+        torch.testing.assert_close(out[:, a:a + b], norm / s * lv[:, a:a + b] * torch.where(inp[:, a:a + b] >= 0, 1.0, -1.0))
+        # stochastic rounding: the level is floor or ceil of s |x| / norm
+        r = s * inp[:, a:a + b].abs() / norm
+        assert bool(((lv[:, a:a + b] - r) > -1 - 1e-5).all() and ((lv[:, a:a + b] - r) < 1 + 1e-5).all())
+
+
+ROUNDS = 2000
+
+
+def _mean_and_se(comp, inp):
+    s = WorkerStreams(3, N)
+    acc = torch.zeros_like(inp, dtype=torch.float64)
+    acc2 = torch.zeros_like(acc)
+    nnz = 0.0
+    for t in range(ROUNDS):
+        out = comp.decompress(comp.compress(inp, streams=s, round=t)).double()
+        acc += out
+        acc2 += out * out
+        nnz += float(torch.count_nonzero(out)) / N
+    mean = acc / ROUNDS
+    se = ((acc2 / ROUNDS - mean ** 2).clamp_min(0) / ROUNDS).sqrt()
+    return mean, se, nnz / ROUNDS
+
+
+@pytest.mark.parametrize("kind,over", [("randomk", {}), ("qsgd", {}), ("mvss", {})])
+def test_unbiased_compressors_average_to_x(kind, over):
+    comp = build(kind, **over)
+    inp = x()
+    mean, se, _ = _mean_and_se(comp, inp)
+    err = (mean - inp.double()).abs()
+    assert bool((err <= 5 * se + 1e-4).all()), float((err / (se + 1e-12)).max())
+    assert float(err.norm() / inp.double().norm()) < 0.1
+
+
+def test_biased_randomk_averages_to_k_over_d_x():
+    comp = build("randomk", unbiased=False)
+    inp = x()
+    mean, se, _ = _mean_and_se(comp, inp)
+    k = math.floor(0.1 * D)
+    assert bool(((mean - k / D * inp.double()).abs() <= 5 * se + 1e-4).all())
+
+
+def test_mvss_expected_nnz_is_rho_d():
+    rho = COMPRESSOR_EXAMPLES["mvss"]["rho"]
+    comp = build("mvss")
+    inp = x()
+    p = comp.probabilities(inp)
+    assert bool(((p >= 0) & (p <= 1)).all())
+    torch.testing.assert_close(p.sum(1), torch.full((N,), rho * D), rtol=1e-4, atol=0)
+    _, _, nnz = _mean_and_se(comp, inp)
+    assert abs(nnz - rho * D) < 0.05 * rho * D
+    # the unsaturated entries share one value g_i / p_i = +-||g||_1 / (c rho d) (minimal variance)
+    out = comp.decompress(comp.compress(inp, streams=WorkerStreams(0, N), round=0))
+    unsat = (p < 1) & (out != 0)
+    mags = out.abs()[0][unsat[0]]
+    torch.testing.assert_close(mags, mags[:1].expand_as(mags), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
+@pytest.mark.parametrize("error_feedback", [True, False])
+def test_comp_ams_runs_with_every_compressor(kind, error_feedback):
+    """EF is generic: the compressed method works with and without it."""
+    cfg = algorithms.ALGORITHMS["comp_ams"](lr=0.01, error_feedback=error_feedback,
+                                            compressor={"kind": kind, **COMPRESSOR_EXAMPLES[kind]})
+    alg = cfg.build(ctx())
+    theta = torch.zeros(D)
+    state = alg.init(theta)
+    streams = WorkerStreams(0, N)
+    for t in range(5):
+        up, state = alg.worker_encode(state, x(t) + theta, t, streams)
+        theta, _, state = alg.server_update(state, theta, up, torch.ones(N, dtype=torch.bool), t)
+    assert bool(torch.isfinite(theta).all()) and bool((theta != 0).any())
