@@ -31,20 +31,23 @@ TAG_COMPRESS = 3
 TAG_STRAGGLER = 4
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for 0 <= x < 2^32, exact in int64."""
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x <- (x * c) mod 2^32 in place, for 0 <= x < 2^32, exact in int64."""
     lo, hi = c & 0xFFFF, c >> 16
-    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _MASK32
+    t = x * hi
+    t.bitwise_and_(0xFFFF).bitwise_left_shift_(16)
+    return x.mul_(lo).add_(t).bitwise_and_(_MASK32)
 
 
 def hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int64 tensors holding values in [0, 2^32)."""
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = _mul32(x, _C1)
-    x = x ^ (x >> 15)
-    x = _mul32(x, _C2)
-    x = x ^ (x >> 16)
+    """lowbias32 on int64 tensors holding values in [0, 2^32) (a new tensor;
+    the work is done in place on it to halve the temporaries)."""
+    x = x.bitwise_and(_MASK32)
+    x.bitwise_xor_(x >> 16)
+    _mul32_(x, _C1)
+    x.bitwise_xor_(x >> 15)
+    _mul32_(x, _C2)
+    x.bitwise_xor_(x >> 16)
     return x
 
 
