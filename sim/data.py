@@ -4,8 +4,8 @@ Three parts:
 
 * :data:`DATASETS` -- loaders returning a :class:`Dataset` of standardised CPU
   tensors. ``mnist5k``, ``digits``, ``mnist1d`` and ``synthetic`` ship with the
-  installed packages (no download, ever); ``mnist``, ``cifar10`` and ``cifar100``
-  read the standard files from a local folder (``data.root``).
+  installed packages (no download, ever); ``mnist``, ``cifar10``, ``cifar100``
+  and ``imdb`` read the standard files from a local folder (``data.root``).
 * :data:`PARTITIONS` -- ways to split the training set over ``n`` workers
   (``iid``, ``dirichlet``, ``shards``); :func:`partition` seeds and validates them.
 * :func:`make_shards` -- packs per-worker index arrays into one padded
@@ -16,11 +16,15 @@ to call a package that does and restores the global state afterwards.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import gzip
 import inspect
+import io
 import pickle
 import random
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,7 +48,7 @@ class Dataset:
     """
 
     name: str
-    x_train: torch.Tensor = field(repr=False)  # [N, *input_shape] float32, standardised
+    x_train: torch.Tensor = field(repr=False)  # [N, *input_shape] float32, standardised (imdb: int64 token ids)
     y_train: torch.Tensor = field(repr=False)  # [N] int64
     x_test: torch.Tensor = field(repr=False)  # [M, *input_shape] float32
     y_test: torch.Tensor = field(repr=False)  # [M] int64
@@ -502,6 +506,173 @@ def load_cifar10(root: str | None, seed: int) -> Dataset:
 def load_cifar100(root: str | None, seed: int) -> Dataset:
     """CIFAR-100 (fine labels), 50k/10k, from ``cifar-100-python``."""
     return _load_cifar("cifar100", root)
+
+
+# --------------------------------------------------------------------------- #
+# IMDB movie reviews (token ids)
+# --------------------------------------------------------------------------- #
+
+IMDB_VOCAB = 1000  # the most frequent words kept: ids 1..IMDB_VOCAB by frequency rank; 0 = padding
+IMDB_MAXLEN = 300  # tokens per review (comp-ams.txt Appendix B)
+IMDB_NPZ = "imdb.npz"
+IMDB_RAW = "aclImdb"
+_IMDB_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+_IMDB_SPLITS = tuple(f"{s}/{c}" for s in ("train", "test") for c in ("neg", "pos"))
+_IMDB_HINT = (f"the folder holding {IMDB_NPZ} (the Keras file, arrays {', '.join(_IMDB_ARRAYS)}) "
+              f"or {IMDB_RAW}/ (the Stanford archive: {{train,test}}/{{neg,pos}}/*.txt)")
+_IMDB_WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
+
+
+@DATASETS.register("imdb")
+def load_imdb(root: str | None, seed: int) -> Dataset:
+    """IMDB sentiment (Maas et al. 2011), 25k/25k reviews, 2 classes (1 = positive),
+    as comp-ams.txt Sec. 5.3 uses it: the top ``IMDB_VOCAB`` = 1000 words,
+    reviews cut or zero-padded to ``IMDB_MAXLEN`` = 300 tokens.
+
+    Reads from ``root`` either
+
+    * ``imdb.npz`` as ``keras.datasets.imdb`` ships it: object arrays of
+      word-id lists whose ids are frequency ranks (1 = most frequent; the file
+      has no start/OOV marks, ``load_data`` adds those), or
+    * the raw archive ``aclImdb/{train,test}/{neg,pos}/*.txt`` (``root`` may
+      also be the ``aclImdb`` folder itself): text lowercased, ``<br />``
+      removed, words are runs of ``[a-z0-9]`` with inner apostrophes; the
+      vocabulary is ranked by count over the *training* reviews (ties by word).
+
+    Token ids: word of rank r -> id r for r <= 1000; rarer words are dropped
+    (not mapped to an OOV id, as ``load_data(oov_char=None)``), so the
+    embedding needs 1001 rows (``lstm_imdb``).  Then, as Keras'
+    ``pad_sequences`` defaults: reviews longer than 300 keep their *last* 300
+    tokens, shorter ones get zeros in front, so the last LSTM step always sees
+    a word.  ``x`` is int64 ``[N, 300]`` (not float32 like the image sets);
+    the standard split, file order, so ``seed`` is unused.
+    """
+    base = _require_root("imdb", root, _IMDB_HINT)
+    npz = base / IMDB_NPZ
+    if npz.is_file():
+        x_train, y_train, x_test, y_test = _read_imdb_npz(npz)
+    else:
+        folder = _imdb_raw_folder(base)
+        if folder is None:
+            raise DataError(
+                f"dataset 'imdb': not found in {base}: {IMDB_NPZ} (the Keras file) or "
+                f"{IMDB_RAW}/{{train,test}}/{{neg,pos}}/*.txt (the raw archive)",
+                field="data.root",
+            )
+        x_train, y_train, x_test, y_test = _read_imdb_raw(folder)
+    return Dataset(
+        name="imdb",
+        x_train=torch.from_numpy(_imdb_pack(x_train)),
+        y_train=torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+        x_test=torch.from_numpy(_imdb_pack(x_test)),
+        y_test=torch.from_numpy(np.asarray(y_test, dtype=np.int64)),
+        input_shape=(IMDB_MAXLEN,),
+        num_classes=2,
+    )
+
+
+def _imdb_pack(seqs: Sequence[Any]) -> np.ndarray:
+    """Word-id sequences -> int64 [N, IMDB_MAXLEN]: ids outside 1..IMDB_VOCAB
+    dropped, the last IMDB_MAXLEN kept, zero-padded in front."""
+    out = np.zeros((len(seqs), IMDB_MAXLEN), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = np.asarray(s, dtype=np.int64).reshape(-1)
+        s = s[(s >= 1) & (s <= IMDB_VOCAB)][-IMDB_MAXLEN:]
+        if len(s):
+            out[i, IMDB_MAXLEN - len(s):] = s
+    return out
+
+
+def _read_npy(raw: bytes, where: str) -> np.ndarray:
+    """One ``.npy`` member; object arrays are unpickled with the restricted
+    :class:`_ArrayUnpickler` (a data folder is not trusted to run code)."""
+    buf = io.BytesIO(raw)
+    version = np.lib.format.read_magic(buf)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+    else:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if not dtype.hasobject:
+        return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+    arr = _ArrayUnpickler(buf, encoding="latin1").load()
+    if not isinstance(arr, np.ndarray) or arr.shape != shape:
+        raise ValueError(f"{where} does not hold an array of shape {shape}")
+    return arr
+
+
+def _read_imdb_npz(path: Path) -> tuple[list, np.ndarray, list, np.ndarray]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            missing = [k for k in _IMDB_ARRAYS if f"{k}.npy" not in names]
+            if missing:
+                raise DataError(
+                    f"{path} is not the Keras IMDB file: no array(s) {', '.join(missing)} "
+                    f"(needs {', '.join(_IMDB_ARRAYS)})",
+                    field="data.root",
+                )
+            arrays = {k: _read_npy(z.read(f"{k}.npy"), f"{path}:{k}") for k in _IMDB_ARRAYS}
+        out = []
+        for split in ("train", "test"):
+            xs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in arrays[f"x_{split}"]]
+            ys = np.asarray(arrays[f"y_{split}"], dtype=np.int64).reshape(-1)
+            out += [xs, ys]
+    except DataError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, TypeError,
+            AttributeError, KeyError, OverflowError) as e:
+        raise DataError(f"cannot read IMDB file {path}: {e}", field="data.root") from e
+    for split, xs, ys in (("train", out[0], out[1]), ("test", out[2], out[3])):
+        if len(xs) != len(ys):
+            raise DataError(f"{path}: {len(xs)} {split} reviews but {len(ys)} labels", field="data.root")
+        if len(ys) and (ys.min() < 0 or ys.max() > 1):
+            raise DataError(f"{path}: {split} labels outside 0..1", field="data.root")
+    return out[0], out[1], out[2], out[3]
+
+
+def _imdb_raw_folder(base: Path) -> Path | None:
+    """``base/aclImdb`` or ``base`` when it holds the four review folders;
+    None when neither has any of them."""
+    for folder in (base / IMDB_RAW, base):
+        present = [s for s in _IMDB_SPLITS if (folder / s).is_dir()]
+        if present:
+            missing = [f"{s}/*.txt" for s in _IMDB_SPLITS if s not in present]
+            if missing:
+                raise _missing_files_error("imdb", [folder], missing)
+            return folder
+    return None
+
+
+def imdb_tokens(text: str) -> list[str]:
+    """Lowercased words of a raw review (``<br />`` line breaks removed)."""
+    return _IMDB_WORD.findall(text.lower().replace("<br />", " "))
+
+
+def _read_imdb_raw(folder: Path) -> tuple[list, np.ndarray, list, np.ndarray]:
+    texts: dict[str, tuple[list[list[str]], list[int]]] = {}
+    for split in ("train", "test"):
+        docs, labels = [], []
+        for label, cls in enumerate(("neg", "pos")):
+            files = sorted((folder / split / cls).glob("*.txt"))
+            if not files:
+                raise _missing_files_error("imdb", [folder / split / cls], ["*.txt"])
+            for f in files:
+                try:
+                    docs.append(imdb_tokens(f.read_text(encoding="utf-8", errors="replace")))
+                except OSError as e:
+                    raise DataError(f"cannot read {f}: {e}", field="data.root") from e
+                labels.append(label)
+        texts[split] = (docs, labels)
+    counts = collections.Counter(w for doc in texts["train"][0] for w in doc)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:IMDB_VOCAB]
+    ids = {w: r for r, (w, _) in enumerate(ranked, start=1)}
+    out: list[Any] = []
+    for split in ("train", "test"):
+        docs, labels = texts[split]
+        out += [[[ids[w] for w in doc if w in ids] for doc in docs], np.asarray(labels, dtype=np.int64)]
+    return out[0], out[1], out[2], out[3]
 
 
 # --------------------------------------------------------------------------- #

@@ -31,7 +31,7 @@ from .config import Scenario
 from .data import Dataset, Shards, load_dataset, make_shards, partition
 from .errors import ConfigError
 from .grads import GradFn, dropout_masks
-from .models import FlatModel, build_model
+from .models import FlatModel, build_model, merge_buffers
 from .network import Network
 from .protocols import Failures, ParameterServer, Ring
 from .rng import TAG_BATCH, TAG_STRAGGLER, WorkerStreams
@@ -127,12 +127,13 @@ def failures_of(scn: Scenario) -> Failures:
 
 
 @torch.no_grad()
-def evaluate(world: World, theta: torch.Tensor) -> dict[str, float]:
-    """Test loss/accuracy on the whole test set; train loss on a fixed subset."""
+def evaluate(world: World, theta: torch.Tensor, buffers: dict | None = None) -> dict[str, float]:
+    """Test loss/accuracy on the whole test set; train loss on a fixed subset.
+    BatchNorm models normalise with the server's running statistics ``buffers``."""
     def over(x, y):
         loss_sum, correct = 0.0, 0
         for s in range(0, len(y), EVAL_CHUNK):
-            logits = world.model.forward(theta, x[s:s + EVAL_CHUNK])
+            logits = world.model.forward(theta, x[s:s + EVAL_CHUNK], buffers=buffers)
             loss_sum += float(torch.nn.functional.cross_entropy(logits, y[s:s + EVAL_CHUNK], reduction="sum"))
             correct += int((logits.argmax(1) == y[s:s + EVAL_CHUNK]).sum())
         return loss_sum / len(y), correct / len(y)
@@ -191,6 +192,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     streams = WorkerStreams(world.seed, n, dev)
     grad_fn = GradFn(world.model, scn.gradients)
     theta = world.model.init_params(world.seed, dev)                   # [d]
+    buffers = world.model.buffers0(dev)    # BatchNorm running statistics kept by the server ({} if none)
     state = alg.init(theta)
     env = simpy.Environment()
     net = Network(env, world.graph, scn.network.sharing)
@@ -205,7 +207,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     stop = scn.stop
 
     def record() -> dict:
-        ev = evaluate(world, theta)
+        ev = evaluate(world, theta, buffers)
         row = {"algorithm": cfg.label, "seed": world.seed, "round": c.round, "sim_time_s": env.now,
                "uploads": c.uploads, "bytes_up": c.bytes_up, "bytes_down": c.bytes_down, **ev}
         result.rows.append(row)
@@ -213,7 +215,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
         return row
 
     def server():
-        nonlocal theta, state
+        nonlocal theta, state, buffers
         record()
         empty = 0
         while True:
@@ -224,7 +226,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
             idx = torch.gather(world.shards.index, 1, local)                             # [n, b]
             x, y = world.x_train[idx], world.y_train[idx]                                # [n, b, ...], [n, b]
             masks = dropout_masks(world.model, streams, t, scn.batch_size)
-            grads, losses = grad_fn(theta, x, y, masks)                                  # [n, d], [n]
+            grads, losses, new_buffers = grad_fn(theta, x, y, masks, buffers)           # [n, d], [n]
             if not bool(torch.isfinite(losses).all()):
                 result.diverged = True
                 record()
@@ -241,6 +243,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
             if bool(arrived.any()):
                 empty = 0
                 theta, down, state = alg.server_update(state, theta, upload, arrived, t)
+                buffers = merge_buffers(buffers, new_buffers, arrived)
                 proto.finish(t, down.slice_bytes(getattr(proto, "bounds", [(0, world.model.d)]), update_bytes))
             else:
                 empty += 1

@@ -3,21 +3,38 @@
 ``torch.func.vmap(grad_and_value(loss))`` maps the loss over the worker axis
 of the minibatch tensor, giving the ``[n, d]`` gradient matrix in one call.
 Models vmap cannot handle fall back to a Python loop over workers
-(``mode: loop``); ``tests/test_grads.py`` checks that both agree.
+(``mode: loop``); ``tests/test_grads.py`` and ``tests/test_models.py`` check
+that both agree.
+
+BatchNorm (models with ``model.has_buffers``): inside the vmap every worker's
+minibatch is a separate call, so each worker normalises over its own
+minibatch, as it would on its own machine.  Pass the server's running
+statistics as ``buffers`` and GradFn also returns each worker's updated
+statistics ``[n, ...]``; :func:`sim.models.merge_buffers` turns them into the
+server's next set.
 """
 from __future__ import annotations
 
 import torch
 
-from .models import FlatModel
+from .models import Buffers, FlatModel
 from .rng import TAG_DROPOUT, WorkerStreams
 
 
 class GradFn:
-    """grads, losses = GradFn(model)(theta, x, y, masks)
+    """Per-worker gradients of the training loss.
+
+    ``grads, losses = GradFn(model)(theta, x, y, masks)`` for models without
+    running statistics, and for any model
+
+    ``grads, losses, new_buffers = GradFn(model)(theta, x, y, masks, buffers)``
 
     theta [d]; x [n, b, *input_shape]; y [n, b]; masks: dropout name ->
-    [n, b, *feature_shape].  Returns grads [n, d] and minibatch losses [n].
+    [n, b, *feature_shape]; buffers: the running statistics every worker
+    starts from (name -> tensor, ``model.buffers0()`` at the start; ``{}``
+    for models without BatchNorm).  Returns grads [n, d], minibatch losses [n]
+    and, when ``buffers`` is given, each worker's updated running statistics
+    (name -> [n, ...]; ``{}`` without BatchNorm).
     """
 
     def __init__(self, model: FlatModel, mode: str = "vmap") -> None:
@@ -27,10 +44,32 @@ class GradFn:
         self.mode = mode
         self._one = torch.func.grad_and_value(model.loss)
         self._batched = torch.func.vmap(self._one, in_dims=(None, 0, 0, 0))
+        self._one_aux = torch.func.grad_and_value(model.loss_and_buffers, has_aux=True)
+        self._batched_aux = torch.func.vmap(self._one_aux, in_dims=(None, 0, 0, 0, None))
 
     def __call__(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
-                 masks: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 masks: dict[str, torch.Tensor] | None = None, buffers: Buffers | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, Buffers]:
         masks = masks or {}
+        if buffers is None:
+            if self.model.has_buffers:
+                raise ValueError("this model has BatchNorm running statistics: call "
+                                 "grad_fn(theta, x, y, masks, buffers) with buffers = model.buffers0() "
+                                 "(then the server's merged statistics) and use the returned new buffers")
+            return self._plain(theta, x, y, masks)
+        if not self.model.has_buffers:
+            grads, losses = self._plain(theta, x, y, masks)
+            return grads, losses, {}
+        if self.mode == "vmap":
+            grads, (losses, new) = self._batched_aux(theta, x, y, masks, buffers)
+            return grads, losses, new
+        outs = [self._one_aux(theta, x[i], y[i], {k: m[i] for k, m in masks.items()}, buffers)
+                for i in range(x.shape[0])]
+        new = {k: torch.stack([aux[k] for _, (_, aux) in outs]) for k in self.model.buffer_names}
+        return (torch.stack([g for g, _ in outs]), torch.stack([l for _, (l, _) in outs]), new)
+
+    def _plain(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+               masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "vmap":
             return self._batched(theta, x, y, masks)
         outs = [self._one(theta, x[i], y[i], {k: m[i] for k, m in masks.items()})
