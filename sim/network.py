@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import simpy
 
 from .schedule import Schedule
@@ -154,7 +155,7 @@ class Network:
         done = self.env.event()
         self.in_flight += 1
         if self.sharing == "fifo":
-            self.env.process(self._fifo(msg, path, done))
+            self._fifo(msg, path, done)
             return done
         flow = Flow(msg, path, float(msg.nbytes), done, self.env.now,
                     latency_s=sum(l.latency_s for l in path))
@@ -181,29 +182,224 @@ class Network:
         self._reschedule()
 
     def _advance(self) -> None:
-        """Drain every active flow at its current rate up to now."""
+        """Drain every active flow at its current rate up to now.
+
+        With many flows active, fair sharing keeps their bytes left and rates
+        in numpy rows (see :meth:`_reschedule`) and drains them in one vector
+        operation: ``rem - rate * dt`` elementwise rounds exactly as
+        ``f.remaining_bytes -= f.rate_Bps * dt`` does, flow by flow.  Flows
+        started since the last recomputation are not rows yet; their rate is
+        still 0, so there is nothing to drain for them.
+        """
         dt = self.env.now - self._last_s
         if dt > 0:
-            for f in self._flows:
-                f.remaining_bytes -= f.rate_Bps * dt
+            rem = getattr(self, "_rem", None)
+            if rem is None:
+                for f in self._flows:
+                    f.remaining_bytes -= f.rate_Bps * dt
+            else:
+                rem -= self._rate * dt
         self._last_s = self.env.now
 
     def _reschedule(self) -> None:
-        max_min_rates(self._flows)
-        self._wakeup_version += 1
-        moving = [f.remaining_bytes / f.rate_Bps for f in self._flows if f.rate_Bps > 0]
-        if not moving:
-            return  # nothing moves until a start or a bandwidth change
+        """Set every active flow's rate by progressive filling and schedule a
+        wake-up for when the first flow finishes.
+
+        With fewer than 64 flows this calls :func:`max_min_rates`.  With more,
+        it runs the same progressive filling with numpy on state kept from
+        call to call instead of dicts rebuilt from every path: rows ``_rem``
+        (bytes left) and ``_rate`` (bytes/s), one per flow of ``self._flows``
+        in its order, and the flow x link incidence as two index arrays,
+        ``_inc_row`` and ``_inc_link``, flows in order and each path in order
+        (links numbered in ``_link_list`` by first use).  Flows that ``send``
+        has appended since the last call become rows first, rows of finished
+        flows are dropped by :meth:`_on_wakeup`, and when the flows drop below
+        64 the rows go back onto the Flow objects.  While a flow is a row, the
+        row, not the Flow, holds its bytes left and rate; both are written
+        back to the Flow when it finishes.
+
+        Why the numpy filling gives bitwise the rates of ``max_min_rates``:
+        each iteration picks the same link, the one with the smallest
+        remaining capacity / unfixed flows, ties to the link seen first in
+        the flows' order (its first position in ``_inc_link``); fixes the same
+        flows (its unfixed ones) at the same ``share = max(cap / count, 0.0)``
+        (the same float operations); and takes ``share`` off each link once
+        per newly fixed flow crossing it, as the loop does.  ``np.subtract.at``
+        applies repeated indices one after the other, so a link crossed by m
+        of them goes through the same m roundings, and their order does not
+        matter as all m subtract the same number.  A flow with an empty path
+        is never fixed and keeps its rate, as there.  Links that tie for the
+        smallest share are fixed in one step where the loop provably fixes
+        them one after the other at that share (see the comment there), and
+        one at a time otherwise.  The cost is a few numpy calls per step, not
+        Python work per flow and link.
+        """
+        flows = self._flows
+        if len(flows) < 64:
+            if getattr(self, "_rem", None) is not None:   # leave the rows
+                for f, r, b in zip(flows, self._rem.tolist(), self._rate.tolist()):
+                    f.remaining_bytes = r
+                    f.rate_Bps = b
+                self._rem = self._rate = None
+            max_min_rates(flows)
+            self._wakeup_version += 1
+            moving = [f.remaining_bytes / f.rate_Bps for f in flows if f.rate_Bps > 0]
+            if not moving:
+                return  # nothing moves until a start or a bandwidth change
+            first_done = min(moving)
+        else:
+
+            if getattr(self, "_rem", None) is None:         # enter the rows
+                if getattr(self, "_link_ids", None) is None:
+                    self._link_ids: dict[Link, int] = {}
+                    self._link_list: list[Link] = []
+                self._rem = np.zeros(0)
+                self._rate = np.zeros(0)
+                self._inc_row = np.zeros(0, np.intp)
+                self._inc_link = np.zeros(0, np.intp)
+            nrows = self._rem.size
+            if len(flows) > nrows:                          # new flows become rows
+                new = flows[nrows:]
+                rows, ids = [], []
+                link_ids, link_list = self._link_ids, self._link_list
+                for r, f in enumerate(new, nrows):
+                    for link in f.path:
+                        i = link_ids.get(link)
+                        if i is None:
+                            i = link_ids[link] = len(link_list)
+                            link_list.append(link)
+                        rows.append(r)
+                        ids.append(i)
+                self._inc_row = np.concatenate((self._inc_row, np.array(rows, np.intp)))
+                self._inc_link = np.concatenate((self._inc_link, np.array(ids, np.intp)))
+                self._rem = np.concatenate((self._rem, [f.remaining_bytes for f in new]))
+                self._rate = np.concatenate((self._rate, [f.rate_Bps for f in new]))
+                nrows = len(flows)
+            rem, rate = self._rem, self._rate
+            inc_row, inc_link = self._inc_row, self._inc_link
+            links = self._link_list
+            nlinks = len(links)
+
+            count = np.bincount(inc_link, minlength=nlinks)   # unfixed flows on each link
+            act = np.flatnonzero(count)                       # links that still have some
+            cap = np.zeros(nlinks)                            # remaining capacity, bytes/s
+            cap[act] = np.array([links[i].bandwidth_bps for i in act.tolist()], dtype=float) / 8.0
+            fixed = np.zeros(nrows, dtype=bool)
+            first = None                                      # first position of each link in inc_link
+            batch_ties = True                                 # until a tie fails the check below
+            while act.size:
+                ratio = cap[act] / count[act]
+                m = ratio.min()
+                tied = act[ratio == m]
+                newly = None                                  # the flows fixed in this iteration
+                if tied.size > 1 and batch_ties:
+                    # Several links tie at the smallest share m.  The loop would
+                    # take them one after the other in first-seen order, each
+                    # at share m, and so end where fixing all their flows at
+                    # once ends (every step subtracts the same share, so the
+                    # order of the subtractions does not matter), provided
+                    # (a) no flow crosses two of them, so each keeps ratio m
+                    # until its turn, and (b) no other link their flows cross
+                    # comes down to a ratio <= m part-way, where the loop would
+                    # take it in between: for k = 1, 2, ... of their flows on
+                    # it fixed, its capacity less share k times (rounded step
+                    # by step, as the loop does) over its count less k stays
+                    # above m.  Otherwise take the first-seen link alone, as
+                    # the loop does, and stop trying for this filling.
+                    is_tied = np.zeros(nlinks, dtype=bool)
+                    is_tied[tied] = True
+                    per_row = np.bincount(inc_row[is_tied[inc_link] & ~fixed[inc_row]], minlength=nrows)
+                    if per_row.max() == 1:                    # (a)
+                        share = max(float(m), 0.0)
+                        cand = per_row.astype(bool)
+                        k_of = np.bincount(inc_link[cand[inc_row]], minlength=nlinks)
+                        touched = np.flatnonzero((k_of > 0) & ~is_tied).tolist()
+                        safe = len(touched) <= 64
+                        for li in touched if safe else ():     # (b)
+                            kmax = min(int(k_of[li]), int(count[li]) - 1)
+                            if kmax > 0:
+                                caps = np.subtract.accumulate(np.concatenate(([cap[li]], np.full(kmax, share))))
+                                if not (caps[1:] / (count[li] - np.arange(1, kmax + 1)) > m).all():
+                                    safe = False
+                                    break
+                        if safe:
+                            newly = cand
+                    if newly is None:
+                        batch_ties = False
+                if newly is None:                             # one link, as in max_min_rates
+                    if tied.size == 1:
+                        j = int(tied[0])
+                    else:
+                        if first is None:
+                            first = np.full(nlinks, inc_link.size)
+                            seen, pos = np.unique(inc_link, return_index=True)
+                            first[seen] = pos
+                        if tied.size:
+                            j = int(tied[np.argmin(first[tied])])
+                        else:   # a NaN ratio: scan in first-seen order, as min() does
+                            order = act[np.argsort(first[act], kind="stable")].tolist()
+                            j = order[0]
+                            for k in order[1:]:
+                                if cap[k] / count[k] < cap[j] / count[j]:
+                                    j = k
+                    share = max(float(cap[j] / count[j]), 0.0)
+                    on_j = inc_row[inc_link == j]
+                    newly = np.zeros(nrows, dtype=bool)
+                    newly[on_j[~fixed[on_j]]] = True
+                fixed |= newly
+                rate[newly] = share
+                hit = inc_link[newly[inc_row]]                # their links, once per crossing
+                np.subtract.at(cap, hit, share)
+                count -= np.bincount(hit, minlength=nlinks)
+                act = act[count[act] > 0]
+
+            self._wakeup_version += 1
+            moving = rate > 0
+            if not moving.any():
+                return  # nothing moves until a start or a bandwidth change
+            first_done = float((rem[moving] / rate[moving]).min())
         version = self._wakeup_version
-        self.env.timeout(max(min(moving), 0.0)).callbacks.append(lambda _ev: self._on_wakeup(version))
+        self.env.timeout(max(first_done, 0.0)).callbacks.append(lambda _ev: self._on_wakeup(version))
 
     def _on_wakeup(self, version: int) -> None:
         if version != self._wakeup_version:
             return  # superseded by a later start, end or bandwidth change
         self._advance()
-        finished = [f for f in self._flows if f.remaining_bytes <= f.rate_Bps * _EPS_S]
+        flows = self._flows
+        rem = getattr(self, "_rem", None)
+        if rem is None:
+            finished = [f for f in flows if f.remaining_bytes <= f.rate_Bps * _EPS_S]
+            for f in finished:
+                flows.remove(f)
+        else:
+
+            rate = self._rate
+            nrows = rem.size
+            done = np.flatnonzero(rem <= rate * _EPS_S).tolist()   # rows, in the order of flows
+            # flows started at this instant are not rows yet (their rate is still 0)
+            done += [i for i in range(nrows, len(flows))
+                     if flows[i].remaining_bytes <= flows[i].rate_Bps * _EPS_S]
+            finished = [flows[i] for i in done]
+            rows = [i for i in done if i < nrows]
+            for i, r, b in zip(rows, rem[rows].tolist(), rate[rows].tolist()):
+                flows[i].remaining_bytes = r                # the row's last state, onto the Flow
+                flows[i].rate_Bps = b
+            if len(done) <= 8:                              # a few: delete in place, last first
+                for i in reversed(done):
+                    del flows[i]
+            elif done:
+                gone = set(done)
+                flows[:] = [f for i, f in enumerate(flows) if i not in gone]
+            if rows:
+                keep = np.ones(nrows, dtype=bool)
+                keep[rows] = False
+                inc_keep = keep[self._inc_row]
+                renumber = np.cumsum(keep) - 1              # old row -> new row
+                self._inc_row = renumber[self._inc_row[inc_keep]]
+                self._inc_link = self._inc_link[inc_keep]
+                self._rem = rem[keep]
+                self._rate = rate[keep]
         for f in finished:
-            self._flows.remove(f)
             for link in f.path:
                 link.active -= 1
                 if link.active == 0:
@@ -223,16 +419,22 @@ class Network:
             self._reschedule()
 
     # -- fifo ------------------------------------------------------------
-    def _fifo(self, msg: Message, path: tuple[Link, ...], done: simpy.Event):
+    def _fifo(self, msg: Message, path: tuple[Link, ...], done: simpy.Event) -> None:
+        """Reserve each link in turn as the message's head reaches it.
+
+        A chain of timeout callbacks rather than a SimPy process per message:
+        the same events in the same order, at about half the host cost.
+        """
         start = self.env.now
         bits = 8.0 * msg.nbytes
-        tail_s = start           # when the tail is available at the current link
-        for link in path:        # the head has just reached `link`
-            begin = max(self.env.now, link.free_at_s)
-            if link.schedule is not None:
-                end = link.schedule.finish_time(begin, bits)
-            else:
-                end = begin + bits / link.bandwidth_bps
+
+        def hop(i: int, tail_s: float) -> None:
+            # the head has just reached path[i]; tail_s: when the tail is available here
+            link = path[i]
+            now = self.env.now
+            begin = max(now, link.free_at_s)
+            end = link.schedule.finish_time(begin, bits) if link.schedule is not None \
+                else begin + bits / link.bandwidth_bps
             end = max(end, tail_s)
             if math.isinf(end):
                 return           # the link never comes back: the message never arrives
@@ -240,13 +442,20 @@ class Network:
             link.busy_s += end - begin
             link.bytes_carried += msg.nbytes
             link.messages += 1
-            tail_s = end + link.latency_s
-            yield self.env.timeout(begin + link.latency_s - self.env.now)  # head to the next node
-        self.in_flight -= 1
-        yield self.env.timeout(max(tail_s - self.env.now, 0.0))
-        if self.trace:
-            self.delivered.append((start, self.env.now, msg))
-        done.succeed(msg)
+            tail = end + link.latency_s
+            if i + 1 < len(path):
+                self.env.timeout(begin + link.latency_s - now).callbacks.append(
+                    lambda _ev: hop(i + 1, tail))
+            else:
+                self.in_flight -= 1
+                self.env.timeout(max(tail - now, 0.0)).callbacks.append(lambda _ev: arrive())
+
+        def arrive() -> None:
+            if self.trace:
+                self.delivered.append((start, self.env.now, msg))
+            done.succeed(msg)
+
+        hop(0, start)
 
     # -- delivery --------------------------------------------------------
     def _sent(self, msg: Message, path: tuple[Link, ...]) -> None:

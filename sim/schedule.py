@@ -47,13 +47,24 @@ class Schedule:
         return self.bandwidth_bps[i]
 
     def next_change(self, t: float) -> float | None:
-        """The first change point strictly after t (None: constant from t on)."""
-        i, base = self._locate(t)
-        if i + 1 < len(self.times_s):
-            return base + self.times_s[i + 1]
-        if self.period_s is not None:
-            return base + self.period_s
-        return None
+        """The first change point strictly after t (None: constant from t on).
+
+        With a period, ``floor(t / period) * period`` can round so that the
+        candidate is not after t; then the search steps on to the next point
+        (otherwise a looping schedule could freeze simulated time)."""
+        probe = t
+        for _ in range(len(self.times_s) + 2):
+            i, base = self._locate(probe)
+            if i + 1 < len(self.times_s):
+                nxt = base + self.times_s[i + 1]
+            elif self.period_s is not None:
+                nxt = base + self.period_s
+            else:
+                return None
+            if nxt > t:
+                return nxt
+            probe = math.nextafter(max(nxt, probe), math.inf)
+        raise RuntimeError(f"no change point after {t}")  # pragma: no cover
 
     def finish_time(self, start_s: float, bits: float) -> float:
         """When ``bits`` sent from ``start_s`` at the scheduled rate are done (inf: never)."""

@@ -295,3 +295,50 @@ def test_trace_csv_errors_name_the_line(tmp_path):
         read_trace(p, "f")
     with pytest.raises(ConfigError, match="not found"):
         read_trace(tmp_path / "missing.csv", "f")
+
+
+def test_looping_schedule_never_freezes_time():
+    s = Schedule((0.0, 0.0504, 0.1251, 0.3667), (1e6, 0.0, 1e9, 0.0), period_s=1.0)
+    t = 0.0
+    for _ in range(200):
+        nxt = s.next_change(t)
+        assert nxt > t
+        t = nxt
+    assert s.next_change(2.0504) > 2.0504
+
+
+@pytest.mark.parametrize("nic_bps", [1e10, 1e12])
+def test_many_flows_vectorised_path_equals_max_min_rates(nic_bps):
+    """The numpy path (>= 64 active flows) gives bitwise the rates of max_min_rates."""
+    import copy
+    n = 150
+    g = nx.DiGraph()
+    for i in range(n):
+        g.add_edge(f"w{i}", "sw", bandwidth_bps=1e9 * (1 + (i % 7) / 7), latency_s=0.001)
+    g.add_edge("sw", "server", bandwidth_bps=nic_bps, latency_s=0.0)
+    env = simpy.Environment()
+    net = Network(env, g)
+    checks = {"max_active": 0, "compared": 0}
+    original = net._reschedule
+
+    def checked():
+        original()
+        flows = net._flows
+        checks["max_active"] = max(checks["max_active"], len(flows))
+        if getattr(net, "_rem", None) is not None and len(flows):
+            rates = list(net._rate)
+            fresh = [Flow(f.msg, f.path, 1.0, f.done, 0.0) for f in flows]
+            max_min_rates(fresh)
+            assert [f.rate_Bps for f in fresh] == rates
+            checks["compared"] += 1
+    net._reschedule = checked
+
+    def sender(i):
+        yield env.timeout(i * 1e-5)
+        yield net.send(Message(f"w{i}", "server", "g", 0, 1_000_000 + 1000 * i, 0))
+
+    for i in range(n):
+        env.process(sender(i))
+    env.run()
+    assert checks["max_active"] >= 64 and checks["compared"] > 0
+    assert net.links[("sw", "server")].bytes_carried == sum(1_000_000 + 1000 * i for i in range(n))
