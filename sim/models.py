@@ -522,7 +522,12 @@ class FlatModel:
                 for k in self.buffer_names}
 
     def unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {b.name: theta[b.start:b.stop].view(b.shape) for b in self.blocks}
+        """name -> view of theta.  ``split`` rather than one slice per block: its
+        backward is one ``cat`` of the block gradients, where slicing would
+        scatter each block into its own zero [d] tensor (per worker, under vmap):
+        about 2x faster gradients for the MLP at n = 32 (docs/performance.md)."""
+        parts = theta.split([b.stop - b.start for b in self.blocks])
+        return {b.name: p.view(b.shape) for b, p in zip(self.blocks, parts)}
 
     def _tensors(self, theta: torch.Tensor, masks: dict[str, torch.Tensor] | None,
                  buffers: Buffers | None) -> dict[str, torch.Tensor]:
