@@ -13,6 +13,7 @@ from sim.registry import Registry
 
 from .base import AlgorithmConfig, Context
 from .compressors import COMPRESSORS, CompressorConfig, TopKConfig
+from .lazy import Lazy
 from .onebit import OneBitAdam
 from .optim import Adam, AmsGrad, Momentum, Sgd
 from .ps import LocalAdam, LocalMomentum, ParameterServer
@@ -173,6 +174,95 @@ class OneBitAdamConfig(_AdamFields):
     def build(self, ctx: Context) -> OneBitAdam:
         return OneBitAdam(self.label, self.lr_at, ctx.n, ctx.blocks, self.freeze_step,
                           self.beta1, self.beta2, self.eps)
+
+
+class _LazyFields(AlgorithmConfig):
+    """Settings of the skip rules (algorithms/lazy.py); the defaults follow the
+    LASG reference code unless the kind says otherwise."""
+
+    D: int = Field(10, ge=1, description="changes of theta in the threshold")
+    xi: list[float] | None = Field(None, description="weights xi_d of the last D changes (default 1/D each)")
+    max_delay: int = Field(50, ge=1, description="upload at the latest after this many skipped rounds")
+    threshold_scaling: Literal["lasg", "sasg"] = Field(
+        "lasg", description="lasg: 1/(lr^2 M^2) (LASG paper); sasg: 1/(2 lr M^2) (SASG notebook)")
+    strict: bool = Field(False, description="upload when the difference is > (not >=) the threshold")
+    stale_at: Literal["theta_hat", "previous"] = Field(
+        "theta_hat", description="the auxiliary gradient at the last-upload iterate, or the previous iterate")
+    aggregate: Literal["mean", "sum"] = Field("mean", description="combine workers' messages by mean or sum")
+
+    def _lazy(self, ctx: Context, rule: str, inner: ParameterServer, **kw) -> Lazy:
+        if self.xi is not None and len(self.xi) != self.D:
+            raise ValueError(f"xi lists {len(self.xi)} weights; allowed: exactly D = {self.D}")
+        return Lazy(self.label, inner, rule, ctx.n, self.lr_at, self.D, tuple(self.xi or ()), self.max_delay,
+                    self.threshold_scaling, self.strict, self.stale_at, self.aggregate, **kw)
+
+
+@ALGORITHMS.register("lasg_wk2")
+class LasgWk2Config(_LazyFields):
+    """LASG-WK2 around dense SGD: the worker compares g(theta^k) and g(theta_hat)
+    on the same minibatch (two gradients, both charged)."""
+
+    kind: Literal["lasg_wk2"] = "lasg_wk2"
+
+    def build(self, ctx: Context) -> Lazy:
+        return self._lazy(ctx, "lasg_wk2", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n))
+
+
+@ALGORITHMS.register("lasg_wk1")
+class LasgWk1Config(_LazyFields):
+    """LASG-WK1: variance-reduced rule with a snapshot refreshed every max_delay rounds."""
+
+    kind: Literal["lasg_wk1"] = "lasg_wk1"
+
+    def build(self, ctx: Context) -> Lazy:
+        return self._lazy(ctx, "lasg_wk1", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n))
+
+
+@ALGORITHMS.register("lasg_ps")
+class LasgPsConfig(_LazyFields):
+    """LASG-PS: the server asks worker m when L ||theta^k - theta_hat_m||^2 >= threshold;
+    workers not asked compute and send nothing."""
+
+    kind: Literal["lasg_ps"] = "lasg_ps"
+    smoothness: float = Field(0.1, gt=0, description="L in the rule (reference code: 0.1)")
+
+    def build(self, ctx: Context) -> Lazy:
+        return self._lazy(ctx, "lasg_ps", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n),
+                          smoothness=self.smoothness)
+
+
+@ALGORITHMS.register("lag")
+class LagConfig(_LazyFields):
+    """LAG (Chen et al. 2018) worker rule: upload when the new gradient differs
+    enough from the last one sent.  Deterministic LAG uses full local
+    gradients: set batch_size to the shard size."""
+
+    kind: Literal["lag"] = "lag"
+
+    def build(self, ctx: Context) -> Lazy:
+        return self._lazy(ctx, "lag", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n))
+
+
+@ALGORITHMS.register("sasg")
+class SasgConfig(_LazyFields):
+    """SASG (sasg.txt Algorithm 1): the LASG-WK2 rule with top-k and error
+    feedback: a communicating worker sends TopK(lr g + e) and keeps the
+    residual; a skipping worker leaves its error untouched and the server
+    reuses its stored sparse message.  Defaults follow the SASG notebook:
+    top-k per tensor, sum of messages, threshold 1/(2 lr M^2), strict, every
+    worker communicates in the first D rounds, at most D skips in a row."""
+
+    kind: Literal["sasg"] = "sasg"
+    ratio: float = Field(0.01, gt=0, le=1, description="top-k fraction, per tensor")
+    threshold_scaling: Literal["lasg", "sasg"] = "sasg"
+    strict: bool = True
+    aggregate: Literal["mean", "sum"] = "sum"
+    max_delay: int = Field(10, ge=1)
+
+    def build(self, ctx: Context) -> Lazy:
+        comp = TopKConfig(ratio=self.ratio, scope="layer").build(ctx)
+        inner = ParameterServer(self.label, comp, Sgd(self.lr_at), True, ctx.n)
+        return self._lazy(ctx, "sasg", inner, warmup_all=True)
 
 
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]

@@ -50,10 +50,18 @@ class Payload:
 
 @dataclass(frozen=True)
 class Upload:
-    """What the workers send this round."""
+    """What the workers send this round.
+
+    ``carries_gradient[i]`` False with ``sends[i]`` True is a skip notice (a
+    header-only message); ``sends[i]`` False: worker i sends nothing at all.
+    ``compute_factor[i]`` multiplies worker i's compute time this round (2 when
+    it computed an auxiliary gradient, 0 when it computed nothing).
+    """
 
     payload: Payload
     carries_gradient: torch.Tensor   # [n] bool: counts as an upload (not a skip notice)
+    sends: torch.Tensor | None = None           # [n] bool, default all
+    compute_factor: torch.Tensor | None = None  # [n] float, default 1
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,11 @@ class Algorithm(Protocol):
     summable: bool   # messages can be summed in transit (ring all-reduce)
 
     def worker_encode(self, state: Any, grads: torch.Tensor, round: int,
-                      streams: WorkerStreams, active: torch.Tensor | None = None) -> tuple[Upload, Any]: ...
+                      streams: WorkerStreams, active: torch.Tensor | None = None,
+                      aux_grad: Any = None) -> tuple[Upload, Any]: ...
+    # aux_grad(thetas [n, d]) -> [n, d]: each worker's gradient at its own
+    # parameters on this round's minibatch (skip rules); its compute is charged
+    # through Upload.compute_factor.
 
     def server_update(self, state: Any, theta: torch.Tensor, upload: Upload,
                       arrived: torch.Tensor, round: int) -> tuple[torch.Tensor, Downlink, Any]: ...

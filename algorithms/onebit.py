@@ -68,7 +68,8 @@ class OneBitAdam:
         return OneBitState(z, z.clone(), zn, z.clone())
 
     def worker_encode(self, s: OneBitState, grads: torch.Tensor, round: int,
-                      streams: WorkerStreams, active: torch.Tensor | None = None) -> tuple[Upload, OneBitState]:
+                      streams: WorkerStreams, active: torch.Tensor | None = None,
+                      aux_grad=None) -> tuple[Upload, OneBitState]:
         n, d = grads.shape
         sends = torch.ones(n, dtype=torch.bool) if active is None else active.cpu()
         if round < self.freeze_step:   # dense warm-up: full gradients, 4 d bytes

@@ -125,7 +125,8 @@ class ParameterServer:
         return PSState(self.optimizer.init(theta), ef, local, server_error)
 
     def worker_encode(self, state: PSState, grads: torch.Tensor, round: int,
-                      streams: WorkerStreams, active: torch.Tensor | None = None) -> tuple[Upload, PSState]:
+                      streams: WorkerStreams, active: torch.Tensor | None = None,
+                      aux_grad=None) -> tuple[Upload, PSState]:
         """grads [n, d] -> every worker's message.  ``active`` [n] bool: workers
         taking part this round; the others' state is left as it was."""
         x, local = grads, state.local

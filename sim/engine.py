@@ -161,6 +161,8 @@ class RunResult:
     stalled: str = ""          # why the run could not go on (nothing delivered), or ""
     model_params: int = 0
     links: list[dict] = field(default_factory=list)
+    skipped_fraction: float = 0.0   # worker-rounds without a gradient upload (skip rules)
+    server_state_bytes: int = 0     # server memory for stored worker messages (skip rules)
 
 
 MAX_EMPTY_ROUNDS = 10  # consecutive rounds in which no upload arrives before the run is declared stalled
@@ -232,21 +234,29 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                 record()
                 return
             act = torch.tensor(active, dtype=torch.bool)
-            upload, state = alg.worker_encode(state, grads, t, streams, act)
+            aux = lambda thetas: grad_fn.at(thetas, x, y, masks)  # noqa: E731 (same minibatch)
+            upload, state = alg.worker_encode(state, grads, t, streams, act, aux_grad=aux)
             # -- the timing of round t ----------------------------------------
-            timing = yield from proto.round(t, upload.payload, active, straggler_times(world, streams, t),
-                                            scn.round_timeout)
+            step_s = straggler_times(world, streams, t)
+            if upload.compute_factor is not None:      # auxiliary gradients, or nothing computed
+                step_s = [s * f for s, f in zip(step_s, upload.compute_factor.tolist())]
+            sending = active if upload.sends is None else \
+                [a and bool(b) for a, b in zip(active, upload.sends.tolist())]
+            timing = yield from proto.round(t, upload.payload, sending, step_s, scn.round_timeout,
+                                            carries=upload.carries_gradient.tolist())
             arrived = torch.tensor(timing.arrived, dtype=torch.bool)
             c.round += 1
             c.uploads += timing.uploads
             c.bytes_up += timing.bytes_up
-            if bool(arrived.any()):
+            expected = any(sending)
+            if bool(arrived.any()) or (not expected and getattr(alg, "updates_without_uploads", False)):
+                # (skip rules: a round in which every worker skips still steps with stored messages)
                 empty = 0
                 theta, down, state = alg.server_update(state, theta, upload, arrived, t)
                 buffers = merge_buffers(buffers, new_buffers, arrived)
                 proto.finish(t, down.slice_bytes(getattr(proto, "bounds", [(0, world.model.d)]), update_bytes))
             else:
-                empty += 1
+                empty += 1 if expected else 0
                 proto.finish(t, None)     # nothing to apply: a header-only "no update"
             c.bytes_down = proto.bytes_down
             on_phase({"algorithm": cfg.label, "seed": world.seed, "round": t, **timing.phase,
@@ -283,6 +293,8 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                           f"round_timeout is set")
         record()
     result.links = link_rows(net, cfg.label, world.seed, env.now)
+    result.skipped_fraction = alg.skipped_fraction(state) if hasattr(alg, "skipped_fraction") else 0.0
+    result.server_state_bytes = alg.server_state_bytes(state) if hasattr(alg, "server_state_bytes") else 0
     return result
 
 
@@ -315,5 +327,6 @@ def summarize(result: RunResult, target: float) -> dict:
         "bytes_up_to_target": hit["bytes_up"] if hit else "",
         "final_test_acc": last.get("test_acc", ""), "final_sim_time_s": last.get("sim_time_s", ""),
         "final_round": last.get("round", ""), "diverged": result.diverged,
+        "skipped_fraction": result.skipped_fraction, "server_state_bytes": result.server_state_bytes,
         "status": "diverged" if result.diverged else ("stalled" if result.stalled else "done"),
     }

@@ -68,6 +68,20 @@ class GradFn:
         new = {k: torch.stack([aux[k] for _, (_, aux) in outs]) for k in self.model.buffer_names}
         return (torch.stack([g for g, _ in outs]), torch.stack([l for _, (l, _) in outs]), new)
 
+    def at(self, thetas: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+           masks: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Each worker's gradient at its own parameters: thetas [n, d] -> [n, d]
+        (the auxiliary gradients of skip rules), one batched call."""
+        if self.model.has_buffers:
+            raise ValueError("per-worker parameters are not supported for BatchNorm models")
+        masks = masks or {}
+        if self.mode == "vmap":
+            if not hasattr(self, "_per_worker"):
+                self._per_worker = torch.func.vmap(self._one, in_dims=(0, 0, 0, 0))
+            return self._per_worker(thetas, x, y, masks)[0]
+        return torch.stack([self._one(thetas[i], x[i], y[i], {k: m[i] for k, m in masks.items()})[0]
+                            for i in range(x.shape[0])])
+
     def _plain(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                masks: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mode == "vmap":

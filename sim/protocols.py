@@ -139,9 +139,11 @@ class ParameterServer:
         out["done"][i] = self.env.now
         return True
 
-    def round(self, t: int, payload, active: list[bool], step_s: list[float], timeout_s: float | None):
+    def round(self, t: int, payload, active: list[bool], step_s: list[float], timeout_s: float | None,
+              carries: list[bool] | None = None):
         """SimPy generator: returns RoundTiming once every active worker's
-        upload arrived, crashed, or the deadline passed."""
+        upload arrived, crashed, or the deadline passed.  ``carries[i]`` False:
+        worker i's message is a skip notice (not counted as an upload)."""
         sizes = slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
         out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}}
         procs = {i: self.env.process(self._worker(i, t, sizes[i], step_s[i], out))
@@ -157,7 +159,8 @@ class ParameterServer:
         timing = RoundTiming(arrived)
         timing.messages_up = len(out["sent_bytes"]) * len(self.servers)
         timing.bytes_up = sum(out["sent_bytes"].values())
-        timing.uploads = timing.messages_up
+        senders = out["sent_bytes"]
+        timing.uploads = len(self.servers) * sum(1 for i in senders if carries is None or carries[i])
         timing.phase = self._phases(out, step_s, end, arrived)
         return timing
 
@@ -207,7 +210,7 @@ class Ring:
     def begin(self, t: int) -> list[bool]:
         return [True] * self.n
 
-    def round(self, t: int, payload, active, step_s, timeout_s):
+    def round(self, t: int, payload, active, step_s, timeout_s, carries=None):
         n = self.n
         if self.summable:
             # reduce-scatter then all-gather: step s, worker i sends chunk (i - s) mod n
