@@ -342,3 +342,60 @@ def test_many_flows_vectorised_path_equals_max_min_rates(nic_bps):
     env.run()
     assert checks["max_active"] >= 64 and checks["compared"] > 0
     assert net.links[("sw", "server")].bytes_carried == sum(1_000_000 + 1000 * i for i in range(n))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_random_small_graphs_conserve_bytes_and_respect_capacity(data):
+    """Random connected graphs, random flows between random node pairs, routed by
+    the network itself: every message arrives, each link carries exactly the
+    bytes of the messages routed over it, and at every rate recomputation no
+    link is over capacity and no flow is faster than any link on its path."""
+    n_nodes = data.draw(st.integers(2, 6))
+    g = nx.DiGraph()
+    nodes = [f"n{i}" for i in range(n_nodes)]
+    for i in range(1, n_nodes):                         # a random spanning tree, both directions
+        j = data.draw(st.integers(0, i - 1))
+        bw = data.draw(st.sampled_from([1e3, 8e3, 5e4]))
+        lat = data.draw(st.sampled_from([0.0, 0.01]))
+        g.add_edge(nodes[i], nodes[j], bandwidth_bps=bw, latency_s=lat)
+        g.add_edge(nodes[j], nodes[i], bandwidth_bps=bw, latency_s=lat)
+    for _ in range(data.draw(st.integers(0, 3))):     # a few extra edges
+        a, b = data.draw(st.sampled_from(nodes)), data.draw(st.sampled_from(nodes))
+        if a != b:
+            g.add_edge(a, b, bandwidth_bps=data.draw(st.sampled_from([2e3, 1e4])), latency_s=0.0)
+    sends = data.draw(st.lists(st.tuples(st.floats(0, 1), st.sampled_from(nodes), st.sampled_from(nodes),
+                                         st.integers(1, 2000)), min_size=1, max_size=10))
+    sends = [s for s in sends if s[1] != s[2]]
+    env = simpy.Environment()
+    net = Network(env, g)
+    original = net._reschedule
+
+    def checked():
+        original()
+        flows = net._flows
+        rates = list(net._rate) if getattr(net, "_rem", None) is not None else [f.rate_Bps for f in flows]
+        load = {}
+        for f, r in zip(flows, rates):
+            for link in f.path:
+                assert r <= link.bandwidth_bps / 8 * (1 + 1e-9)
+                load[link] = load.get(link, 0.0) + r
+        for link, total in load.items():
+            assert total <= link.bandwidth_bps / 8 * (1 + 1e-9)
+    net._reschedule = checked
+    arrived = []
+
+    def sender(start, src, dst, size):
+        yield env.timeout(start)
+        yield net.send(Message(src, dst, "x", 0, size, 0))
+        arrived.append(size)
+
+    expect = {}
+    for start, src, dst, size in sends:
+        env.process(sender(start, src, dst, size))
+        for link in net.route(src, dst):
+            expect[link.name] = expect.get(link.name, 0) + size
+    env.run()
+    assert sorted(arrived) == sorted(s[3] for s in sends)
+    for link in net.links.values():
+        assert link.bytes_carried == expect.get(link.name, 0)
