@@ -29,6 +29,7 @@ model.
 from __future__ import annotations
 
 import math
+from functools import partial
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -151,8 +152,8 @@ class Network:
     def send(self, msg: Message) -> simpy.Event:
         """Start sending ``msg`` now; the returned event fires (with the
         message as value) when its last byte reaches ``msg.dst``."""
-        path = self.route(msg.src, msg.dst)
-        done = self.env.event()
+        path = self._routes.get((msg.src, msg.dst)) or self.route(msg.src, msg.dst)
+        done = simpy.Event(self.env)
         self.in_flight += 1
         if self.sharing == "fifo":
             self._fifo(msg, path, done)
@@ -420,42 +421,8 @@ class Network:
 
     # -- fifo ------------------------------------------------------------
     def _fifo(self, msg: Message, path: tuple[Link, ...], done: simpy.Event) -> None:
-        """Reserve each link in turn as the message's head reaches it.
-
-        A chain of timeout callbacks rather than a SimPy process per message:
-        the same events in the same order, at about half the host cost.
-        """
-        start = self.env.now
-        bits = 8.0 * msg.nbytes
-
-        def hop(i: int, tail_s: float) -> None:
-            # the head has just reached path[i]; tail_s: when the tail is available here
-            link = path[i]
-            now = self.env.now
-            begin = max(now, link.free_at_s)
-            end = link.schedule.finish_time(begin, bits) if link.schedule is not None \
-                else begin + bits / link.bandwidth_bps
-            end = max(end, tail_s)
-            if math.isinf(end):
-                return           # the link never comes back: the message never arrives
-            link.free_at_s = end
-            link.busy_s += end - begin
-            link.bytes_carried += msg.nbytes
-            link.messages += 1
-            tail = end + link.latency_s
-            if i + 1 < len(path):
-                self.env.timeout(begin + link.latency_s - now).callbacks.append(
-                    lambda _ev: hop(i + 1, tail))
-            else:
-                self.in_flight -= 1
-                if self.trace:
-                    done.callbacks.append(lambda _ev: self.delivered.append((start, self.env.now, msg)))
-                # Trigger ``done`` at the arrival time directly, as Event.succeed
-                # would do now (one event per message saved, not a timeout + done).
-                done._ok, done._value = True, msg
-                self.env.schedule(done, simpy.events.NORMAL, max(tail - now, 0.0))
-
-        hop(0, start)
+        """Reserve each link in turn as the message's head reaches it (see _FifoMessage)."""
+        _FifoMessage(self, msg, path, done).hop(0, self.env.now)
 
     # -- delivery --------------------------------------------------------
     def _sent(self, msg: Message, path: tuple[Link, ...]) -> None:
@@ -478,3 +445,55 @@ class Network:
 def _latency_then_hops(u, v, data) -> float:
     # latency-shortest; a tiny per-hop term makes ties go to fewer hops
     return data["latency_s"] + 1e-12
+
+
+class _FifoMessage:
+    """One message under ``fifo`` sharing: a chain of timeout callbacks rather
+    than a SimPy process (the same events in the same order at about half the
+    host cost), and an object rather than nested closures, so no reference
+    cycle is left for the garbage collector."""
+
+    __slots__ = ("net", "msg", "path", "done", "bits", "start")
+
+    def __init__(self, net: Network, msg: Message, path: tuple[Link, ...], done: simpy.Event) -> None:
+        self.net, self.msg, self.path, self.done = net, msg, path, done
+        self.bits = 8.0 * msg.nbytes
+        self.start = net.env.now
+
+    def hop(self, i: int, tail_s: float) -> None:
+        """The head has just reached path[i]; ``tail_s``: when the tail is
+        available here.  Plain comparisons rather than max(): the hot path."""
+        env = self.net.env
+        link = self.path[i]
+        now = env.now
+        free = link.free_at_s
+        begin = now if now > free else free
+        if link.schedule is None:
+            end = begin + self.bits / link.bandwidth_bps
+        else:
+            end = link.schedule.finish_time(begin, self.bits)
+            if math.isinf(end):
+                return           # the link never comes back: the message never arrives
+        if end < tail_s:
+            end = tail_s
+        link.free_at_s = end
+        link.busy_s += end - begin
+        link.bytes_carried += self.msg.nbytes
+        link.messages += 1
+        tail = end + link.latency_s
+        if i + 1 < len(self.path):
+            env.timeout(begin + link.latency_s - now).callbacks.append(partial(self._next, i + 1, tail))
+            return
+        net = self.net
+        net.in_flight -= 1
+        done = self.done
+        if net.trace:
+            start, msg = self.start, self.msg
+            done.callbacks.append(lambda _ev: net.delivered.append((start, env.now, msg)))
+        # Trigger ``done`` at the arrival time directly, as Event.succeed would
+        # do now (one event per message saved: not a timeout and then done).
+        done._ok, done._value = True, self.msg
+        env.schedule(done, simpy.events.NORMAL, tail - now if tail > now else 0.0)
+
+    def _next(self, i: int, tail_s: float, _ev: simpy.Event) -> None:
+        self.hop(i, tail_s)
