@@ -142,10 +142,19 @@ class Network:
 
     # -- routing ---------------------------------------------------------
     def route(self, src: str, dst: str) -> tuple[Link, ...]:
+        """The latency-shortest path from src to dst, as links.  A miss runs one
+        Dijkstra from src and one towards dst and caches every route they give,
+        so n workers uploading to one server cost two searches, not n."""
         key = (src, dst)
         if key not in self._routes:
-            nodes = nx.shortest_path(self.graph, src, dst, weight=_latency_then_hops)
-            self._routes[key] = tuple(self.links[(a, b)] for a, b in zip(nodes, nodes[1:]))
+            for paths in (nx.shortest_path(self.graph, source=src, weight=_latency_then_hops),
+                          nx.shortest_path(self.graph, target=dst, weight=_latency_then_hops)):
+                for nodes in paths.values():
+                    k = (nodes[0], nodes[-1])
+                    if k not in self._routes and len(nodes) > 1:
+                        self._routes[k] = tuple(self.links[(a, b)] for a, b in zip(nodes, nodes[1:]))
+            if key not in self._routes:
+                raise nx.NetworkXNoPath(f"no route from {src} to {dst}")
         return self._routes[key]
 
     # -- sending ---------------------------------------------------------
