@@ -8,7 +8,7 @@ import torch
 
 import algorithms
 from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context
-from algorithms.compressors import ErrorFeedback, TopKConfig
+from algorithms.compressors import TopKConfig
 from algorithms.ps import mean_over_arrived, update_bytes
 from sim.models import Block
 from sim.rng import WorkerStreams

@@ -1,7 +1,6 @@
 """Skip rules (LAG / LASG / SASG): the rule, reuse of stored messages, and honest costs."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest

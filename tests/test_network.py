@@ -310,7 +310,6 @@ def test_looping_schedule_never_freezes_time():
 @pytest.mark.parametrize("nic_bps", [1e10, 1e12])
 def test_many_flows_vectorised_path_equals_max_min_rates(nic_bps):
     """The numpy path (>= 64 active flows) gives bitwise the rates of max_min_rates."""
-    import copy
     n = 150
     g = nx.DiGraph()
     for i in range(n):

@@ -1,10 +1,8 @@
 """Round protocols against closed forms, and the network features end to end."""
 from __future__ import annotations
 
-import math
 
 import networkx as nx
-import numpy as np
 import pytest
 import simpy
 import torch

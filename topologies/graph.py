@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from sim.errors import ConfigError
 
 from . import TOPOLOGIES, worker_name
-from .spec import DownInterval, LinkSpec, link_attrs
+from .spec import LinkSpec, link_attrs
 from .star import server_names
 
 
