@@ -18,10 +18,11 @@ def line(*hops: tuple[str, str, float, float]) -> nx.DiGraph:
     return g
 
 
-def run_sends(graph, sends):
-    """sends: list of (start_s, src, dst, payload_bytes). Returns arrival time of each, in order."""
+def run_model(graph, sends, sharing="fair", until=100.0):
+    """sends: list of (start_s, src, dst, payload_bytes). Returns the arrival time of
+    each (None: never arrived), in order, and the network."""
     env = simpy.Environment()
-    net = Network(env, graph)
+    net = Network(env, graph, sharing)
     arrivals = [None] * len(sends)
 
     def sender(i, start, src, dst, size):
@@ -31,8 +32,11 @@ def run_sends(graph, sends):
 
     for i, s in enumerate(sends):
         env.process(sender(i, *s))
-    env.run()
+    env.run(until=until)  # a looping schedule never runs out of events
     return arrivals, net
+
+
+run_sends = run_model
 
 
 def test_one_message_latency_plus_size_over_bandwidth():
@@ -188,22 +192,6 @@ def test_bytes_delivered_equal_bytes_sent_and_work_conserving(sends):
 
 # --- fifo, schedules, down intervals ------------------------------------------
 from sim.schedule import Schedule, read_trace, with_down_intervals  # noqa: E402
-
-
-def run_model(graph, sends, sharing, until=100.0):
-    env = simpy.Environment()
-    net = Network(env, graph, sharing)
-    arrivals = [None] * len(sends)
-
-    def sender(i, start, src, dst, size):
-        yield env.timeout(start)
-        yield net.send(Message(src, dst, "x", 0, size, header_bytes=0))
-        arrivals[i] = env.now
-
-    for i, s in enumerate(sends):
-        env.process(sender(i, *s))
-    env.run(until=until)  # a looping schedule never runs out of events
-    return arrivals, net
 
 
 @pytest.mark.parametrize("sharing", ["fair", "fifo"])
