@@ -1,4 +1,7 @@
-"""Progress bar over rounds showing simulated time (tqdm, on stderr)."""
+"""Progress bar over rounds showing simulated time (tqdm, on stderr).
+
+Shown when stderr is a terminal; left out when it is a file or pipe (logs, CI),
+or with --quiet."""
 from __future__ import annotations
 
 from tqdm import tqdm
@@ -6,7 +9,7 @@ from tqdm import tqdm
 
 class Progress:
     def __init__(self, label: str, total: int, disable: bool = False) -> None:
-        self._bar = tqdm(total=total, desc=label, unit="round", disable=disable, leave=True,
+        self._bar = tqdm(total=total, desc=label, unit="round", disable=True if disable else None, leave=True,
                          dynamic_ncols=True, mininterval=0.5)
         self._last = 0
 
