@@ -1,0 +1,87 @@
+"""Count sketch: hashes, linearity, heavy-hitter recovery (groundwork of issue 5)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms.sketch import P, CountSketch
+
+
+def test_hashes_match_the_formulas_and_are_shared_by_seed():
+    cs = CountSketch(d=1000, rows=3, cols=50, seed=7)
+    again = CountSketch(d=1000, rows=3, cols=50, seed=7)
+    assert torch.equal(cs.buckets, again.buckets) and torch.equal(cs.signs, again.signs)
+    other = CountSketch(d=1000, rows=3, cols=50, seed=8)
+    assert not torch.equal(cs.buckets, other.buckets)
+    assert int(cs.buckets.min()) >= 0 and int(cs.buckets.max()) < 50
+    assert set(cs.signs.unique().tolist()) == {-1, 1}
+    # recompute row 0 with Python integers (arbitrary precision) from the same coefficients
+    rng = np.random.default_rng([7, 0x5CE7C4])
+    a, b, c3, c2, c1, c0 = (int(v) for v in rng.integers(1, P, size=(3, 6), dtype=np.int64)[0])
+    for i in (0, 1, 2, 999):
+        assert int(cs.buckets[0, i]) == ((a * i + b) % P) % 50
+        g = (c3 * i ** 3 + c2 * i ** 2 + c1 * i + c0) % P
+        assert int(cs.signs[0, i]) == 1 - 2 * (g & 1)
+
+
+def test_sketch_is_linear_and_batched():
+    cs = CountSketch(d=500, rows=5, cols=64, seed=0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 500, generator=g)
+    tables = cs.sketch(x)
+    assert tables.shape == (4, 5, 64)
+    torch.testing.assert_close(tables.sum(0), cs.sketch(x.sum(0)), rtol=1e-5, atol=1e-5)
+    for i in range(4):
+        torch.testing.assert_close(tables[i], cs.sketch(x[i]))
+    assert cs.nbytes == 4 * 5 * 64
+
+
+def test_collision_free_sketch_recovers_every_coordinate_exactly():
+    d = 64
+    cs = CountSketch(d=d, rows=1, cols=d, seed=0)
+    # force distinct buckets: a permutation (a collision-free sketch)
+    cs.buckets = torch.randperm(d, generator=torch.Generator().manual_seed(1)).to(torch.int32).view(1, d)
+    x = torch.randn(d, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(cs.estimate(cs.sketch(x)), x)
+    v = torch.rand(d, generator=torch.Generator().manual_seed(3)) + 0.5
+    torch.testing.assert_close(cs.estimate(cs.sketch(x), scale=v.sqrt()), x / v.sqrt())
+
+
+def planted(d, k, seed, noise=0.01):
+    g = torch.Generator().manual_seed(seed)
+    x = noise * torch.randn(d, generator=g)
+    idx = torch.randperm(d, generator=g)[:k]
+    x[idx] = 10.0 * torch.sign(torch.randn(k, generator=g))
+    return x, set(idx.tolist())
+
+
+def test_heavy_hitters_recovered_when_the_sketch_is_wide_enough():
+    d, k = 20000, 20
+    x, truth = planted(d, k, 0)
+    cs = CountSketch(d=d, rows=5, cols=200 * k, seed=1)   # a bucket holds a heavy hitter w.p. 0.5%
+    idx, est = cs.heavy_hitters(cs.sketch(x), k)
+    assert set(idx.tolist()) == truth
+    assert torch.allclose(est.abs(), torch.full((k,), 10.0), atol=0.5)
+
+
+def test_recall_falls_as_the_sketch_narrows():
+    d, k = 20000, 50
+    recalls = []
+    for cols in (10000, 1000, 200, 50):
+        hits = 0
+        for seed in range(3):
+            x, truth = planted(d, k, 10 + seed, noise=0.3)
+            cs = CountSketch(d=d, rows=5, cols=cols, seed=seed)
+            idx, _ = cs.heavy_hitters(cs.sketch(x), k)
+            hits += len(truth & set(idx.tolist()))
+        recalls.append(hits / (3 * k))
+    assert recalls[0] == 1.0
+    assert recalls == sorted(recalls, reverse=True) and recalls[-1] < 0.5
+
+
+def test_rejects_bad_sizes():
+    with pytest.raises(ValueError):
+        CountSketch(d=P, rows=1, cols=1, seed=0)
+    with pytest.raises(ValueError):
+        CountSketch(d=10, rows=0, cols=4, seed=0)
