@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sim.registry import Registry
 
 from .base import AlgorithmConfig, Context
 from .compressors import COMPRESSORS, CompressorConfig, TopKConfig
 from .lazy import Lazy
+from .sketch import CountSketch
+from .sketched import FetchSgd, SketchedSgd
 from .onebit import OneBitAdam
 from .optim import Adam, AmsGrad, Momentum, Sgd
 from .ps import LocalAdam, LocalMomentum, ParameterServer
@@ -263,6 +265,51 @@ class SasgConfig(_LazyFields):
         comp = TopKConfig(ratio=self.ratio, scope="layer").build(ctx)
         inner = ParameterServer(self.label, comp, Sgd(self.lr_at), True, ctx.n)
         return self._lazy(ctx, "sasg", inner, warmup_all=True)
+
+
+class _SketchFields(AlgorithmConfig):
+    rows: int = Field(5, ge=1, description="count sketch rows r")
+    cols: int = Field(ge=1, description="count sketch columns c (a table is 4 r c bytes)")
+    k: int | None = Field(None, ge=1, description="coordinates updated per round")
+    ratio: float | None = Field(None, gt=0, le=1, description="k as a fraction of d (instead of k)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    sketch_seed: int = Field(0, description="seed of the hashes, shared by all parties")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.k is None) == (self.ratio is None):
+            raise ValueError("give exactly one of k (>= 1) or ratio (in (0, 1])")
+        return self
+
+    def _k(self, d: int) -> int:
+        return min(d, self.k if self.k is not None else max(1, int(self.ratio * d)))
+
+    def _sketch(self, ctx: Context) -> CountSketch:
+        return CountSketch(ctx.d, self.rows, self.cols, self.sketch_seed, ctx.device)
+
+
+@ALGORITHMS.register("sketched_sgd")
+class SketchedSgdConfig(_SketchFields):
+    """Sketched-SGD (Ivkin et al. 2019): workers send S(v); the server picks P k
+    candidates from the summed sketch, a second round fetches their exact
+    values, the exact top-k is applied (algorithms/sketched.py)."""
+
+    kind: Literal["sketched_sgd"] = "sketched_sgd"
+    P: int = Field(8, ge=0, description="candidates per update coordinate; 0: no second round")
+
+    def build(self, ctx: Context) -> SketchedSgd:
+        return SketchedSgd(self.label, self._sketch(ctx), self._k(ctx.d), self.P, self.momentum, self.lr_at, ctx.n)
+
+
+@ALGORITHMS.register("fetchsgd")
+class FetchSgdConfig(_SketchFields):
+    """FetchSGD (Rothchild et al. 2020): sketches of raw gradients; momentum and
+    error kept by the server in sketch space; one round."""
+
+    kind: Literal["fetchsgd"] = "fetchsgd"
+
+    def build(self, ctx: Context) -> FetchSgd:
+        return FetchSgd(self.label, self._sketch(ctx), self._k(ctx.d), self.momentum, self.lr_at, ctx.n)
 
 
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]

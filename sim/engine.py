@@ -201,6 +201,9 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     header = scn.network.header_bytes
     topo = scn.network.topology
     if topo.collective == "ring":
+        if hasattr(alg, "second_round"):
+            raise ConfigError(f"{cfg.label}: a second round of messages needs a parameter server; "
+                              "allowed topologies: star, hierarchical, graph", field="network.topology")
         proto = Ring(env, net, n, world.model.d, header, alg.summable)
     else:
         proto = ParameterServer(env, net, n, topo.server_names(), world.model.d, header, failures_of(scn))
@@ -252,6 +255,15 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
             if bool(arrived.any()) or (not expected and getattr(alg, "updates_without_uploads", False)):
                 # (skip rules: a round in which every worker skips still steps with stored messages)
                 empty = 0
+                if hasattr(alg, "second_round"):     # sketched methods: candidates, then exact values
+                    ask, state = alg.second_round(state, arrived, t)
+                    if ask is not None:
+                        t0 = env.now
+                        ex = yield from proto.exchange(t, ask[0], ask[1], timing.arrived)
+                        c.uploads += ex["messages_up"]
+                        c.bytes_up += ex["bytes_up"]
+                        timing.phase["exchange_s"] = env.now - t0
+                        timing.phase["end_s"] = env.now
                 theta, down, state = alg.server_update(state, theta, upload, arrived, t)
                 buffers = merge_buffers(buffers, new_buffers, arrived)
                 proto.finish(t, down.slice_bytes(getattr(proto, "bounds", [(0, world.model.d)]), update_bytes))

@@ -168,13 +168,43 @@ class ParameterServer:
         """Critical-path breakdown: the worker whose upload completed last."""
         done = {i: t for i, t in out["done"].items() if arrived[i]}
         ph = {"start_s": self.round_start, "end_s": end, "download_s": 0.0, "compute_s": 0.0,
-              "upload_s": 0.0, "server_s": 0.0, "wait_s": end - self.round_start, "critical_worker": ""}
+              "upload_s": 0.0, "server_s": 0.0, "wait_s": end - self.round_start, "exchange_s": 0.0,
+              "critical_worker": ""}
         if done:
             c = max(done, key=lambda i: (done[i], -i))
             ready = out["ready"][c]
             ph.update(download_s=ready - self.round_start, compute_s=step_s[c],
                       upload_s=done[c] - ready - step_s[c], wait_s=end - done[c], critical_worker=c)
         return ph
+
+    def exchange(self, t: int, request_bytes: int, reply_bytes: int, who: list[bool]):
+        """SimPy generator: a second round (sketched methods).  Every server asks
+        each worker in ``who`` for values (its share of ``request_bytes``); a
+        worker answers each server once it has all requests (``reply_bytes``,
+        split the same way).  Returns {"bytes_up", "messages_up"} once every
+        reply arrived."""
+        split = lambda total: [total * (b - a) // self.d for a, b in self.bounds[:-1]] + \
+            [total - sum(total * (b - a) // self.d for a, b in self.bounds[:-1])]  # noqa: E731
+        req, rep = split(request_bytes), split(reply_bytes)
+        out = {"bytes_up": 0, "messages_up": 0}
+
+        def worker(i: int):
+            evs = []
+            for j, s in enumerate(self.servers):
+                msg = Message(s, self.workers[i], "request", t, req[j], self.header)
+                self.bytes_down += msg.nbytes
+                evs.append(self.net.send(msg))
+            yield self.env.all_of(evs)
+            evs = []
+            for j, s in enumerate(self.servers):
+                msg = Message(self.workers[i], s, "values", t, rep[j], self.header)
+                out["bytes_up"] += msg.nbytes
+                out["messages_up"] += 1
+                evs.append(self.net.send(msg))
+            yield self.env.all_of(evs)
+
+        yield self.env.all_of([self.env.process(worker(i)) for i in range(self.n) if who[i]])
+        return out
 
     def finish(self, t: int, down_sizes: list[int] | None) -> None:
         """The servers broadcast their slice of the update to every worker up now;
@@ -251,7 +281,8 @@ class Ring:
         compute = max(out["ready"][c] + step_s[c] - self.round_start, 0.0)   # the part inside this round
         timing.phase = {"start_s": self.round_start, "end_s": end, "download_s": 0.0,
                         "compute_s": compute, "upload_s": out["done"][c] - self.round_start - compute,
-                        "server_s": 0.0, "wait_s": end - out["done"][c], "critical_worker": c}
+                        "server_s": 0.0, "wait_s": end - out["done"][c], "exchange_s": 0.0,
+                        "critical_worker": c}
         # every worker starts the next round as soon as it has the reduced result
         self.ready_at = [out["done"][i] for i in range(n)]
         return timing

@@ -16,7 +16,7 @@ SUMMARY_COLUMNS = ["algorithm", "seed", "model_params", "target_acc", "reached",
                    "final_sim_time_s", "final_round", "diverged", "skipped_fraction", "server_state_bytes",
                    "status"]
 PHASE_COLUMNS = ["algorithm", "seed", "round", "start_s", "end_s", "download_s", "compute_s", "upload_s",
-                 "server_s", "wait_s", "arrived", "critical_worker"]
+                 "server_s", "wait_s", "exchange_s", "arrived", "critical_worker"]
 LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "latency_s", "messages",
                 "bytes_carried", "busy_s", "utilization"]
 

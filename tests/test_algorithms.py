@@ -42,6 +42,8 @@ ALGORITHM_EXAMPLES = {
     "lasg_ps": {"lr": 0.5},
     "lag": {"lr": 0.5},
     "sasg": {"lr": 0.1, "ratio": 0.25},
+    "sketched_sgd": {"lr": 0.5, "rows": 3, "cols": 80, "k": 25, "P": 2},
+    "fetchsgd": {"lr": 0.5, "rows": 3, "cols": 80, "k": 25, "momentum": 0.5},
 }
 
 
@@ -82,6 +84,8 @@ def test_algorithm_decreases_loss_on_a_convex_task(kind):
     for t in range(200):
         up, state = alg.worker_encode(state, grads(theta), t, streams, aux_grad=grads)
         assert up.payload.nbytes.shape == (N,)
+        if hasattr(alg, "second_round"):
+            _, state = alg.second_round(state, arrived, t)
         theta, down, state = alg.server_update(state, theta, up, arrived, t)
         assert 0 < down.nbytes <= VALUE_BYTES * D
     assert loss(theta) < 0.5 * start
@@ -148,6 +152,8 @@ def run_steps(cfg, rounds, grads_fn, theta0):
     downs = []
     for t in range(rounds):
         up, state = alg.worker_encode(state, grads_fn(theta), t, WorkerStreams(0, N), aux_grad=grads_fn)
+        if hasattr(alg, "second_round"):
+            _, state = alg.second_round(state, torch.ones(N, dtype=torch.bool), t)
         theta, down, state = alg.server_update(state, theta, up, torch.ones(N, dtype=torch.bool), t)
         downs.append(down)
     return theta, downs
@@ -259,5 +265,43 @@ def test_every_algorithm_runs_a_short_scenario(kind, tiny_world):
     assert [r["round"] for r in res.rows] == [0, 3, 6]
     last = res.rows[-1]
     skipped = round(res.skipped_fraction * 6 * tiny_world.n)
-    assert last["uploads"] == 6 * tiny_world.n - skipped and last["bytes_up"] > 0 and last["bytes_down"] > 0
+    per_round = 2 if kind == "sketched_sgd" else 1     # sketches, then exact values (second round)
+    assert last["uploads"] == per_round * 6 * tiny_world.n - skipped
+    assert last["bytes_up"] > 0 and last["bytes_down"] > 0
     assert math.isfinite(last["train_loss"])
+
+
+def test_sketched_sgd_with_a_collision_free_sketch_is_global_topk_with_error_feedback():
+    """c >= d with distinct buckets and P k >= d: the exact top-k of the sum of the
+    workers' accumulators, zeroed on every worker at the chosen coordinates (not each
+    worker's own top-k)."""
+    lr, rho, k = 0.1, 0.9, 7
+    cfg = algorithms.ALGORITHMS["sketched_sgd"](lr=lr, rows=1, cols=D, k=k, P=D, momentum=rho)
+    alg = cfg.build(ctx())
+    alg.sketch.buckets = torch.randperm(D, generator=torch.Generator().manual_seed(0)).to(torch.int32).view(1, D)
+    grads, _ = quadratic_problem()
+    theta = torch.zeros(D)
+    state = alg.init(theta)
+    ref, u, v = torch.zeros(D), torch.zeros(N, D), torch.zeros(N, D)
+    ones = torch.ones(N, dtype=torch.bool)
+    for t in range(15):
+        up, state = alg.worker_encode(state, grads(theta), t, WorkerStreams(0, N))
+        ask, state = alg.second_round(state, ones, t)
+        assert ask == (4 * D, 4 * D)                       # P k indices down, P k values up
+        theta, down, state = alg.server_update(state, theta, up, ones, t)
+        assert down.nbytes == 8 * k and up.payload.nbytes.tolist() == [4 * D] * N
+        u = rho * u + grads(ref)
+        v = v + lr * u
+        total = v.sum(0)
+        idx = torch.topk(total.abs(), k).indices
+        ref = ref.clone()
+        ref[idx] -= total[idx] / N
+        u[:, idx] = 0.0
+        v[:, idx] = 0.0
+        torch.testing.assert_close(theta, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_server_sketch_of_the_sum_equals_the_sum_of_worker_sketches():
+    alg = algorithms.ALGORITHMS["sketched_sgd"](lr=0.1, rows=3, cols=40, k=5).build(ctx())
+    v = x(5)
+    torch.testing.assert_close(alg.sketch.sketch(v).sum(0), alg.sketch.sketch(v.sum(0)), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,139 @@
+"""Sketching algorithms on the count sketch (algorithms/sketch.py).
+
+``sketched_sgd`` (Ivkin et al. 2019; code dhroth/sketchedsgd): each worker keeps
+momentum u and error v (u = rho u + g; v = v + lr u) and sends S(v_i), 4 r c
+bytes.  The server sums the sketches -- by linearity it sketches the sum of
+the arrived workers' v once, which gives the same table up to float rounding,
+while the network still carries n tables -- and with P > 0 unsketches P k
+candidates, asks every worker for its exact v at them (a second round: P k
+uint32 indices down, P k float32 values up), takes the exact top-k of the sum,
+and broadcasts those k values and indices (8 k bytes).  u and v are zeroed
+at the updated coordinates on every worker.  P = 0 skips the second round and
+uses the sketch's estimates.  The update is the mean over arrived workers.
+
+``fetchsgd`` (Rothchild et al. 2020; code kiddyboots216/CommEfficient with
+virtual momentum and error): workers sketch their raw gradient; the server
+keeps momentum and error in sketch space, S_u = rho S_u + mean S(g_i),
+S_e = S_e + lr S_u, Delta = top-k of unsketch(S_e), then zeroes S_u and S_e in
+the buckets where S(Delta) is nonzero.  One round.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from sim.rng import WorkerStreams
+
+from .base import INDEX_BYTES, VALUE_BYTES, Downlink, Payload, Upload
+from .sketch import CountSketch
+
+
+@dataclass(frozen=True)
+class SketchState:
+    u: torch.Tensor                        # [n, d] momentum (sketched_sgd) / unused
+    v: torch.Tensor                        # [n, d] error accumulators (sketched_sgd) / unused
+    table: torch.Tensor | None = None      # [r, c] the server's summed sketch this round
+    candidates: torch.Tensor | None = None  # [P k] coordinates asked for in the second round
+    s_u: torch.Tensor | None = None        # fetchsgd: [r, c] momentum in sketch space
+    s_e: torch.Tensor | None = None        # fetchsgd: [r, c] error in sketch space
+    grads: torch.Tensor | None = None      # fetchsgd: [n, d] this round's gradients (for the server's sum)
+
+
+def _sparse(k: int) -> int:
+    """k float32 values and k uint32 indices."""
+    return k * (VALUE_BYTES + INDEX_BYTES)
+
+
+@dataclass(frozen=True)
+class SketchedSgd:
+    name: str
+    sketch: CountSketch
+    k: int
+    P: int
+    rho: float
+    lr: Any
+    n: int
+    summable: bool = True        # sketches add up in transit
+
+    def init(self, theta: torch.Tensor) -> SketchState:
+        z = torch.zeros(self.n, theta.numel(), device=theta.device)
+        return SketchState(z, z.clone())
+
+    def worker_encode(self, s: SketchState, grads: torch.Tensor, round: int, streams: WorkerStreams,
+                      active: torch.Tensor | None = None, aux_grad=None) -> tuple[Upload, SketchState]:
+        n = grads.shape[0]
+        act = torch.ones(n, dtype=torch.bool, device=grads.device) if active is None else active.to(grads.device)
+        u = torch.where(act.view(-1, 1), self.rho * s.u + grads, s.u)
+        v = torch.where(act.view(-1, 1), s.v + self.lr(round) * u, s.v)
+        # What each worker sends is S(v_i); the server only needs their sum, so the
+        # tables are not materialised per worker here (linearity, tested).
+        payload = Payload({}, torch.full((n,), self.sketch.nbytes, dtype=torch.int64))
+        return Upload(payload, act.cpu()), replace(s, u=u, v=v)
+
+    def second_round(self, s: SketchState, arrived: torch.Tensor, round: int):
+        """Sum the arrived sketches, pick P k candidates; None when P = 0.
+        Returns (request bytes per worker, reply bytes per worker, state)."""
+        w = arrived.to(s.v.device).to(s.v.dtype)
+        table = self.sketch.sketch(w @ s.v)                            # = sum_i S(v_i), one sketch
+        if self.P == 0:
+            return None, replace(s, table=table)
+        m = min(self.P * self.k, s.v.shape[1])
+        cand, _ = self.sketch.heavy_hitters(table, m)
+        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, table=table, candidates=cand)
+
+    def server_update(self, s: SketchState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
+                      round: int) -> tuple[torch.Tensor, Downlink, SketchState]:
+        w = arrived.to(theta.device).to(theta.dtype)
+        count = w.sum().clamp(min=1.0)
+        if s.candidates is not None:                                   # exact values at the candidates
+            exact = w @ s.v[:, s.candidates]                           # [P k]
+            top = torch.topk(exact.abs(), self.k, sorted=False).indices
+            idx, vals = s.candidates[top], exact[top]
+        else:
+            idx, vals = self.sketch.heavy_hitters(s.table, self.k)
+        delta = torch.zeros_like(theta)
+        delta[idx] = -vals / count
+        u, v = s.u.clone(), s.v.clone()
+        u[:, idx] = 0.0
+        v[:, idx] = 0.0
+        return theta + delta, Downlink(_sparse(self.k), "update"), \
+            replace(s, u=u, v=v, table=None, candidates=None)
+
+
+@dataclass(frozen=True)
+class FetchSgd:
+    name: str
+    sketch: CountSketch
+    k: int
+    rho: float
+    lr: Any
+    n: int
+    summable: bool = True
+
+    def init(self, theta: torch.Tensor) -> SketchState:
+        z = torch.zeros(0)
+        t = torch.zeros(self.sketch.rows, self.sketch.cols, device=theta.device)
+        return SketchState(z, z, s_u=t, s_e=t.clone())
+
+    def worker_encode(self, s: SketchState, grads: torch.Tensor, round: int, streams: WorkerStreams,
+                      active: torch.Tensor | None = None, aux_grad=None) -> tuple[Upload, SketchState]:
+        n = grads.shape[0]
+        payload = Payload({}, torch.full((n,), self.sketch.nbytes, dtype=torch.int64))
+        sends = torch.ones(n, dtype=torch.bool) if active is None else active.cpu()
+        return Upload(payload, sends), replace(s, grads=grads)
+
+    def server_update(self, s: SketchState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
+                      round: int) -> tuple[torch.Tensor, Downlink, SketchState]:
+        w = arrived.to(theta.device).to(theta.dtype)
+        g_table = self.sketch.sketch((w @ s.grads) / w.sum().clamp(min=1.0))   # = mean_i S(g_i)
+        s_u = self.rho * s.s_u + g_table
+        s_e = s.s_e + self.lr(round) * s_u
+        idx, vals = self.sketch.heavy_hitters(s_e, self.k)
+        delta = torch.zeros_like(theta)
+        delta[idx] = -vals
+        nz = self.sketch.sketch(delta) != 0                              # buckets touched by Delta
+        s_u = torch.where(nz, torch.zeros_like(s_u), s_u)
+        s_e = torch.where(nz, torch.zeros_like(s_e), s_e)
+        return theta + delta, Downlink(_sparse(self.k), "update"), replace(s, s_u=s_u, s_e=s_e, grads=None)
