@@ -15,7 +15,7 @@ from .base import AlgorithmConfig, Context
 from .compressors import COMPRESSORS, CompressorConfig, TopKConfig
 from .lazy import Lazy
 from .sketch import CountSketch
-from .sketched import FetchSgd, SketchedSgd
+from .sketched import FetchSgd, SketchedAmsGrad, SketchedSgd
 from .onebit import OneBitAdam
 from .optim import Adam, AmsGrad, Momentum, Sgd
 from .ps import LocalAdam, LocalMomentum, ParameterServer
@@ -310,6 +310,38 @@ class FetchSgdConfig(_SketchFields):
 
     def build(self, ctx: Context) -> FetchSgd:
         return FetchSgd(self.label, self._sketch(ctx), self._k(ctx.d), self.momentum, self.lr_at, ctx.n)
+
+
+class _SketchedAmsFields(_SketchFields):
+    P: int = Field(8, ge=1, description="candidates per update coordinate (second round)")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0, description="initial value of v (sketched-amsgrad.txt Algorithm 1)")
+    momentum: float = 0.9  # unused: beta1 is the momentum
+
+    def _build(self, ctx: Context, variant: str) -> SketchedAmsGrad:
+        return SketchedAmsGrad(self.label, variant, self._sketch(ctx), self._k(ctx.d), self.P, self.lr_at,
+                               ctx.n, self.beta1, self.beta2, self.eps)
+
+
+@ALGORITHMS.register("sketched_amsgrad_pa")
+class SketchedAmsGradPaConfig(_SketchedAmsFields):
+    """SketchedAMSGrad with parameter averaging (sketched-amsgrad.txt Algorithm 1)."""
+
+    kind: Literal["sketched_amsgrad_pa"] = "sketched_amsgrad_pa"
+
+    def build(self, ctx: Context) -> SketchedAmsGrad:
+        return self._build(ctx, "pa")
+
+
+@ALGORITHMS.register("sketched_amsgrad_ga")
+class SketchedAmsGradGaConfig(_SketchedAmsFields):
+    """SketchedAMSGrad with gradient averaging (sketched-amsgrad.txt Algorithms 2 and 3)."""
+
+    kind: Literal["sketched_amsgrad_ga"] = "sketched_amsgrad_ga"
+
+    def build(self, ctx: Context) -> SketchedAmsGrad:
+        return self._build(ctx, "ga")
 
 
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]

@@ -137,3 +137,125 @@ class FetchSgd:
         s_u = torch.where(nz, torch.zeros_like(s_u), s_u)
         s_e = torch.where(nz, torch.zeros_like(s_e), s_e)
         return theta + delta, Downlink(_sparse(self.k), "update"), replace(s, s_u=s_u, s_e=s_e, grads=None)
+
+
+@dataclass(frozen=True)
+class AmsState:
+    m: torch.Tensor                 # [n, d] worker momenta
+    e: torch.Tensor                 # [n, d] worker errors
+    v: torch.Tensor                 # PA: [n, d] worker second moments; GA: [d] server's
+    v_hat: torch.Tensor             # PA: [n, d]; GA: [d]
+    p: torch.Tensor | None = None   # [n, d] this round's vectors to sketch
+    index: torch.Tensor | None = None      # GA: I_{t-1}, the coordinates updated last round
+    h: torch.Tensor | None = None          # GA: [n, |I_{t-1}|] gradient values at I_{t-1}
+    candidates: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SketchedAmsGrad:
+    """SketchedAMSGrad (sketched-amsgrad.txt).
+
+    ``pa`` (Algorithm 1, parameter averaging): local AMSGrad on every worker
+    (v_0 = v_hat_0 = eps); p_i = m_i / sqrt(v_hat_i) + (alpha_{t-1}/alpha_t) e_i
+    is sketched; the server averages the sketches, unsketches P k candidates,
+    a second round fetches the workers' exact p_i there, Delta = top-k of their
+    mean is broadcast and x <- x - alpha_t Delta; e_i = p_i - Delta_i (p_i with
+    the k chosen coordinates removed).  Per round and worker: |S| + P k + k
+    entries, compression 2d / (|S| + P k + k).
+
+    ``ga`` (Algorithms 2 and 3, gradient averaging): momentum on the workers,
+    v on the server from h_t = g_t at I_{t-1} (k more values up per worker);
+    p_i = m_i + (alpha_{t-1}/alpha_t) e_i is sketched; candidates come from the
+    scaled unsketch of Algorithm 3 (each row's bucket value divided by
+    sqrt(v_hat_i)); the exact mean of p at the candidates, scaled by
+    1/sqrt(v_hat), gives the top-k I_t; x <- x - alpha_t (p_bar / sqrt(v_hat))
+    on I_t; e_i = p_i - p_i on I_t.  Our reading: the error is kept in the
+    unscaled space of p (the printed e_t = m + ratio e - Delta_t^(i) mixes the
+    two otherwise).  Compression 2d / (|S| + P k + 2k).
+    """
+
+    name: str
+    variant: str           # "pa" | "ga"
+    sketch: CountSketch
+    k: int
+    P: int
+    lr: Any
+    n: int
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    summable: bool = True
+
+    @property
+    def entries_per_worker(self) -> int:
+        """Values a worker exchanges per round, as the paper counts them."""
+        extra = self.k if self.variant == "ga" else 0
+        return self.sketch.rows * self.sketch.cols + self.P * self.k + self.k + extra
+
+    def compression_rate(self, d: int) -> float:
+        """2 d / (|S| + P k + k) (PA) or 2 d / (|S| + P k + 2 k) (GA)."""
+        return 2 * d / self.entries_per_worker
+
+    def init(self, theta: torch.Tensor) -> AmsState:
+        n, d = self.n, theta.numel()
+        z = torch.zeros(n, d, device=theta.device)
+        if self.variant == "pa":
+            v = torch.full((n, d), self.eps, device=theta.device)
+            return AmsState(z, z.clone(), v, v.clone())
+        v = torch.full((d,), self.eps, device=theta.device)
+        return AmsState(z, z.clone(), v, v.clone(), index=torch.zeros(0, dtype=torch.long, device=theta.device))
+
+    def worker_encode(self, s: AmsState, grads: torch.Tensor, round: int, streams: WorkerStreams,
+                      active: torch.Tensor | None = None, aux_grad=None) -> tuple[Upload, AmsState]:
+        n = grads.shape[0]
+        ratio = self.lr(round - 1) / self.lr(round) if round > 0 else 1.0
+        m = self.beta1 * s.m + (1 - self.beta1) * grads
+        new = replace(s, m=m)
+        nbytes = self.sketch.nbytes
+        if self.variant == "pa":
+            v = self.beta2 * s.v + (1 - self.beta2) * grads * grads
+            v_hat = torch.maximum(s.v_hat, v)
+            p = m / v_hat.sqrt() + ratio * s.e
+            new = replace(new, v=v, v_hat=v_hat, p=p)
+        else:
+            p = m + ratio * s.e
+            h = grads[:, s.index]                               # g_t at I_{t-1}: k values (indices known)
+            nbytes += VALUE_BYTES * int(s.index.numel())
+            new = replace(new, p=p, h=h)
+        payload = Payload({}, torch.full((n,), nbytes, dtype=torch.int64))
+        sends = torch.ones(n, dtype=torch.bool) if active is None else active.cpu()
+        return Upload(payload, sends), new
+
+    def _scale(self, s: AmsState) -> torch.Tensor | None:
+        return s.v_hat.sqrt() if self.variant == "ga" else None
+
+    def second_round(self, s: AmsState, arrived: torch.Tensor, round: int):
+        w = arrived.to(s.p.device).to(s.p.dtype)
+        count = w.sum().clamp(min=1.0)
+        if self.variant == "ga":                               # the server's v from h_t (Algorithm 2)
+            if s.index.numel():
+                h = (w @ s.h) / count
+                v = s.v.clone()
+                v[s.index] = self.beta2 * s.v[s.index] + (1 - self.beta2) * h * h
+                s = replace(s, v=v, v_hat=torch.maximum(s.v_hat, v))
+        table = self.sketch.sketch((w @ s.p) / count)          # the mean of the workers' sketches
+        m = min(self.P * self.k, s.p.shape[1])
+        cand, _ = self.sketch.heavy_hitters(table, m, scale=self._scale(s))
+        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, candidates=cand)
+
+    def server_update(self, s: AmsState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
+                      round: int) -> tuple[torch.Tensor, Downlink, AmsState]:
+        w = arrived.to(theta.device).to(theta.dtype)
+        exact = (w @ s.p[:, s.candidates]) / w.sum().clamp(min=1.0)   # mean of the exact values
+        if self.variant == "ga":
+            exact = exact / s.v_hat[s.candidates].sqrt()
+        top = torch.topk(exact.abs(), self.k, sorted=False).indices
+        idx = s.candidates[top]
+        delta = torch.zeros_like(theta)
+        delta[idx] = -self.lr(round) * exact[top]
+        e = s.p.clone()
+        e[:, idx] = 0.0                                        # e_i = p_i - Delta_i
+        new = replace(s, e=e, p=None, h=None, candidates=None)
+        if self.variant == "ga":
+            new = replace(new, index=idx.sort().values)
+        return theta + delta, Downlink(_sparse(self.k), "update"), new

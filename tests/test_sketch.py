@@ -85,3 +85,63 @@ def test_rejects_bad_sizes():
         CountSketch(d=P, rows=1, cols=1, seed=0)
     with pytest.raises(ValueError):
         CountSketch(d=10, rows=0, cols=4, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["sketched_sgd", "sketched_amsgrad_pa", "sketched_amsgrad_ga"])
+def test_bytes_per_round_match_the_formulas(kind):
+    """Every round's messages go through the network in order: sketches up (4 r c),
+    the candidate request down (P k indices), P k values up, k values + indices down,
+    and for GA the h_t values up (k values, from the second round on)."""
+    from pathlib import Path
+
+    import algorithms
+    from sim.config import load_scenario
+    from sim.engine import build_world, run_algorithm
+    tiny = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
+    world = build_world(load_scenario(tiny, ["stop.max_rounds=4", "eval_every=1", "stop.on_target=false"]), 0)
+    r, c, k, P, hdr, n = 3, 100, 20, 4, 64, world.n
+    cfg = algorithms.ALGORITHMS[kind](name=kind, lr=0.01, rows=r, cols=c, k=k, P=P)
+    res = run_algorithm(world, cfg)
+    rows = res.rows
+    for t in range(1, 5):
+        up = rows[t]["bytes_up"] - rows[t - 1]["bytes_up"]
+        down = rows[t]["bytes_down"] - rows[t - 1]["bytes_down"]
+        h = 4 * k if (kind == "sketched_amsgrad_ga" and t > 1) else 0
+        assert up == n * (4 * r * c + h + hdr) + n * (4 * P * k + hdr)
+        assert down == n * (4 * P * k + hdr) + n * (8 * k + hdr)
+        assert rows[t]["uploads"] - rows[t - 1]["uploads"] == 2 * n
+    alg = cfg.build(type("C", (), {"d": 1000, "n": n, "blocks": (), "device": torch.device("cpu")})())
+    if kind != "sketched_sgd":
+        extra = k if kind.endswith("ga") else 0
+        assert alg.compression_rate(1000) == pytest.approx(2 * 1000 / (r * c + P * k + k + extra))
+
+
+def test_sketched_amsgrad_pa_collision_free_is_exact_top_k_of_the_mean():
+    import algorithms
+    from algorithms.base import Context
+    from sim.rng import WorkerStreams
+    n, d, k, lr, b1, b2, eps = 3, 40, 6, 0.05, 0.9, 0.999, 1e-8
+    ctx = Context(d=d, n=n, blocks=(), device=torch.device("cpu"))
+    alg = algorithms.ALGORITHMS["sketched_amsgrad_pa"](lr=lr, rows=1, cols=d, k=k, P=d // k + 1).build(ctx)
+    alg.sketch.buckets = torch.randperm(d, generator=torch.Generator().manual_seed(0)).to(torch.int32).view(1, d)
+    gen = torch.Generator().manual_seed(1)
+    theta, ref = torch.zeros(d), torch.zeros(d)
+    state = alg.init(theta)
+    m, v, vh, e = torch.zeros(n, d), torch.full((n, d), eps), torch.full((n, d), eps), torch.zeros(n, d)
+    ones = torch.ones(n, dtype=torch.bool)
+    for t in range(6):
+        g = torch.randn(n, d, generator=gen)
+        up, state = alg.worker_encode(state, g, t, WorkerStreams(0, n))
+        _, state = alg.second_round(state, ones, t)
+        theta, _, state = alg.server_update(state, theta, up, ones, t)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        vh = torch.maximum(vh, v)
+        p = m / vh.sqrt() + e
+        mean = p.mean(0)
+        idx = torch.topk(mean.abs(), k).indices
+        ref = ref.clone()
+        ref[idx] -= lr * mean[idx]
+        e = p.clone()
+        e[:, idx] = 0.0
+        torch.testing.assert_close(theta, ref, rtol=1e-5, atol=1e-6)
