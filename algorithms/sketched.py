@@ -57,6 +57,11 @@ class SketchedSgd:
     n: int
     summable: bool = True        # sketches add up in transit
 
+    def compression_rate(self, d: int) -> float:
+        """2 d / (|S| + P k + k): values exchanged per worker and round, as the
+        sketching papers count them (indices free)."""
+        return 2 * d / (self.sketch.rows * self.sketch.cols + self.P * self.k + self.k)
+
     def init(self, theta: torch.Tensor) -> SketchState:
         z = torch.zeros(self.n, theta.numel(), device=theta.device)
         return SketchState(z, z.clone())

@@ -163,6 +163,7 @@ class RunResult:
     links: list[dict] = field(default_factory=list)
     skipped_fraction: float = 0.0   # worker-rounds without a gradient upload (skip rules)
     server_state_bytes: int = 0     # server memory for stored worker messages (skip rules)
+    compression_rate: float | str = ""   # the paper's formula, for algorithms that define one (sketching)
 
 
 MAX_EMPTY_ROUNDS = 10  # consecutive rounds in which no upload arrives before the run is declared stalled
@@ -307,6 +308,7 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     result.links = link_rows(net, cfg.label, world.seed, env.now)
     result.skipped_fraction = alg.skipped_fraction(state) if hasattr(alg, "skipped_fraction") else 0.0
     result.server_state_bytes = alg.server_state_bytes(state) if hasattr(alg, "server_state_bytes") else 0
+    result.compression_rate = alg.compression_rate(world.model.d) if hasattr(alg, "compression_rate") else ""
     return result
 
 
@@ -340,5 +342,6 @@ def summarize(result: RunResult, target: float) -> dict:
         "final_test_acc": last.get("test_acc", ""), "final_sim_time_s": last.get("sim_time_s", ""),
         "final_round": last.get("round", ""), "diverged": result.diverged,
         "skipped_fraction": result.skipped_fraction, "server_state_bytes": result.server_state_bytes,
+        "compression_rate": result.compression_rate,
         "status": "diverged" if result.diverged else ("stalled" if result.stalled else "done"),
     }

@@ -14,7 +14,7 @@ METRICS_COLUMNS = ["algorithm", "seed", "round", "sim_time_s", "uploads", "bytes
 SUMMARY_COLUMNS = ["algorithm", "seed", "model_params", "target_acc", "reached", "time_to_target_s",
                    "rounds_to_target", "uploads_to_target", "bytes_up_to_target", "final_test_acc",
                    "final_sim_time_s", "final_round", "diverged", "skipped_fraction", "server_state_bytes",
-                   "status"]
+                   "compression_rate", "status"]
 PHASE_COLUMNS = ["algorithm", "seed", "round", "start_s", "end_s", "download_s", "compute_s", "upload_s",
                  "server_s", "wait_s", "exchange_s", "arrived", "critical_worker"]
 LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "latency_s", "messages",
