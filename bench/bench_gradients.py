@@ -30,6 +30,7 @@ straggler draws, buffer merging and the SimPy event loop itself.
 
     .venv/bin/python bench/bench_gradients.py [--workers 32 --batch 32
         --repeats 20 --rounds 60 --device cpu|cuda|auto --json OUT]
+        [--malloc-reuse]   # experiment: reuse freed [n, d] blocks (see malloc_reuse)
 """
 from __future__ import annotations
 
@@ -94,6 +95,33 @@ def machine_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def malloc_reuse() -> bool:
+    """glibc only: keep freed memory in the heap for reuse instead of handing
+    every large block back to the kernel.  By default glibc serves blocks
+    above its mmap threshold (at most 32 MiB; a [32, d] float32 tensor is
+    52 MB) with a fresh mmap and unmaps them on free, so each new [n, d]
+    tensor is zero-filled by the kernel one 4 KiB page fault at a time.
+    M_MMAP_MAX = 0 serves every block from the heap; M_TRIM_THRESHOLD = 1 GiB
+    keeps up to that much free memory there.  Call before allocating."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_max, 0))
+    except (OSError, AttributeError):
+        return False
+
+
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (None off Unix)."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return None
 
 
 def load_average() -> list[float] | None:
@@ -190,12 +218,18 @@ def gradient_calls(n: int, b: int, repeats: int, warmup: int, device: torch.devi
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timed(fn) -> float:
+    faults: dict[str, list[int]] = {name: [] for name in calls}
+
+    def timed(fn, name=None) -> float:
         sync()
+        f0 = minor_faults()
         t0 = time.perf_counter()
         fn()
         sync()
-        return (time.perf_counter() - t0) * 1e3
+        ms = (time.perf_counter() - t0) * 1e3
+        if name is not None and f0 is not None:
+            faults[name].append(minor_faults() - f0)
+        return ms
 
     names = list(calls)
     for _ in range(warmup):
@@ -206,9 +240,10 @@ def gradient_calls(n: int, b: int, repeats: int, warmup: int, device: torch.devi
     for r in range(repeats):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            samples[name].append(timed(calls[name]))
+            samples[name].append(timed(calls[name], name))
 
-    stats = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "samples_ms": v}
+    stats = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "samples_ms": v,
+                    "page_faults_per_call": statistics.median(faults[name]) if faults[name] else None}
              for name, v in samples.items()}
     med = {k: v["median_ms"] for k, v in stats.items()}
     mn = {k: v["min_ms"] for k, v in stats.items()}
@@ -377,10 +412,12 @@ def rounds_share(n: int, b: int, rounds: int, kinds: list[str], device: torch.de
             timers.reset()
             timers.sync()
             foreign = ForeignLoad()
+            f0 = minor_faults()
             t0 = time.perf_counter()
             result = engine.run_algorithm(world, cfg)
             timers.sync()
             total = time.perf_counter() - t0
+            f1 = minor_faults()
             s = dict(timers.s)
             done = result.rows[-1]["round"] if result.rows else 0
             ev = s.get("evaluation", 0.0)
@@ -399,6 +436,7 @@ def rounds_share(n: int, b: int, rounds: int, kinds: list[str], device: torch.de
                 "share_outside_gradients": (round_s - grad) / round_s if round_s > 0 else float("nan"),
                 "breakdown_ms_per_round": per_round,
                 "foreign_cpus": foreign.cpus(),
+                "page_faults_per_round": (f1 - f0) / max(done, 1) if f0 is not None else None,
             })
     finally:
         undo()
@@ -406,6 +444,10 @@ def rounds_share(n: int, b: int, rounds: int, kinds: list[str], device: torch.de
 
 
 # --- report ---------------------------------------------------------------------
+def _fmt_int(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
 def _fmt_cpus(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
@@ -414,14 +456,15 @@ def markdown(res: dict) -> str:
     m, g = res["machine"], res["gradient_calls"]
     lines = [
         f"Machine: {m['cpu']}, {m['nproc']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
-        f"Python {m['python']}, {m['os']}; device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else ""),
+        f"Python {m['python']}, {m['os']}; device {m['device']}" + (f" ({m['gpu']})" if "gpu" in m else "")
+        + ("; glibc malloc set to reuse freed blocks (--malloc-reuse)" if res.get("malloc_reuse") else ""),
         f"Load average (1, 5, 15 min) before: {res['load_before']}, after: {res['load_after']}",
         "",
         f"### One gradient call: MLP 784-512-10 (d = {g['d']:,}), n = {g['n']} workers x b = {g['b']} "
         f"({g['repeats']} interleaved repeats after {g['warmup']} warm-up)",
         "",
-        "| call | output | median ms | min ms | median / floor |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| call | output | median ms | min ms | median / floor | page faults / call |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     floor_med = g["calls"]["floor"]["median_ms"]
     shapes = {"vmap": f"[{g['n']}, d]", "loop": f"[{g['n']}, d]", "floor": "[d]",
@@ -432,7 +475,7 @@ def markdown(res: dict) -> str:
     for name in ("vmap", "loop", "floor", "vmap_slices"):
         c = g["calls"][name]
         lines.append(f"| {labels[name]} | {shapes[name]} | {c['median_ms']:.1f} | {c['min_ms']:.1f} | "
-                     f"{c['median_ms'] / floor_med:.1f}x |")
+                     f"{c['median_ms'] / floor_med:.1f}x | {_fmt_int(c['page_faults_per_call'])} |")
     rm, rn = g["ratios_median"], g["ratios_min"]
     lines += [
         "",
@@ -453,15 +496,16 @@ def markdown(res: dict) -> str:
             "evaluation only at the first and last round (excluded below)",
             "",
             "| algorithm | host ms / round | gradients ms | encode ms | server update ms | network + protocol ms | "
-            "other ms | share outside gradients | other processes (CPUs) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "other ms | share outside gradients | page faults / round | other processes (CPUs) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for a in r["algorithms"]:
             bd = a["breakdown_ms_per_round"]
             lines.append(
                 f"| {a['name']} ({a['kind']}) | {a['host_ms_per_round']:.1f} | {bd['gradients']:.1f} | "
                 f"{bd['encode']:.1f} | {bd['server_update']:.1f} | {bd['network']:.1f} | {bd['other']:.1f} | "
-                f"{100 * a['share_outside_gradients']:.0f}% | {_fmt_cpus(a['foreign_cpus'])} |")
+                f"{100 * a['share_outside_gradients']:.0f}% | {_fmt_int(a['page_faults_per_round'])} | "
+                f"{_fmt_cpus(a['foreign_cpus'])} |")
         lines += ["", "evaluation (2 calls) per run: " + ", ".join(
             f"{a['name']} {a['evaluation_s'] * 1e3:.0f} ms" for a in r["algorithms"])]
     return "\n".join(lines)
@@ -479,13 +523,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated algorithm kinds of the quickstart scenario to run")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--malloc-reuse", action="store_true",
+                   help="experiment: glibc mallopt so freed [n, d] tensors are reused, not unmapped "
+                        "(see malloc_reuse); the engine does not do this")
     p.add_argument("--json", type=Path, default=None, help="also write all figures (and raw samples) here")
     args = p.parse_args(argv)
 
+    reuse = malloc_reuse() if args.malloc_reuse else False
+    if args.malloc_reuse and not reuse:
+        print("--malloc-reuse: mallopt is not available here (not glibc?); running without it", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = engine.pick_device(args.device)
-    res: dict = {"machine": machine_info(device), "load_before": load_average(),
+    res: dict = {"machine": machine_info(device), "malloc_reuse": reuse, "load_before": load_average(),
                  "command": " ".join([Path(sys.executable).name, *sys.argv])}
     t0 = time.perf_counter()
     res["gradient_calls"] = gradient_calls(args.workers, args.batch, args.repeats, args.warmup, device)
