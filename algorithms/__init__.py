@@ -272,7 +272,6 @@ class _SketchFields(AlgorithmConfig):
     cols: int = Field(ge=1, description="count sketch columns c (a table is 4 r c bytes)")
     k: int | None = Field(None, ge=1, description="coordinates updated per round")
     ratio: float | None = Field(None, gt=0, le=1, description="k as a fraction of d (instead of k)")
-    momentum: float = Field(0.9, ge=0, lt=1)
     sketch_seed: int = Field(0, description="seed of the hashes, shared by all parties")
 
     @model_validator(mode="after")
@@ -296,6 +295,7 @@ class SketchedSgdConfig(_SketchFields):
 
     kind: Literal["sketched_sgd"] = "sketched_sgd"
     P: int = Field(8, ge=0, description="candidates per update coordinate; 0: no second round")
+    momentum: float = Field(0.9, ge=0, lt=1)
 
     def build(self, ctx: Context) -> SketchedSgd:
         return SketchedSgd(self.label, self._sketch(ctx), self._k(ctx.d), self.P, self.momentum, self.lr_at, ctx.n)
@@ -307,6 +307,7 @@ class FetchSgdConfig(_SketchFields):
     error kept by the server in sketch space; one round."""
 
     kind: Literal["fetchsgd"] = "fetchsgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
 
     def build(self, ctx: Context) -> FetchSgd:
         return FetchSgd(self.label, self._sketch(ctx), self._k(ctx.d), self.momentum, self.lr_at, ctx.n)
@@ -317,7 +318,6 @@ class _SketchedAmsFields(_SketchFields):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0, description="initial value of v (sketched-amsgrad.txt Algorithm 1)")
-    momentum: float = 0.9  # unused: beta1 is the momentum
 
     def _build(self, ctx: Context, variant: str) -> SketchedAmsGrad:
         return SketchedAmsGrad(self.label, variant, self._sketch(ctx), self._k(ctx.d), self.P, self.lr_at,
