@@ -5,6 +5,7 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...]
     python run_sim.py validate SCENARIO.yaml [--set ...]
     python run_sim.py list
+    python run_sim.py sweep SWEEP.yaml [--out DIR] [--workers N]
 
 Reads top to bottom: parse the command, load and validate the scenario, build
 the world (data, shards, model), then for each seed and algorithm co-simulate
@@ -37,6 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies")
+    sw = sub.add_parser("sweep", help="run a scenario over a grid (or zip) of field values")
+    sw.add_argument("sweep")
+    sw.add_argument("--out", help="sweep folder (default: results/<sweep name>/)")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local")
+    sw.add_argument("--workers", type=int, default=1, help="points run in parallel (local processes)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
@@ -72,16 +79,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    import torch
-    import yaml
-
-    from analysis.plots import plot_run
     from analysis.tables import time_to_target_table
     from sim.config import load_scenario
-    from sim.engine import build_world, run_algorithm, summarize
+    from sim.engine import build_world
     from sim.errors import ConfigError
-    from sim.progress import Progress
-    from sim.results import LINK_COLUMNS, METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS, CsvAppender
+    from sim.runner import execute
 
     # 1. Scenario: read, override, validate (nothing is written before this passes).
     scn = load_scenario(args.scenario, args.set)
@@ -98,59 +100,31 @@ def cmd_run(args) -> int:
         worlds = {seed: build_world(scn, seed) for seed in scn.run_seeds}
     except ConfigError as exc:
         raise exc.with_file(args.scenario)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
-    # 3. Results folder: the resolved scenario first, then rows as they come.
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
-    metrics = CsvAppender(out / "metrics.csv", METRICS_COLUMNS)
-    summary = CsvAppender(out / "summary.csv", SUMMARY_COLUMNS)
-    phases = CsvAppender(out / "phases.csv", PHASE_COLUMNS)
-    links = CsvAppender(out / "links.csv", LINK_COLUMNS)
-    summaries: list[dict] = []
-    status = 0
-    any_world = next(iter(worlds.values()))
-    print(f"commsim: {scn.name}: {len(scn.algorithms)} algorithms x {len(worlds)} seeds, "
-          f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device}; "
-          f"results in {out}", file=sys.stderr)
-
-    # 4. Train every algorithm under every seed in simulated time.
-    try:
-        for seed, world in worlds.items():
-            for cfg in scn.algorithms:
-                with Progress(f"{cfg.label} (seed {seed})", scn.stop.max_rounds,
-                              disable=args.quiet) as bar:
-                    result = run_algorithm(world, cfg, on_row=metrics.append, on_round=bar.update,
-                                           on_phase=phases.append)
-                if result.stalled:
-                    print(f"{cfg.label} (seed {seed}) stopped: {result.stalled}", file=sys.stderr)
-                for link_row in result.links:
-                    links.append(link_row)
-                row = summarize(result, scn.stop.target_accuracy)
-                summary.append(row)
-                summaries.append(row)
-    except KeyboardInterrupt:
-        status = EXIT_INTERRUPTED
-        print("\ninterrupted: the rows written so far are kept", file=sys.stderr)
-    finally:
-        for f in (metrics, summary, phases, links):
-            f.close()
-
-    # 5. Plots and the time-to-target table.
+    # 3-5. Results folder, training, plots (sim/runner.py; sweeps use the same).
+    status, summaries = execute(scn, worlds, out, quiet=args.quiet)
     if summaries:
-        plot_run(out)
         print(time_to_target_table(summaries))
     return status
 
 
+def cmd_sweep(args) -> int:
+    from sim.sweep import run_sweep
+    return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from sim.alloc import reuse_freed_memory
+    reuse_freed_memory()  # large [n, d] tensors reused, not re-faulted (sim/alloc.py)
     from sim.errors import ConfigError
     try:
         if args.command == "list":
             return cmd_list()
         if args.command == "validate":
             return cmd_validate(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -52,7 +52,7 @@ def mean_over_arrived(decoded: torch.Tensor, arrived: torch.Tensor) -> torch.Ten
 
 def keep_rows(active: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """Workers not taking part keep their state rows."""
-    if active is None or old is None:
+    if active is None or old is None or bool(active.all()):
         return new
     return torch.where(active.to(new.device).view(-1, *([1] * (new.dim() - 1))), new, old)
 

@@ -45,22 +45,22 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-import algorithms  # noqa: E402,F401  (its classes are timed)
-import sim.engine as engine  # noqa: E402
-import sim.network  # noqa: E402,F401  (its classes are timed)
-from sim.config import load_scenario  # noqa: E402
-from sim.data import load_dataset  # noqa: E402
-from sim.grads import GradFn  # noqa: E402
-from sim.models import MlpConfig, build_model  # noqa: E402
+import algorithms  # noqa: F401  (its classes are timed)
+import sim.network  # noqa: F401  (its classes are timed)
+from sim import engine
+from sim.config import load_scenario
+from sim.data import load_dataset
+from sim.grads import GradFn
+from sim.models import MlpConfig, build_model
 
 SCENARIO = ROOT / "scenarios" / "quickstart.yaml"
 
@@ -321,7 +321,7 @@ class Timers:
                 except GeneratorExit:
                     gen.close()
                     raise
-                except BaseException as exc:  # SimPy throws failed events / interrupts in
+                except Exception as exc:  # noqa: BLE001  SimPy throws failed events and interrupts in: pass them on
                     value, resume = exc, gen.throw
         return timed
 
@@ -460,8 +460,8 @@ def markdown(res: dict) -> str:
         + ("; glibc malloc set to reuse freed blocks (--malloc-reuse)" if res.get("malloc_reuse") else ""),
         f"Load average (1, 5, 15 min) before: {res['load_before']}, after: {res['load_after']}",
         "",
-        f"### One gradient call: MLP 784-512-10 (d = {g['d']:,}), n = {g['n']} workers x b = {g['b']} "
-        f"({g['repeats']} interleaved repeats after {g['warmup']} warm-up)",
+        (f"### One gradient call: MLP 784-512-10 (d = {g['d']:,}), n = {g['n']} workers x b = {g['b']} "
+        f"({g['repeats']} interleaved repeats after {g['warmup']} warm-up)"),
         "",
         "| call | output | median ms | min ms | median / floor | page faults / call |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
@@ -480,23 +480,23 @@ def markdown(res: dict) -> str:
     lines += [
         "",
         f"CPUs busy with other processes during these repeats: {_fmt_cpus(g['foreign_cpus'])}",
-        f"vmap/floor = {rm['vmap/floor']:.1f} (min-based {rn['vmap/floor']:.1f}); "
+        (f"vmap/floor = {rm['vmap/floor']:.1f} (min-based {rn['vmap/floor']:.1f}); "
         f"loop/vmap = {rm['loop/vmap']:.2f} (min-based {rn['loop/vmap']:.2f}); "
-        f"vmap_slices/vmap = {rm['vmap_slices/vmap']:.2f} (min-based {rn['vmap_slices/vmap']:.2f})",
-        f"check: max |vmap - loop| = {g['check']['max_abs_diff_vmap_loop']:.2e}, "
+        f"vmap_slices/vmap = {rm['vmap_slices/vmap']:.2f} (min-based {rn['vmap_slices/vmap']:.2f})"),
+        (f"check: max |vmap - loop| = {g['check']['max_abs_diff_vmap_loop']:.2e}, "
         f"max |vmap - vmap_slices| = {g['check']['max_abs_diff_vmap_slices']:.2e}, "
         f"max |mean_i vmap_i - floor| = {g['check']['max_abs_diff_mean_vmap_floor']:.2e} "
-        f"(max |floor| = {g['check']['max_abs_floor']:.2e})",
+        f"(max |floor| = {g['check']['max_abs_floor']:.2e})"),
     ]
     r = res.get("rounds")
     if r and r["algorithms"]:
         lines += [
             "",
-            f"### Host time of a round: {r['scenario']}, n = {g['n']}, b = {g['b']}, {r['rounds']} rounds, "
-            "evaluation only at the first and last round (excluded below)",
+            (f"### Host time of a round: {r['scenario']}, n = {g['n']}, b = {g['b']}, {r['rounds']} rounds, "
+            "evaluation only at the first and last round (excluded below)"),
             "",
-            "| algorithm | host ms / round | gradients ms | encode ms | server update ms | network + protocol ms | "
-            "other ms | share outside gradients | page faults / round | other processes (CPUs) |",
+            ("| algorithm | host ms / round | gradients ms | encode ms | server update ms | network + protocol ms | "
+            "other ms | share outside gradients | page faults / round | other processes (CPUs) |"),
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for a in r["algorithms"]:

@@ -1,0 +1,61 @@
+"""Run every algorithm of a scenario under every seed and write the results
+folder (shared by ``run`` and ``sweep``).
+
+Rows are appended as they are produced; an interrupted run keeps them.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import Scenario
+from .engine import World, run_algorithm, summarize
+from .progress import Progress
+from .results import LINK_COLUMNS, METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS, CsvAppender
+
+EXIT_INTERRUPTED = 130
+
+
+def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False) -> tuple[int, list[dict]]:
+    """Train, write scenario.yaml, metrics/summary/phases/links.csv and the plots.
+    Returns (exit status, summary rows)."""
+    from analysis.plots import plot_run
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
+    files = {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in
+             [("metrics", METRICS_COLUMNS), ("summary", SUMMARY_COLUMNS), ("phases", PHASE_COLUMNS),
+              ("links", LINK_COLUMNS)]}
+    summaries: list[dict] = []
+    status = 0
+    any_world = next(iter(worlds.values()))
+    print(f"commsim: {scn.name}: {len(scn.algorithms)} algorithms x {len(worlds)} seeds, "
+          f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device}; "
+          f"results in {out}", file=sys.stderr)
+    try:
+        for seed, world in worlds.items():
+            for cfg in scn.algorithms:
+                with Progress(f"{cfg.label} (seed {seed})", scn.stop.max_rounds, disable=quiet) as bar:
+                    result = run_algorithm(world, cfg, on_row=files["metrics"].append, on_round=bar.update,
+                                           on_phase=files["phases"].append)
+                if result.stalled:
+                    print(f"{cfg.label} (seed {seed}) stopped: {result.stalled}", file=sys.stderr)
+                for link_row in result.links:
+                    files["links"].append(link_row)
+                row = summarize(result, scn.stop.target_accuracy)
+                files["summary"].append(row)
+                summaries.append(row)
+    except KeyboardInterrupt:
+        status = EXIT_INTERRUPTED
+        print("\ninterrupted: the rows written so far are kept", file=sys.stderr)
+    finally:
+        for f in files.values():
+            f.close()
+    if summaries:
+        plot_run(out)
+    return status, summaries
