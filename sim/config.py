@@ -278,23 +278,27 @@ def validate(data: Any, file: str) -> Scenario:
         raise ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines), file=file) from None
 
 
-def _message_without_field(e: ConfigError) -> ConfigError:
-    return e
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's data; a missing file or malformed YAML is a ConfigError
+    naming the file (and the line and column)."""
+    file = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("no such file", file=file)
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"malformed YAML{where}: {problem}", file=file) from None
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file."""
     file = str(path)
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("no such file", file=file)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"malformed YAML{where}: {problem}", file=file) from None
+    data = read_yaml(p)
     if data is None:
         data = {}
     for key, value in parse_overrides(overrides, file):

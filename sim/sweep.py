@@ -56,14 +56,10 @@ def _override(key: str, value: Any) -> str:
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, list[dict[str, Any]]]:
     """The sweep spec, the base scenario path, and the points (axis -> value)."""
+    from .config import read_yaml
     file = str(path)
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("no such file", file=file)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"malformed YAML: {exc}", file=file) from None
+    data = read_yaml(p)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
