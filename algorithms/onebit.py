@@ -24,6 +24,7 @@ from sim.models import Block
 from sim.rng import WorkerStreams
 
 from .base import VALUE_BYTES, Downlink, Payload, Upload
+from .optim import Adam, AmsGradState
 from .ps import keep_rows, mean_over_arrived, update_bytes
 
 
@@ -87,12 +88,11 @@ class OneBitAdam:
     def server_update(self, s: OneBitState, theta: torch.Tensor, upload: Upload,
                       arrived: torch.Tensor, round: int) -> tuple[torch.Tensor, Downlink, OneBitState]:
         avg = mean_over_arrived(s.decoded, arrived.to(theta.device))
-        if round < self.freeze_step:
-            m = self.beta1 * s.m + (1 - self.beta1) * avg
-            v = self.beta2 * s.v + (1 - self.beta2) * avg * avg
-            delta = -self.lr(round) * m / (torch.sqrt(v) + self.eps)
+        if round < self.freeze_step:   # dense Adam, no bias correction (DeepSpeed's warm-up)
+            adam = Adam(self.lr, self.beta1, self.beta2, self.eps, bias_correction=False)
+            delta, st = adam.update(avg, AmsGradState(s.m, s.v, s.v), round)
             return theta + delta, Downlink(update_bytes(delta), "update", delta), \
-                replace(s, m=m, v=v, decoded=None)
+                replace(s, m=st.m, v=st.v, decoded=None)
         c = avg + s.server_error
         sent = l2_sign(c.view(1, -1), self.blocks).view(-1)
         m_sync = sent.expand(self.n, -1).clone()               # every worker's momentum := C(c)

@@ -34,6 +34,8 @@ straggler draws, buffer merging and the SimPy event loop itself.
 """
 from __future__ import annotations
 
+from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+
 import argparse
 import dataclasses
 import functools
@@ -42,7 +44,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -67,15 +68,7 @@ SCENARIO = ROOT / "scenarios" / "quickstart.yaml"
 
 # --- machine -----------------------------------------------------------------
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     os_name = platform.platform()
     try:
         for line in Path("/etc/os-release").read_text().splitlines():

@@ -57,13 +57,14 @@ image of the sync upload.
 """
 from __future__ import annotations
 
+from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+
 import argparse
 import json
 import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -331,15 +332,7 @@ def bench_one(model: str, n: int, variant: str, setup: Setup, repeats: int, min_
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
