@@ -9,7 +9,7 @@ simulated network between the calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, ClassVar, Mapping, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,6 +112,11 @@ class AlgorithmConfig(BaseModel):
     name: str | None = Field(None, description="label in results and plots (default: kind)")
     lr: float = Field(gt=0, description="learning rate")
     lr_schedule: ScheduleConfig = Field(default_factory=Constant, description="lr_t = lr * factor(t)")
+
+    # False for an algorithm whose math depends on when messages arrive
+    # (asynchronous updates, deadlines inside the algorithm): trace replay
+    # (sim/replay.py) refuses it.  Every registered algorithm is synchronous.
+    timing_independent: ClassVar[bool] = True
 
     @property
     def label(self) -> str:

@@ -179,103 +179,185 @@ def straggler_times(world: World, streams: WorkerStreams, t: int) -> list[float]
     return [s * (spec.slowdown if u[i] < spec.probability else 1.0) for i, s in enumerate(world.step_s)]
 
 
+class Trainer:
+    """The math of one algorithm in one world: real gradients, real updates.
+
+    :func:`simulate` asks it, in order, for what the network must carry; every
+    answer is plain data (lists, numbers), so a :class:`sim.trace.Recorder`
+    can write it down and a :class:`sim.trace.Replayer` can give it back
+    without computing anything (exact trace replay).
+
+        evaluate(t)              -> {"train_loss", "test_loss", "test_acc"}
+        plan(t, active)          -> {"sizes" [n][m] bytes, "sending" [n], "carries" [n],
+                                     "step_s" [n] seconds} | None (non-finite loss)
+        second_round(t, arrived) -> [request_bytes, reply_bytes] | None
+        update(t, arrived)       -> {"down": [S] bytes, "finite": bool}
+        stats()                  -> summary fields of the algorithm
+    """
+
+    def __init__(self, world: World, cfg: algorithms.AlgorithmConfig) -> None:
+        scn, dev = world.scenario, world.device
+        self.world, self.cfg = world, cfg
+        self.proto = None   # set by run_algorithm once the protocol exists (it slices payloads)
+        self.alg = cfg.build(Context(d=world.model.d, n=world.n, blocks=world.model.blocks, device=dev))
+        self.streams = WorkerStreams(world.seed, world.n, dev)
+        self.grad_fn = GradFn(world.model, scn.gradients)
+        self.theta = world.model.init_params(world.seed, dev)                   # [d]
+        self.buffers = world.model.buffers0(dev)   # BatchNorm running statistics kept by the server ({} if none)
+        self.state = self.alg.init(self.theta)
+        self.upload = None
+        self.new_buffers = None
+
+    # properties simulate() needs before the first round
+    @property
+    def has_second_round(self) -> bool:
+        return hasattr(self.alg, "second_round")
+
+    @property
+    def summable(self) -> bool:
+        return self.alg.summable
+
+    @property
+    def updates_without_uploads(self) -> bool:
+        """Skip rules: a round in which every worker skips still steps with stored messages."""
+        return bool(getattr(self.alg, "updates_without_uploads", False))
+
+    def evaluate(self, t: int) -> dict[str, float]:
+        return evaluate(self.world, self.theta, self.buffers)
+
+    def plan(self, t: int, active: list[bool]) -> dict | None:
+        world, scn = self.world, self.world.scenario
+        local = self.streams.randint(TAG_BATCH, t, world.shards.size, scn.batch_size)      # [n, b]
+        idx = torch.gather(world.shards.index, 1, local)                                  # [n, b]
+        x, y = world.x_train[idx], world.y_train[idx]                                     # [n, b, ...], [n, b]
+        masks = dropout_masks(world.model, self.streams, t, scn.batch_size)
+        grads, losses, self.new_buffers = self.grad_fn(self.theta, x, y, masks, self.buffers)  # [n, d], [n]
+        if not bool(torch.isfinite(losses).all()):
+            return None
+        act = torch.tensor(active, dtype=torch.bool)
+        aux = lambda thetas: self.grad_fn.at(thetas, x, y, masks)  # noqa: E731 (same minibatch)
+        self.upload, self.state = self.alg.worker_encode(self.state, grads, t, self.streams, act, aux_grad=aux)
+        step_s = straggler_times(world, self.streams, t)
+        if self.upload.compute_factor is not None:      # auxiliary gradients, or nothing computed
+            step_s = [s * f for s, f in zip(step_s, self.upload.compute_factor.tolist())]
+        sending = active if self.upload.sends is None else \
+            [a and bool(b) for a, b in zip(active, self.upload.sends.tolist())]
+        return {"sizes": self.proto.sizes(self.upload.payload), "sending": sending,
+                "carries": [bool(c) for c in self.upload.carries_gradient.tolist()], "step_s": step_s}
+
+    def second_round(self, t: int, arrived: list[bool]) -> list[int] | None:
+        ask, self.state = self.alg.second_round(self.state, torch.tensor(arrived, dtype=torch.bool), t)
+        return None if ask is None else [int(ask[0]), int(ask[1])]
+
+    def update(self, t: int, arrived: list[bool]) -> dict:
+        arr = torch.tensor(arrived, dtype=torch.bool)
+        self.theta, down, self.state = self.alg.server_update(self.state, self.theta, self.upload, arr, t)
+        self.buffers = merge_buffers(self.buffers, self.new_buffers, arr)
+        bounds = getattr(self.proto, "bounds", [(0, self.world.model.d)])
+        return {"down": [int(b) for b in down.slice_bytes(bounds, update_bytes)],
+                "finite": bool(torch.isfinite(self.theta).all())}
+
+    def stats(self) -> dict:
+        alg, d = self.alg, self.world.model.d
+        return {"skipped_fraction": alg.skipped_fraction(self.state) if hasattr(alg, "skipped_fraction") else 0.0,
+                "server_state_bytes": alg.server_state_bytes(self.state) if hasattr(alg, "server_state_bytes") else 0,
+                "compression_rate": alg.compression_rate(d) if hasattr(alg, "compression_rate") else ""}
+
+
+def make_protocol(scn: Scenario, env: simpy.Environment, net: Network, d: int, summable: bool):
+    n, header, topo = scn.workers, scn.network.header_bytes, scn.network.topology
+    if topo.collective == "ring":
+        return Ring(env, net, n, d, header, summable)
+    return ParameterServer(env, net, n, topo.server_names(), d, header, failures_of(scn))
+
+
 def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                   on_row: Callable[[dict], None] = lambda row: None,
                   on_round: Callable[[int, float], None] = lambda r, t: None,
-                  on_phase: Callable[[dict], None] = lambda row: None) -> RunResult:
+                  on_phase: Callable[[dict], None] = lambda row: None,
+                  record=None) -> RunResult:
     """Train one algorithm in ``world`` until a stop rule fires.
 
     ``on_row`` gets every evaluation row as soon as it exists (the caller
     appends it to metrics.csv); ``on_phase`` gets each round's time breakdown;
-    ``on_round(round, sim_time_s)`` drives progress.
+    ``on_round(round, sim_time_s)`` drives progress.  ``record``: a callable
+    wrapping the trainer (``sim.trace.Recorder``) to write the run's trace.
     """
-    scn, n, dev = world.scenario, world.n, world.device
-    ctx = Context(d=world.model.d, n=n, blocks=world.model.blocks, device=dev)
-    alg = cfg.build(ctx)
-    streams = WorkerStreams(world.seed, n, dev)
-    grad_fn = GradFn(world.model, scn.gradients)
-    theta = world.model.init_params(world.seed, dev)                   # [d]
-    buffers = world.model.buffers0(dev)    # BatchNorm running statistics kept by the server ({} if none)
-    state = alg.init(theta)
     env = simpy.Environment()
-    net = Network(env, world.graph, scn.network.sharing)
-    header = scn.network.header_bytes
-    topo = scn.network.topology
-    if topo.collective == "ring":
-        if hasattr(alg, "second_round"):
-            raise ConfigError(f"{cfg.label}: a second round of messages needs a parameter server; "
-                              "allowed topologies: star, hierarchical, graph", field="network.topology")
-        proto = Ring(env, net, n, world.model.d, header, alg.summable)
-    else:
-        proto = ParameterServer(env, net, n, topo.server_names(), world.model.d, header, failures_of(scn))
-    result = RunResult(cfg.label, world.seed, model_params=world.model.d)
+    net = Network(env, world.graph, world.scenario.network.sharing)
+    source = Trainer(world, cfg)
+    proto = source.proto = make_protocol(world.scenario, env, net, world.model.d, source.summable)
+    if record is not None:
+        source = record(source)
+    return simulate(world.scenario, env, net, proto, source, cfg.label, world.seed, world.model.d,
+                    on_row, on_round, on_phase)
+
+
+def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source, label: str, seed: int,
+             d: int, on_row: Callable[[dict], None] = lambda row: None,
+             on_round: Callable[[int, float], None] = lambda r, t: None,
+             on_phase: Callable[[dict], None] = lambda row: None) -> RunResult:
+    """The SimPy side of a run: rounds, evaluations and stop rules, asking
+    ``source`` (a :class:`Trainer`, or a replayed trace) for the math.
+
+        worker i:  wait for round t's broadcast -> compute (step_s[i]) -> upload
+        server:    wait for every upload -> aggregate and update -> broadcast
+    """
+    if isinstance(proto, Ring) and source.has_second_round:
+        raise ConfigError(f"{label}: a second round of messages needs a parameter server; "
+                          "allowed topologies: star, hierarchical, graph", field="network.topology")
+    result = RunResult(label, seed, model_params=d)
     c = Counters()
     stop = scn.stop
 
     def record() -> dict:
-        ev = evaluate(world, theta, buffers)
-        row = {"algorithm": cfg.label, "seed": world.seed, "round": c.round, "sim_time_s": env.now,
+        ev = source.evaluate(c.round)
+        row = {"algorithm": label, "seed": seed, "round": c.round, "sim_time_s": env.now,
                "uploads": c.uploads, "bytes_up": c.bytes_up, "bytes_down": c.bytes_down, **ev}
         result.rows.append(row)
         on_row(row)
         return row
 
     def server():
-        nonlocal theta, state, buffers
         record()
         empty = 0
         while True:
             t = c.round
-            active = proto.begin(t)                                                      # [n] who takes part
-            # -- the math of round t, batched over workers --------------------
-            local = streams.randint(TAG_BATCH, t, world.shards.size, scn.batch_size)      # [n, b]
-            idx = torch.gather(world.shards.index, 1, local)                             # [n, b]
-            x, y = world.x_train[idx], world.y_train[idx]                                # [n, b, ...], [n, b]
-            masks = dropout_masks(world.model, streams, t, scn.batch_size)
-            grads, losses, new_buffers = grad_fn(theta, x, y, masks, buffers)           # [n, d], [n]
-            if not bool(torch.isfinite(losses).all()):
+            active = proto.begin(t)                                      # [n] who takes part
+            plan = source.plan(t, active)                                # the math of round t, batched
+            if plan is None:                                             # a non-finite loss
                 result.diverged = True
                 record()
                 return
-            act = torch.tensor(active, dtype=torch.bool)
-            aux = lambda thetas: grad_fn.at(thetas, x, y, masks)  # noqa: E731 (same minibatch)
-            upload, state = alg.worker_encode(state, grads, t, streams, act, aux_grad=aux)
-            # -- the timing of round t ----------------------------------------
-            step_s = straggler_times(world, streams, t)
-            if upload.compute_factor is not None:      # auxiliary gradients, or nothing computed
-                step_s = [s * f for s, f in zip(step_s, upload.compute_factor.tolist())]
-            sending = active if upload.sends is None else \
-                [a and bool(b) for a, b in zip(active, upload.sends.tolist())]
-            timing = yield from proto.round(t, upload.payload, sending, step_s, scn.round_timeout,
-                                            carries=upload.carries_gradient.tolist())
-            arrived = torch.tensor(timing.arrived, dtype=torch.bool)
+            timing = yield from proto.round(t, plan["sizes"], plan["sending"], plan["step_s"],
+                                            scn.round_timeout, carries=plan["carries"])
+            arrived = timing.arrived
             c.round += 1
             c.uploads += timing.uploads
             c.bytes_up += timing.bytes_up
-            expected = any(sending)
-            if bool(arrived.any()) or (not expected and getattr(alg, "updates_without_uploads", False)):
-                # (skip rules: a round in which every worker skips still steps with stored messages)
+            expected = any(plan["sending"])
+            finite = True
+            if any(arrived) or (not expected and source.updates_without_uploads):
                 empty = 0
-                if hasattr(alg, "second_round"):     # sketched methods: candidates, then exact values
-                    ask, state = alg.second_round(state, arrived, t)
+                if source.has_second_round:     # sketched methods: candidates, then exact values
+                    ask = source.second_round(t, arrived)
                     if ask is not None:
                         t0 = env.now
-                        ex = yield from proto.exchange(t, ask[0], ask[1], timing.arrived)
+                        ex = yield from proto.exchange(t, ask[0], ask[1], arrived)
                         c.uploads += ex["messages_up"]
                         c.bytes_up += ex["bytes_up"]
                         timing.phase["exchange_s"] = env.now - t0
                         timing.phase["end_s"] = env.now
-                theta, down, state = alg.server_update(state, theta, upload, arrived, t)
-                buffers = merge_buffers(buffers, new_buffers, arrived)
-                proto.finish(t, down.slice_bytes(getattr(proto, "bounds", [(0, world.model.d)]), update_bytes))
+                upd = source.update(t, arrived)
+                finite = upd["finite"]
+                proto.finish(t, upd["down"])
             else:
                 empty += 1 if expected else 0
                 proto.finish(t, None)     # nothing to apply: a header-only "no update"
             c.bytes_down = proto.bytes_down
-            on_phase({"algorithm": cfg.label, "seed": world.seed, "round": t, **timing.phase,
-                      "arrived": int(arrived.sum())})
+            on_phase({"algorithm": label, "seed": seed, "round": t, **timing.phase, "arrived": sum(arrived)})
             on_round(c.round, env.now)
-            if not bool(torch.isfinite(theta).all()):
+            if not finite:
                 result.diverged = True
                 record()
                 return
@@ -305,10 +387,11 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                           f"be delivered (a link down for good, or every worker crashed) and no "
                           f"round_timeout is set")
         record()
-    result.links = link_rows(net, cfg.label, world.seed, env.now)
-    result.skipped_fraction = alg.skipped_fraction(state) if hasattr(alg, "skipped_fraction") else 0.0
-    result.server_state_bytes = alg.server_state_bytes(state) if hasattr(alg, "server_state_bytes") else 0
-    result.compression_rate = alg.compression_rate(world.model.d) if hasattr(alg, "compression_rate") else ""
+    result.links = link_rows(net, label, seed, env.now)
+    stats = source.stats()
+    result.skipped_fraction = stats["skipped_fraction"]
+    result.server_state_bytes = stats["server_state_bytes"]
+    result.compression_rate = stats["compression_rate"]
     return result
 
 

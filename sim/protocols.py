@@ -139,12 +139,16 @@ class ParameterServer:
         out["done"][i] = self.env.now
         return True
 
-    def round(self, t: int, payload, active: list[bool], step_s: list[float], timeout_s: float | None,
-              carries: list[bool] | None = None):
+    def sizes(self, payload) -> list[list[int]]:
+        """Payload bytes worker i sends server j, [n][S] (headers not included)."""
+        return slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
+
+    def round(self, t: int, sizes: list[list[int]], active: list[bool], step_s: list[float],
+              timeout_s: float | None, carries: list[bool] | None = None):
         """SimPy generator: returns RoundTiming once every active worker's
-        upload arrived, crashed, or the deadline passed.  ``carries[i]`` False:
-        worker i's message is a skip notice (not counted as an upload)."""
-        sizes = slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
+        upload arrived, crashed, or the deadline passed.  ``sizes`` from
+        :meth:`sizes`; ``carries[i]`` False: worker i's message is a skip
+        notice (not counted as an upload)."""
         out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}}
         procs = {i: self.env.process(self._worker(i, t, sizes[i], step_s[i], out))
                  for i in range(self.n) if active[i]}
@@ -240,18 +244,23 @@ class Ring:
     def begin(self, t: int) -> list[bool]:
         return [True] * self.n
 
-    def round(self, t: int, payload, active, step_s, timeout_s, carries=None):
+    def sizes(self, payload) -> list[list[int]]:
+        """Summable: the bytes of each of worker i's n chunks, [n][n]; otherwise
+        worker i's whole message, [n][1] (headers not included)."""
+        if self.summable:
+            return slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
+        return [[int(b)] for b in payload.nbytes.tolist()]
+
+    def round(self, t: int, sizes: list[list[int]], active, step_s, timeout_s, carries=None):
         n = self.n
         if self.summable:
             # reduce-scatter then all-gather: step s, worker i sends chunk (i - s) mod n
-            chunk = slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)   # [n][n]
             steps = 2 * (n - 1)
-            size = lambda i, s: chunk[i][(i - s) % n]  # noqa: E731
+            size = lambda i, s: sizes[i][(i - s) % n]  # noqa: E731
         else:
             # all-gather: step s, worker i forwards the message that originated at (i - s) mod n
-            total = payload.nbytes.tolist()
             steps = n - 1
-            size = lambda i, s: int(total[(i - s) % n])  # noqa: E731
+            size = lambda i, s: sizes[(i - s) % n][0]  # noqa: E731
         got = [[self.env.event() for _ in range(steps)] for _ in range(n)]  # got[i][s]: i received step s
         out = {"ready": {}, "done": {}, "bytes": 0, "msgs": 0}
 

@@ -29,7 +29,7 @@ def run_round(proto, payload, n, step_s=0.0, timeout=None):
     box = {}
 
     def go():
-        box["t"] = yield from proto.round(0, payload, proto.begin(0), [step_s] * n, timeout)
+        box["t"] = yield from proto.round(0, proto.sizes(payload), proto.begin(0), [step_s] * n, timeout)
         box["end"] = env.now
     env.process(go())
     env.run()
