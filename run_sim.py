@@ -5,7 +5,9 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...]
     python run_sim.py validate SCENARIO.yaml [--set ...]
     python run_sim.py list
-    python run_sim.py sweep SWEEP.yaml [--out DIR] [--workers N]
+    python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
+    python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
+    python run_sim.py plot DIR          (a run folder or a sweep folder)
 
 Reads top to bottom: parse the command, load and validate the scenario, build
 the world (data, shards, model), then for each seed and algorithm co-simulate
@@ -44,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("--backend", choices=["local", "ray"], default="local")
     sw.add_argument("--workers", type=int, default=1, help="points run in parallel (local processes)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    rp = sub.add_parser("replay", help="re-time a recorded run under another network (no gradients)")
+    rp.add_argument("run_dir")
+    rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="network override, e.g. --set network.uplink.latency='50 ms'")
+    rp.add_argument("--out", help="results folder (default: RUN_DIR/replays/<timestamp>/)")
+    rp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p.parse_args(argv)
 
 
@@ -113,6 +121,31 @@ def cmd_sweep(args) -> int:
     return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet)
 
 
+def cmd_replay(args) -> int:
+    from analysis.tables import time_to_target_table
+    from sim.config import load_scenario
+    from sim.errors import ConfigError
+    from sim.replay import replay_run
+    from sim.trace import ReplayUnavailable
+
+    run_dir = Path(args.run_dir)
+    scenario = run_dir / "scenario.yaml"
+    if not scenario.is_file():
+        raise ConfigError("not a results folder (no scenario.yaml)", file=str(run_dir))
+    scn = load_scenario(scenario, args.set)
+    out = Path(args.out) if args.out else run_dir / "replays" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not args.overwrite and any((out / f).exists() for f in RESULT_FILES):
+        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
+                          file=str(run_dir))
+    try:
+        summaries = replay_run(run_dir, scn, out)
+    except ReplayUnavailable as exc:
+        raise ConfigError(f"cannot replay: {exc}", file=str(scenario)) from None
+    print(f"replayed {run_dir} -> {out}", file=sys.stderr)
+    print(time_to_target_table(summaries))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from sim.alloc import reuse_freed_memory
@@ -125,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_validate(args)
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "replay":
+            return cmd_replay(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

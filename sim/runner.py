@@ -15,22 +15,30 @@ from .config import Scenario
 from .engine import World, run_algorithm, summarize
 from .progress import Progress
 from .results import LINK_COLUMNS, METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS, CsvAppender
+from .trace import TRACE_FILE, Recorder
 
 EXIT_INTERRUPTED = 130
 
 
-def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False) -> tuple[int, list[dict]]:
-    """Train, write scenario.yaml, metrics/summary/phases/links.csv and the plots.
-    Returns (exit status, summary rows)."""
+def result_files(out: Path) -> dict[str, CsvAppender]:
+    """metrics, summary, phases and links.csv, opened with their columns."""
+    return {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in
+            [("metrics", METRICS_COLUMNS), ("summary", SUMMARY_COLUMNS), ("phases", PHASE_COLUMNS),
+             ("links", LINK_COLUMNS)]}
+
+
+def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
+            plots: bool = True) -> tuple[int, list[dict]]:
+    """Train, write scenario.yaml, metrics/summary/phases/links.csv, the trace
+    (trace.jsonl, for replay) and the plots.  Returns (exit status, summary rows)."""
     from analysis.plots import plot_run
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
-    files = {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in
-             [("metrics", METRICS_COLUMNS), ("summary", SUMMARY_COLUMNS), ("phases", PHASE_COLUMNS),
-              ("links", LINK_COLUMNS)]}
+    files = result_files(out)
+    trace = (out / TRACE_FILE).open("w")
     summaries: list[dict] = []
     status = 0
     any_world = next(iter(worlds.values()))
@@ -41,8 +49,10 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
         for seed, world in worlds.items():
             for cfg in scn.algorithms:
                 with Progress(f"{cfg.label} (seed {seed})", scn.stop.max_rounds, disable=quiet) as bar:
+                    record = lambda src, cfg=cfg, seed=seed, world=world: Recorder(  # noqa: E731
+                        src, trace, cfg.label, seed, world.model.d, world.n)
                     result = run_algorithm(world, cfg, on_row=files["metrics"].append, on_round=bar.update,
-                                           on_phase=files["phases"].append)
+                                           on_phase=files["phases"].append, record=record)
                 if result.stalled:
                     print(f"{cfg.label} (seed {seed}) stopped: {result.stalled}", file=sys.stderr)
                 for link_row in result.links:
@@ -56,6 +66,7 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
     finally:
         for f in files.values():
             f.close()
-    if summaries:
+        trace.close()
+    if summaries and plots:
         plot_run(out)
     return status, summaries

@@ -1,0 +1,143 @@
+"""Exact trace replay: re-time a recorded run under another network.
+
+    python run_sim.py replay RUN_DIR --set network.uplink.bandwidth="100 Mbps" [--out DIR]
+
+For a synchronous algorithm the math of every round (gradients, skips,
+message sizes, compute demands) is fixed by the data, the model, the
+algorithm and the seed; the network only decides *when* things arrive.  A
+run's trace (sim/trace.py) holds everything the network carried;
+:func:`replay_run` feeds it through the same :func:`sim.engine.simulate`
+under the new network, computing no gradient, and writes the same results
+files a full run would (metrics, summary, phases, links), byte for byte.
+
+Replay is refused, with the reason, when timing can change the math:
+
+* a field outside ``network`` differs (data, model, algorithms, seeds, compute...);
+* the topology's protocol changes (parameter server vs ring, the set of servers);
+* ``round_timeout`` (late workers are dropped: who arrives depends on timing);
+* ``failures`` (who takes part depends on the clock);
+* an algorithm that declares ``timing_independent = False`` (asynchronous);
+* at run time: ``stop.max_sim_time`` ends the run at a round the trace did not
+  evaluate, or later than the recorded run went (:class:`ReplayUnavailable`).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import simpy
+import yaml
+
+from .config import Scenario, validate
+from .engine import build_graph, make_protocol, simulate, summarize
+from .network import Network
+from .results import CsvAppender
+from .trace import TRACE_FILE, Replayer, ReplayUnavailable, read_trace
+
+REPLAY_FILE = "replay.yaml"   # in a replayed folder: where its trace lives
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    """Dotted paths at which two dumped scenarios differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{prefix}{i}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def refusal(recorded: Scenario, new: Scenario) -> str | None:
+    """Why ``new`` cannot be obtained by replaying a trace of ``recorded``, or None."""
+    a, b = recorded.dump(), new.dump()
+    for d in (a, b):
+        d.pop("network", None)
+        d.pop("name", None)
+    diff = _diff(a, b)
+    if diff:
+        shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
+        return (f"{shown} differ{'s' if len(diff) == 1 else ''} from the recorded run; replay re-times the "
+                "network only, the math must be the same")
+    ta, tb = recorded.network.topology, new.network.topology
+    if ta.collective != tb.collective or ta.server_names() != tb.server_names():
+        return (f"network.topology: the protocol changes ({ta.collective} with servers {ta.server_names()} -> "
+                f"{tb.collective} with servers {tb.server_names()}); the messages would be cut differently")
+    if recorded.round_timeout is not None:
+        return "round_timeout drops late workers: which uploads arrive depends on timing, so the math does too"
+    if recorded.failures:
+        return "failures: which workers take part depends on the simulated clock"
+    for cfg in recorded.algorithms:
+        if not cfg.timing_independent:
+            return f"algorithm {cfg.label!r} is not timing-independent (its updates depend on arrival times)"
+    return None
+
+
+def trace_source(run_dir: str | Path) -> Path:
+    """The folder holding the trace of ``run_dir`` (itself, or the folder a replay came from)."""
+    run_dir = Path(run_dir)
+    if (run_dir / TRACE_FILE).exists():
+        return run_dir
+    meta = run_dir / REPLAY_FILE
+    if meta.exists():
+        return Path(yaml.safe_load(meta.read_text())["source"])
+    raise ReplayUnavailable(f"{run_dir} has no {TRACE_FILE} (runs record it since commsim 0.1; "
+                            "re-run the scenario)")
+
+
+def recorded_scenario(run_dir: str | Path) -> Scenario:
+    path = Path(run_dir) / "scenario.yaml"
+    return validate(yaml.safe_load(path.read_text()), str(path))
+
+
+def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict[str, list[dict]]:
+    """Re-time every algorithm and seed of ``scn`` from the trace in
+    ``source_dir``; returns the rows of each results file, in the order a full
+    run writes them.  Raises ReplayUnavailable (nothing is written)."""
+    source_dir = trace_source(source_dir)
+    why = refusal(recorded_scenario(source_dir), scn)
+    if why:
+        raise ReplayUnavailable(why)
+    segments = read_trace(source_dir / TRACE_FILE)
+    rows: dict[str, list[dict]] = {"metrics": [], "summary": [], "phases": [], "links": []}
+    for seed in scn.run_seeds:
+        graph = build_graph(scn, seed)
+        for cfg in scn.algorithms:
+            if (cfg.label, seed) not in segments:
+                raise ReplayUnavailable(f"{source_dir / TRACE_FILE} has no complete trace of {cfg.label!r} "
+                                        f"seed {seed} (the run was interrupted before it finished)")
+            header, events = segments[(cfg.label, seed)]
+            env = simpy.Environment()
+            net = Network(env, graph, scn.network.sharing)
+            proto = make_protocol(scn, env, net, int(header["d"]), bool(header["summable"]))
+            result = simulate(scn, env, net, proto, Replayer(header, events), cfg.label, seed, int(header["d"]),
+                              on_row=rows["metrics"].append, on_phase=rows["phases"].append,
+                              on_round=on_round or (lambda r, t: None))
+            rows["links"] += result.links
+            rows["summary"].append(summarize(result, scn.stop.target_accuracy))
+    return rows
+
+
+def replay_run(source_dir: str | Path, scn: Scenario, out: str | Path, plots: bool = True) -> list[dict]:
+    """Replay into ``out`` (scenario.yaml, the four CSVs, replay.yaml, plots);
+    returns the summary rows.  Nothing is written when the replay is refused."""
+    from .runner import result_files
+    src = trace_source(source_dir)
+    rows = replay_results(src, scn)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
+    (out / REPLAY_FILE).write_text(yaml.safe_dump({"source": str(src.resolve())}, sort_keys=False))
+    files: dict[str, CsvAppender] = result_files(out)
+    for name, f in files.items():
+        for row in rows[name]:
+            f.append(row)
+        f.close()
+    if plots and rows["summary"]:
+        from analysis.plots import plot_run
+        plot_run(out)
+    for s in rows["summary"]:
+        if s["status"] == "stalled":
+            print(f"{s['algorithm']} (seed {s['seed']}) stalled under this network", file=sys.stderr)
+    return rows["summary"]

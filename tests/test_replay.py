@@ -1,0 +1,142 @@
+"""Exact trace replay: re-timing a recorded run under another network gives the
+files a full co-simulation under that network writes, byte for byte; replay is
+refused, with the reason, where timing can change the math."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import run_sim
+from sim.config import load_scenario
+from sim.engine import build_world
+from sim.replay import refusal, replay_results, replay_run
+from sim.runner import execute
+from sim.trace import TRACE_FILE, ReplayUnavailable, read_trace
+
+TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
+FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv")
+SHORT = ["stop.max_rounds=12", "eval_every=4", "stop.on_target=false"]
+
+ALGS = {
+    "dense+compressed": "[{name: sgd, kind: sgd, lr: 0.1}, {name: topk, kind: topk_ef_sgd, lr: 0.1, ratio: 0.1}]",
+    "skip rule": "[{name: lasg, kind: lasg_wk2, lr: 0.1}, {name: sasg, kind: sasg, lr: 0.1}]",
+    "second round": "[{name: sk, kind: sketched_sgd, lr: 0.01, rows: 3, cols: 100, k: 20, P: 4}]",
+}
+
+
+def run(tmp: Path, name: str, overrides: list[str]) -> Path:
+    scn = load_scenario(TINY, overrides)
+    out = tmp / name
+    status, _ = execute(scn, {s: build_world(scn, s) for s in scn.run_seeds}, out, quiet=True, plots=False)
+    assert status == 0
+    return out
+
+
+def same_files(a: Path, b: Path) -> None:
+    for f in FILES:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+@pytest.mark.parametrize("algs", list(ALGS), ids=list(ALGS))
+@pytest.mark.parametrize("base,change", [
+    ([], ["network.uplink.bandwidth=20 Mbps", "network.uplink.latency=40 ms"]),
+    (["network.sharing=fifo"], ["network.uplink.bandwidth=5 Mbps"]),
+    (["network.topology={kind: star, servers: 2}"], ["network.downlink.bandwidth=30 Mbps",
+                                                      "network.server.bandwidth=50 Mbps"]),
+    (["compute.stragglers={probability: 0.3, slowdown: 50}"],
+     ["network.uplink={bandwidth: 1 Gbps, latency: 1 ms, schedule: [{at: 0 s, bandwidth: 8 Mbps}, "
+      "{at: 0.2 s, bandwidth: 1 Gbps}], down: [{start: 0.3 s, end: 0.35 s}]}"]),
+], ids=["bw+latency", "fifo", "two-servers", "stragglers+schedule"])
+def test_replay_equals_full_cosimulation(tmp_path, algs, base, change):
+    common = [*SHORT, f"algorithms={ALGS[algs]}", *base]
+    recorded = run(tmp_path, "a", common)
+    full = run(tmp_path, "b", [*common, *change])
+    replay_run(recorded, load_scenario(TINY, [*common, *change]), tmp_path / "r", plots=False)
+    same_files(full, tmp_path / "r")
+    # the network change mattered: the clock moved, the learning did not
+    a = (recorded / "metrics.csv").read_text().splitlines()
+    r = (tmp_path / "r" / "metrics.csv").read_text().splitlines()
+    assert a != r
+    assert [x.split(",")[-3:] for x in a] == [x.split(",")[-3:] for x in r]
+
+
+def test_replay_on_a_ring_and_with_two_seeds(tmp_path):
+    common = [*SHORT, "seeds=[0, 1]", "network.topology=ring", f"algorithms={ALGS['dense+compressed']}"]
+    recorded = run(tmp_path, "a", common)
+    change = ["network.uplink.latency=0.1 ms", "network.downlink.bandwidth=10 Mbps"]
+    full = run(tmp_path, "b", [*common, *change])
+    replay_run(recorded, load_scenario(TINY, [*common, *change]), tmp_path / "r", plots=False)
+    same_files(full, tmp_path / "r")
+
+
+def test_trace_records_sizes_skips_and_compute(tmp_path):
+    recorded = run(tmp_path, "a", [*SHORT, f"algorithms={ALGS['skip rule']}"])
+    segs = read_trace(recorded / TRACE_FILE)
+    assert set(segs) == {("lasg", 0), ("sasg", 0)}
+    header, events = segs[("lasg", 0)]
+    d = header["d"]
+    plans = [e for e in events if e["e"] == "plan"]
+    assert len(plans) == 12 and [e["t"] for e in plans] == list(range(12))
+    # a skipping worker sends a header-only notice (0 payload bytes), others the dense gradient
+    for e in plans:
+        for size, carries in zip(e["out"]["sizes"], e["out"]["carries"]):
+            assert size == ([4 * d] if carries == "1" else [0])
+    assert any("0" in e["out"]["carries"] for e in plans)     # some worker skipped
+    assert events[-1]["e"] == "stats" and events[-1]["out"]["server_state_bytes"] == 4 * d * 4
+
+
+@pytest.mark.parametrize("extra,change,reason", [
+    (["round_timeout=1 s"], ["network.uplink.bandwidth=10 Mbps"], "round_timeout"),
+    (["failures=[{worker: 1, crash_at: 0.05 s}]"], ["network.uplink.bandwidth=10 Mbps"], "failures"),
+    ([], ["batch_size=4"], "batch_size differs"),
+    ([], ["algorithms.0.lr=0.2"], "algorithms.0.lr differs"),
+    ([], ["network.topology=ring"], "protocol changes"),
+    ([], ["network.topology={kind: star, servers: 2}"], "protocol changes"),
+])
+def test_refusals_name_the_reason(extra, change, reason):
+    a = load_scenario(TINY, [*SHORT, *extra])
+    b = load_scenario(TINY, [*SHORT, *extra, *change])
+    assert reason in (refusal(a, b) or "")
+
+
+def test_network_only_changes_are_replayable():
+    a = load_scenario(TINY, SHORT)
+    b = load_scenario(TINY, [*SHORT, "network.uplink.bandwidth=3 Mbps", "network.sharing=fifo",
+                             "network.header_bytes=40", "network.topology={kind: hierarchical, rack_size: 2}"])
+    assert refusal(a, b) is None
+
+
+def test_max_sim_time_reached_elsewhere_is_refused_at_run_time(tmp_path):
+    # recorded: 12 rounds in well under a second; under a 100 kbps uplink the
+    # 0.5 s cap ends the run at a round the trace never evaluated
+    common = [*SHORT, "stop.max_sim_time=0.5 s", "algorithms=[{name: sgd, kind: sgd, lr: 0.1}]"]
+    recorded = run(tmp_path, "a", common)
+    with pytest.raises(ReplayUnavailable, match="timing changed the run's course"):
+        replay_results(recorded, load_scenario(TINY, [*common, "network.uplink.bandwidth=100 kbps"]))
+
+
+def test_cli_replay_and_refusal_exit_2_write_nothing(tmp_path, capsys):
+    recorded = run(tmp_path, "a", [*SHORT, "algorithms=[{name: sgd, kind: sgd, lr: 0.1}]"])
+    out = tmp_path / "r"
+    assert run_sim.main(["replay", str(recorded), "--set", "network.uplink.latency=20 ms", "--out", str(out)]) == 0
+    assert all((out / f).exists() for f in FILES)
+    bad = tmp_path / "bad"
+    assert run_sim.main(["replay", str(recorded), "--set", "batch_size=4", "--out", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot replay" in err and "batch_size" in err
+    assert not bad.exists()
+    # an interrupted run (trace cut in the middle of a segment) cannot be replayed
+    lines = (recorded / TRACE_FILE).read_text().splitlines()
+    (recorded / TRACE_FILE).write_text("\n".join(lines[:10]) + "\n" + lines[10][:15])
+    assert run_sim.main(["replay", str(recorded), "--set", "network.uplink.latency=20 ms",
+                         "--out", str(bad)]) == 2
+    assert "interrupted" in capsys.readouterr().err and not bad.exists()
+
+
+def test_trace_lines_are_json_with_exact_floats(tmp_path):
+    recorded = run(tmp_path, "a", [*SHORT, "algorithms=[{name: sgd, kind: sgd, lr: 0.1}]"])
+    evals = [json.loads(x) for x in (recorded / TRACE_FILE).read_text().splitlines() if '"evaluate"' in x]
+    metrics = (recorded / "metrics.csv").read_text().splitlines()[1:]
+    assert [repr(e["out"]["test_acc"]) for e in evals] == [m.split(",")[-1] for m in metrics]
