@@ -44,8 +44,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("sweep")
     sw.add_argument("--out", help="sweep folder (default: results/<sweep name>/)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local")
-    sw.add_argument("--workers", type=int, default=1, help="points run in parallel (local processes)")
+    sw.add_argument("--workers", type=int, default=1,
+                    help="points run in parallel (local processes, or the CPUs of a local Ray instance)")
+    sw.add_argument("--address", help="--backend ray: the Ray cluster to join (auto, HOST:6379, ray://HOST:10001); "
+                                      "default: start a local instance for this sweep")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    pl = sub.add_parser("plot", help="figures and report.md for a run folder or a sweep folder")
+    pl.add_argument("dir")
+    pl.add_argument("--baseline", help="the algorithm speed-ups are measured against (default: the first "
+                                       "of kind sgd)")
     rp = sub.add_parser("replay", help="re-time a recorded run under another network (no gradients)")
     rp.add_argument("run_dir")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -118,7 +125,8 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from sim.sweep import run_sweep
-    return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet)
+    return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet,
+                     address=args.address)
 
 
 def cmd_replay(args) -> int:
@@ -146,6 +154,14 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from analysis.report import make_report
+    written = make_report(args.dir, baseline=args.baseline)
+    for path in written:
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from sim.alloc import reuse_freed_memory
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(args)
         if args.command == "replay":
             return cmd_replay(args)
+        if args.command == "plot":
+            return cmd_plot(args)
         return cmd_run(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ import yaml
 from .config import Scenario, validate
 from .engine import build_graph, make_protocol, simulate, summarize
 from .network import Network
-from .results import CsvAppender
+from .results import RESULT_COLUMNS, write_csv
 from .trace import TRACE_FILE, Replayer, ReplayUnavailable, read_trace
 
 REPLAY_FILE = "replay.yaml"   # in a replayed folder: where its trace lives
@@ -122,18 +122,14 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
 def replay_run(source_dir: str | Path, scn: Scenario, out: str | Path, plots: bool = True) -> list[dict]:
     """Replay into ``out`` (scenario.yaml, the four CSVs, replay.yaml, plots);
     returns the summary rows.  Nothing is written when the replay is refused."""
-    from .runner import result_files
     src = trace_source(source_dir)
     rows = replay_results(src, scn)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
     (out / REPLAY_FILE).write_text(yaml.safe_dump({"source": str(src.resolve())}, sort_keys=False))
-    files: dict[str, CsvAppender] = result_files(out)
-    for name, f in files.items():
-        for row in rows[name]:
-            f.append(row)
-        f.close()
+    for name, cols in RESULT_COLUMNS.items():
+        write_csv(out / f"{name}.csv", cols, rows[name])
     if plots and rows["summary"]:
         from analysis.plots import plot_run
         plot_run(out)

@@ -19,6 +19,8 @@ PHASE_COLUMNS = ["algorithm", "seed", "round", "start_s", "end_s", "download_s",
                  "server_s", "wait_s", "exchange_s", "arrived", "critical_worker"]
 LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "latency_s", "messages",
                 "bytes_carried", "busy_s", "utilization"]
+RESULT_COLUMNS = {"metrics": METRICS_COLUMNS, "summary": SUMMARY_COLUMNS, "phases": PHASE_COLUMNS,
+                  "links": LINK_COLUMNS}
 
 
 def _fmt(v) -> str:
@@ -44,3 +46,12 @@ class CsvAppender:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Write a whole file at once, formatted as :class:`CsvAppender` writes it
+    (for results produced in memory, e.g. a replay)."""
+    with Path(path).open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([_fmt(row.get(c, "")) for c in columns] for row in rows)

@@ -14,7 +14,7 @@ import yaml
 from .config import Scenario
 from .engine import World, run_algorithm, summarize
 from .progress import Progress
-from .results import LINK_COLUMNS, METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS, CsvAppender
+from .results import RESULT_COLUMNS, CsvAppender
 from .trace import TRACE_FILE, Recorder
 
 EXIT_INTERRUPTED = 130
@@ -22,9 +22,7 @@ EXIT_INTERRUPTED = 130
 
 def result_files(out: Path) -> dict[str, CsvAppender]:
     """metrics, summary, phases and links.csv, opened with their columns."""
-    return {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in
-            [("metrics", METRICS_COLUMNS), ("summary", SUMMARY_COLUMNS), ("phases", PHASE_COLUMNS),
-             ("links", LINK_COLUMNS)]}
+    return {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in RESULT_COLUMNS.items()}
 
 
 def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
@@ -42,9 +40,10 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
     summaries: list[dict] = []
     status = 0
     any_world = next(iter(worlds.values()))
-    print(f"commsim: {scn.name}: {len(scn.algorithms)} algorithms x {len(worlds)} seeds, "
-          f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device}; "
-          f"results in {out}", file=sys.stderr)
+    if not quiet:
+        print(f"commsim: {scn.name}: {len(scn.algorithms)} algorithms x {len(worlds)} seeds, "
+              f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device}; "
+              f"results in {out}", file=sys.stderr)
     try:
         for seed, world in worlds.items():
             for cfg in scn.algorithms:

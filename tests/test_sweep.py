@@ -72,3 +72,60 @@ def test_bad_sweep_file_exits_2(tmp_path, capsys):
     assert run_sim.main(["sweep", str(p), "--out", str(tmp_path / "o")]) == 2
     assert "sweep.yaml" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _rows(out):
+    return list(csv.DictReader((out / "sweep_summary.csv").open()))
+
+
+def test_network_axes_are_replayed_and_match_full_training(tmp_path):
+    axes = {"network.uplink.bandwidth": ["5 Mbps", "1 Gbps"], "network.uplink.latency": ["1 ms", "50 ms"],
+            "seed": [0, 1]}
+    algs = [{"name": "sgd", "kind": "sgd", "lr": 0.1}, {"name": "lasg", "kind": "lasg_wk2", "lr": 0.1}]
+    base = {"stop.max_rounds": 6, "eval_every": 2, "stop.on_target": False, "algorithms": algs}
+    auto, off = tmp_path / "auto", tmp_path / "off"
+    assert run_sim.main(["sweep", str(sweep_file(tmp_path, axes=axes, set=base)), "--out", str(auto),
+                         "--quiet"]) == 0
+    assert run_sim.main(["sweep", str(sweep_file(tmp_path, axes=axes, set=base, replay="off")),
+                         "--out", str(off), "--quiet"]) == 0
+    rows = [r for r in _rows(auto) if r["algorithm"] == "sgd"]
+    # one source per seed (the first point with that seed) trains; the rest are replayed from it
+    modes = {(r["network.uplink.bandwidth"], r["network.uplink.latency"], r["seed"]): (r["run_mode"], r["replay_note"])
+             for r in rows}
+    assert modes[("5 Mbps", "1 ms", "0")] == ("full", "source of replays")
+    assert modes[("5 Mbps", "1 ms", "1")] == ("full", "source of replays")
+    assert modes[("1 Gbps", "50 ms", "1")] == ("replay", "replayed from point 001")
+    assert sum(m == "replay" for m, _ in modes.values()) == 6
+    assert {r["run_mode"] for r in _rows(off)} == {"full"}
+    for i in range(8):
+        for f in ("metrics.csv", "summary.csv", "phases.csv", "links.csv"):
+            assert (auto / "points" / f"{i:03d}" / f).read_bytes() == (off / "points" / f"{i:03d}" / f).read_bytes()
+    # resume: the replayed points stay replayed (their done markers keep the mode)
+    assert run_sim.main(["sweep", str(sweep_file(tmp_path, axes=axes, set=base)), "--out", str(auto),
+                         "--quiet"]) == 0
+    again = [r for r in _rows(auto) if r["algorithm"] == "sgd"]
+    assert [(r["run_mode"], r["replay_note"]) for r in again] == [(r["run_mode"], r["replay_note"]) for r in rows]
+
+
+def test_replay_refused_with_the_reason_when_timing_changes_the_math(tmp_path):
+    base = {"stop.max_rounds": 4, "eval_every": 2, "stop.on_target": False, "round_timeout": "1 s",
+            "algorithms": [{"name": "sgd", "kind": "sgd", "lr": 0.1}]}
+    out = tmp_path / "o"
+    assert run_sim.main(["sweep", str(sweep_file(tmp_path, set=base)), "--out", str(out), "--quiet"]) == 0
+    rows = _rows(out)
+    assert {r["run_mode"] for r in rows} == {"full"}
+    refused = [r for r in rows if r["network.uplink.bandwidth"] == "1 Gbps"]
+    assert all("replay refused: round_timeout" in r["replay_note"] for r in refused)
+    assert all(r["point_status"] == "done" for r in rows)
+
+
+def test_max_sim_time_elsewhere_falls_back_to_full_training(tmp_path):
+    # under 100 kbps the 0.3 s cap ends the run at a round the fast point's trace did not evaluate
+    base = {"stop.max_rounds": 8, "eval_every": 4, "stop.on_target": False, "stop.max_sim_time": "0.3 s",
+            "algorithms": [{"name": "sgd", "kind": "sgd", "lr": 0.1}]}
+    out = tmp_path / "o"
+    p = sweep_file(tmp_path, axes={"network.uplink.bandwidth": ["1 Gbps", "100 kbps"]}, set=base)
+    assert run_sim.main(["sweep", str(p), "--out", str(out), "--quiet"]) == 0
+    slow = [r for r in _rows(out) if r["network.uplink.bandwidth"] == "100 kbps"][0]
+    assert slow["run_mode"] == "full" and "timing changed the run's course" in slow["replay_note"]
+    assert slow["point_status"] == "done" and int(slow["final_round"]) < 8

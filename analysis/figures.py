@@ -1,0 +1,596 @@
+"""Figures of a run or sweep folder (PNG, matplotlib Agg + seaborn); the numbers
+behind them come from ``analysis.report``.
+
+Run folder (one run: every algorithm under every seed):
+
+- ``curves_time.png``, ``curves_bytes.png``, ``curves_rounds.png``: test accuracy
+  and training loss against simulated time, bytes on the wire (up + down) and
+  rounds; one line per algorithm.  With several seeds each seed's curve is
+  interpolated linearly onto a common grid (the union of the seeds' evaluation
+  points, where every seed has data); the line is the mean over seeds and the
+  band spans min..max over seeds.  A seed that ran further than the others is
+  drawn as a thin dotted tail.
+- ``time_to_target.png``: time to the target accuracy per algorithm: each seed
+  that reached it (dot), the mean over those seeds with its 95% Student-t
+  interval, and how many seeds reached it.
+- ``phases.png``: the critical path of a round split into download, compute,
+  upload, server, exchange and wait, as a stacked bar per algorithm (mean
+  seconds per round: over the rounds of each seed, then over seeds).
+
+Sweep folder (``points/NNN`` run folders and ``sweep_summary.csv``), in addition:
+
+- ``sweep_time_to_target_<axis>.png``: time to target against each swept axis
+  (seed excluded), one line per algorithm, mean over seeds with its 95% band;
+  one panel per value of the other axes.  Filled marker: every seed reached the
+  target; open: only some did (mean of those); x at the top: none did.
+- ``sweep_speedup_<a>_<b>.png`` (two ``network.*`` axes): heatmap over the two
+  axes of each algorithm's speed-up over the baseline (mean time of the baseline
+  / mean time of the algorithm), one panel per algorithm; cells where either did
+  not reach the target on every seed are hatched and say why.
+- ``sweep_winner_<a>_<b>.png``: the algorithm with the smallest mean time to
+  target in each cell (name and time written in the cell).
+- ``sweep_phases_<axis>.png``: the phase stacked bars along the first swept
+  axis, one panel per algorithm, the other axes at their first value.
+
+Every function takes its data as arguments and writes one file; nothing is
+kept between calls.
+"""
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
+
+from sim import units  # noqa: E402
+
+PHASES = ["download_s", "compute_s", "upload_s", "server_s", "exchange_s", "wait_s"]
+PHASE_COLORS = dict(zip(PHASES, sns.color_palette("Set2", len(PHASES))))
+LOG_SPAN = 20.0          # a numeric axis spanning more than this factor is drawn on a log scale
+DPI = 120
+X_AXES = {  # key -> (column, label)
+    "time": ("sim_time_s", "simulated time (s)"),
+    "bytes": ("MB", "bytes on the wire, up + down (MB)"),
+    "rounds": ("round", "round"),
+}
+Y_AXES = {"test_acc": "test accuracy", "train_loss": "training loss"}
+_UNIT_LABEL = {"bandwidth": "bit/s", "time": "s", "size": "bytes"}
+
+
+# ---------------------------------------------------------------- swept axes
+
+@dataclass(frozen=True)
+class Axis:
+    """A swept field: its values as written (``str`` of the YAML value, as in
+    sweep_summary.csv), their numbers when they have any, and how to plot them."""
+    name: str
+    values: tuple[str, ...]
+    numbers: tuple[float, ...] | None   # None: categories
+    kind: str                            # bandwidth | time | size | number | category
+    label: str
+    log: bool
+    shown: tuple[str, ...] = ()          # the values as figures write them ("10 Mbps", "ring")
+
+    def ordered(self) -> list[str]:
+        """The values in plotting order: ascending numbers, else as written."""
+        if self.numbers is None:
+            return list(self.values)
+        return [v for _, v in sorted(zip(self.numbers, self.values), key=lambda p: p[0])]
+
+    def number(self, value: str) -> float:
+        """The plotting coordinate of ``value``: its number, or its position for categories."""
+        if self.numbers is None:
+            return float(self.values.index(value))
+        return self.numbers[self.values.index(value)]
+
+    def show(self, value: str) -> str:
+        """How figures write ``value``."""
+        return self.shown[self.values.index(value)] if self.shown else value
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "_", self.name).strip("_")
+
+
+def _unit_hint(name: str) -> str | None:
+    last = name.rsplit(".", 1)[-1].lower()
+    if "bandwidth" in last:
+        return "bandwidth"
+    if any(w in last for w in ("latency", "time", "timeout", "period", "delay")):
+        return "time"
+    if "bytes" in last or "size" in last:
+        return "size"
+    return None
+
+
+def _parse_all(values: list, kind: str) -> list[float] | None:
+    try:
+        return [units.parse(v, kind) for v in values]
+    except (ValueError, KeyError):
+        return None
+
+
+def parse_axis(name: str, values: list) -> Axis:
+    """An :class:`Axis` from a dotted field and its YAML values.
+
+    Quantities with units (``"10 Mbps"``, ``"5 ms"``, ``"1 MB"``) are parsed with
+    :func:`sim.units.parse` (the kind suggested by the field name first, then
+    bandwidth, time, size); plain numbers stay numbers (in the base unit of the
+    field's kind, if it has one); anything else is a category.
+    """
+    hint = _unit_hint(name)
+    short = name.removeprefix("network.").replace(".", " ").replace("_", " ")
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    kind, numbers = "category", None
+    if numeric:
+        kind, numbers = (hint or "number"), [float(v) for v in values]
+    elif all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
+        for k in [hint] + [k for k in _UNIT_LABEL if k != hint]:
+            if k is not None and (numbers := _parse_all(values, k)) is not None:
+                kind = k
+                break
+    unit = _UNIT_LABEL.get(kind)
+    label = f"{short} ({unit})" if unit else short
+    log = bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) > LOG_SPAN
+    return Axis(name, tuple(str(v) for v in values), tuple(numbers) if numbers is not None else None,
+                kind, label, log, tuple(_show(v, kind) for v in values))
+
+
+def _show(value, kind: str) -> str:
+    """A short text for a value: bare numbers of a unit kind with their unit, whole floats without
+    ".0", ``{kind: ring}`` as ``ring``, other mappings as ``k=v``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if kind in _UNIT_LABEL:
+            return units.format(float(value), kind)
+        return f"{value:g}"
+    if isinstance(value, dict):
+        if set(value) == {"kind"}:
+            return str(value["kind"])
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _set_value_ticks(ax, axis: Axis) -> None:
+    """x ticks at the swept values, labelled as written ("10 Mbps")."""
+    order = axis.ordered()
+    if axis.log:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+    if len(order) <= 12:
+        shown = [axis.show(v) for v in order]
+        crowded = sum(len(v) for v in shown) > 24
+        ax.set_xticks([axis.number(v) for v in order], shown, rotation=30 if crowded else 0,
+                      ha="right" if crowded else "center")
+    if axis.numbers is None:
+        ax.set_xlim(-0.5, len(order) - 0.5)
+
+
+# ---------------------------------------------------------------- helpers
+
+def palette(algorithms: list[str]) -> dict[str, tuple]:
+    """One colour per algorithm, the same in every figure."""
+    name = "tab10" if len(algorithms) <= 10 else "husl"
+    return dict(zip(algorithms, sns.color_palette(name, max(len(algorithms), 1))))
+
+
+def _figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    """(scale, unit) that writes ``seconds`` legibly."""
+    return (1e3, "ms") if 0 < seconds < 0.5 else (1.0, "s")
+
+
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _want_log(values) -> bool:
+    v = np.asarray([x for x in values if np.isfinite(x) and x > 0], float)
+    return len(v) > 1 and v.max() / v.min() > LOG_SPAN
+
+
+# ---------------------------------------------------------------- curves over seeds
+
+def seed_band(metrics: pd.DataFrame, x: str, y: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and min..max over seeds of ``y`` against ``x``, per algorithm.
+
+    Each seed's points (sorted by x; repeated x keep the last evaluation) are
+    interpolated linearly onto the union of all seeds' x values inside the range
+    that every seed covers.  Returns (band: algorithm, x, mean, lo, hi, seeds;
+    tails: algorithm, seed, x, y for the points of a seed beyond that range,
+    preceded by its value at the range's end so the tail joins the band).
+    """
+    bands, tails = [], []
+    for alg, g in metrics.groupby("algorithm", sort=False):
+        per_seed = {}
+        for seed, s in g.groupby("seed", sort=True):
+            s = s[np.isfinite(s[x]) & np.isfinite(s[y])].sort_values(x, kind="stable")
+            s = s.drop_duplicates(x, keep="last")
+            if len(s):
+                per_seed[seed] = (s[x].to_numpy(float), s[y].to_numpy(float))
+        if not per_seed:
+            continue
+        lo_x = max(xs[0] for xs, _ in per_seed.values())
+        hi_x = min(xs[-1] for xs, _ in per_seed.values())
+        grid = np.unique(np.concatenate([xs for xs, _ in per_seed.values()]))
+        grid = grid[(grid >= lo_x) & (grid <= hi_x)]
+        ys = np.array([np.interp(grid, xs, vs) for xs, vs in per_seed.values()])
+        bands.append(pd.DataFrame({"algorithm": alg, "x": grid, "mean": ys.mean(axis=0),
+                                   "lo": ys.min(axis=0), "hi": ys.max(axis=0), "seeds": len(per_seed)}))
+        for seed, (xs, vs) in per_seed.items():
+            if xs[-1] > hi_x:
+                keep = xs > hi_x
+                tx = np.concatenate([[hi_x], xs[keep]])
+                ty = np.concatenate([[np.interp(hi_x, xs, vs)], vs[keep]])
+                tails.append(pd.DataFrame({"algorithm": alg, "seed": seed, "x": tx, "y": ty}))
+    cols_b, cols_t = ["algorithm", "x", "mean", "lo", "hi", "seeds"], ["algorithm", "seed", "x", "y"]
+    return (pd.concat(bands, ignore_index=True) if bands else pd.DataFrame(columns=cols_b),
+            pd.concat(tails, ignore_index=True) if tails else pd.DataFrame(columns=cols_t))
+
+
+def _with_x(metrics: pd.DataFrame) -> pd.DataFrame:
+    df = metrics.copy()
+    df["MB"] = (df["bytes_up"] + df["bytes_down"]) / 1e6
+    return df
+
+
+TAIL = Line2D([], [], color="grey", lw=0.9, ls=":", label="one seed, beyond\nthe other seeds")
+
+
+def _legend(fig: Figure, ax, tails: bool) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if tails:
+        handles, labels = [*handles, TAIL], [*labels, TAIL.get_label()]
+    fig.legend(handles, labels, loc="outside right upper")
+
+
+def draw_band(ax, metrics: pd.DataFrame, x: str, y: str, colors: dict, log_x: bool = False) -> bool:
+    """Mean line, min..max band and dotted tails of ``y`` against ``x`` per algorithm;
+    True when some tail was drawn."""
+    df = metrics[metrics[x] > 0] if log_x else metrics
+    band, tails = seed_band(df, x, y)
+    for alg, b in band.groupby("algorithm", sort=False):
+        c = colors.get(alg)
+        ax.plot(b["x"], b["mean"], color=c, lw=1.8, marker="o", ms=2.5, label=alg)
+        if b["seeds"].iloc[0] > 1:
+            ax.fill_between(b["x"], b["lo"], b["hi"], color=c, alpha=0.2, lw=0)
+    for (alg, _), t in tails.groupby(["algorithm", "seed"], sort=False):
+        ax.plot(t["x"], t["y"], color=colors.get(alg), lw=0.9, ls=":", alpha=0.8)
+    if log_x:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    return len(tails) > 0
+
+
+def _clip_loss(ax, metrics: pd.DataFrame) -> None:
+    """Keep diverging losses from squashing the others: at most 1.5x the worst initial loss."""
+    first = metrics.sort_values("round").groupby(["algorithm", "seed"])["train_loss"].first()
+    finite = metrics["train_loss"][np.isfinite(metrics["train_loss"])]
+    if len(first) and len(finite) and np.isfinite(first.max()) and finite.max() > 1.5 * first.max():
+        ax.set_ylim(top=1.5 * first.max())
+
+
+def plot_curves(metrics: pd.DataFrame, key: str, target: float | None, path: Path, colors: dict,
+                title: str) -> Path:
+    """Test accuracy and training loss against ``key`` (time | bytes | rounds), side by side."""
+    x, xlabel = X_AXES[key]
+    df = _with_x(metrics)
+    log_x = key == "bytes" and _want_log(df.groupby("algorithm")["MB"].max())
+    fig = _figure(12, 4.4)
+    axes = fig.subplots(1, 2)
+    tails = False
+    for ax, y in zip(axes, Y_AXES):
+        tails |= draw_band(ax, df, x, y, colors, log_x=log_x)
+        ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
+        ax.set_ylabel(Y_AXES[y])
+    if target is not None:
+        axes[0].axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    _clip_loss(axes[1], df)
+    seeds = df["seed"].nunique()
+    band = f"line: mean over {seeds} seeds, band: min..max" if seeds > 1 else "1 seed"
+    fig.suptitle(f"{title}: accuracy and loss against {xlabel.split(' (')[0]}\n({band})", fontsize=11)
+    _legend(fig, axes[0], tails)
+    return _save(fig, path)
+
+
+def plot_accuracy(metrics: pd.DataFrame, key: str, target: float | None, path: Path) -> Path:
+    """One panel: test accuracy against ``key`` (the per-run figures of ``plot_run``)."""
+    x, xlabel = X_AXES[key]
+    df = _with_x(metrics)
+    algs = list(dict.fromkeys(df["algorithm"]))
+    log_x = key == "bytes" and _want_log(df.groupby("algorithm")["MB"].max())
+    fig = _figure(7.5, 4.5)
+    ax = fig.subplots()
+    tails = draw_band(ax, df, x, "test_acc", palette(algs), log_x=log_x)
+    if target is not None:
+        ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
+    ax.set_ylabel("test accuracy")
+    seeds = df["seed"].nunique()
+    if seeds > 1:
+        ax.set_title(f"mean over {seeds} seeds, band min..max", fontsize=9)
+    _legend(fig, ax, tails)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- time to target
+
+def plot_time_to_target(tt: pd.DataFrame, seeds: pd.DataFrame, colors: dict, target: float | None,
+                        path: Path, title: str) -> Path:
+    """Per algorithm (rows of ``tt``: algorithm, seeds, reached, mean_s, half_s): the seeds that
+    reached (``seeds``: algorithm, time_to_target_s), mean and 95% t-interval, "k/n reached"."""
+    algs = list(tt["algorithm"])
+    fig = _figure(8, 1.2 + 0.55 * len(algs))
+    ax = fig.subplots()
+    right = np.nanmax([np.nanmax((tt["mean_s"] + tt["half_s"].fillna(0)).to_numpy(float), initial=0),
+                       np.nanmax(seeds["time_to_target_s"].to_numpy(float), initial=0)])
+    right = right if right > 0 else 1.0
+    for i, row in enumerate(tt.itertuples()):
+        c = colors.get(row.algorithm)
+        pts = seeds.loc[seeds["algorithm"] == row.algorithm, "time_to_target_s"]
+        ax.scatter(pts, np.full(len(pts), i) + 0.18, s=14, color=c, alpha=0.6, lw=0)
+        note = f"{row.reached}/{row.seeds} seeds reached"
+        if row.reached:
+            err = None if math.isnan(row.half_s) else row.half_s
+            ax.errorbar(row.mean_s, i, xerr=err, fmt="o", color=c, ms=7, capsize=4, lw=1.6)
+            ax.annotate(note, (row.mean_s + (err or 0), i), xytext=(6, -3), textcoords="offset points",
+                        fontsize=8)
+        else:
+            ax.text(0.02 * right, i, f"target not reached ({note})", va="center", fontsize=8, color="dimgrey")
+    ax.set_yticks(range(len(algs)), algs)
+    ax.set_ylim(len(algs) - 0.5, -0.6)
+    ax.set_xlim(0, right * 1.35)
+    what = f"{target:g} test accuracy" if target is not None else "the target"
+    ax.set_xlabel(f"simulated time to {what} (s)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{title}: dot = one seed; marker and bar = mean and 95% Student-t interval "
+                 "over the seeds that reached", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_tt_vs_axis(tt: pd.DataFrame, axis: Axis, panels: list[Axis], algorithms: list[str],
+                    colors: dict, target: float | None, path: Path, title: str) -> Path:
+    """Time to target against ``axis`` (rows of ``tt``: the axis columns, algorithm, seeds,
+    reached, mean_s, half_s), one panel per combination of the ``panels`` axes' values."""
+    combos = _combos(tt, panels)
+    rows, cols = _grid(len(combos))
+    fig = _figure(4.6 * cols + 2.2, 3.6 * rows)
+    axs = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, sharey=True)).ravel()
+    for ax in axs[len(combos):]:
+        ax.set_visible(False)
+    reached = tt.loc[tt["reached"] > 0, "mean_s"]
+    log_y = _want_log(reached)
+    for ax, combo in zip(axs, combos):
+        sub = _select(tt, combo)
+        for alg in algorithms:
+            _tt_line(ax, sub[sub["algorithm"] == alg], axis, colors.get(alg))
+        _set_value_ticks(ax, axis)
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel(axis.label + (", log scale" if axis.log else ""))
+        ax.set_title(_combo_title(combo, panels), fontsize=9)
+        ax.grid(alpha=0.3)
+    axs[0].set_ylim(bottom=0.5 * reached.min() if log_y else 0)   # after every panel: y is shared
+    what = f"{target:g} accuracy" if target is not None else "target"
+    for ax in axs[::cols]:
+        ax.set_ylabel(f"time to {what} (s)")
+    handles = [Line2D([], [], color=colors.get(a), marker="o", label=a) for a in algorithms] + [
+        Line2D([], [], ls="", marker="o", color="k", label="every seed reached"),
+        Line2D([], [], ls="", marker="o", mfc="white", color="k", label="some seeds reached\n(mean of those)"),
+        Line2D([], [], ls="", marker="x", color="k", label="no seed reached")]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{title}: time to target against {axis.label.split(' (')[0]}\n"
+                 "(mean over the seeds that reached, band: 95% t-interval)", fontsize=11)
+    return _save(fig, path)
+
+
+def _tt_line(ax, rows: pd.DataFrame, axis: Axis, color) -> None:
+    rows = rows.assign(_x=[axis.number(v) for v in rows[axis.name]]).sort_values("_x")
+    y = rows["mean_s"].where(rows["reached"] > 0)
+    ax.plot(rows["_x"], y, color=color, lw=1.6)
+    ok = rows["half_s"].notna() & (rows["reached"] > 0)
+    if ok.any():  # a time is positive: the band is cut at 0 (the tables keep the exact interval)
+        ax.fill_between(rows["_x"], (y - rows["half_s"]).clip(lower=0).where(ok),
+                        (y + rows["half_s"]).where(ok), color=color, alpha=0.18, lw=0)
+    full = rows["reached"] == rows["seeds"]
+    part = (rows["reached"] > 0) & ~full
+    none = rows["reached"] == 0
+    if full.any():
+        ax.plot(rows["_x"][full], rows["mean_s"][full], "o", color=color, ms=5)
+    if part.any():
+        ax.plot(rows["_x"][part], rows["mean_s"][part], "o", mfc="white", color=color, ms=6)
+    if none.any():  # at the top of the panel, whatever the y scale
+        ax.plot(rows["_x"][none], np.full(int(none.sum()), 0.96), "x", color=color, ms=8, mew=2,
+                transform=ax.get_xaxis_transform())
+
+
+def _combos(df: pd.DataFrame, axes: list[Axis]) -> list[dict[str, str]]:
+    """The value combinations of ``axes`` present in ``df``, in plotting order."""
+    if not axes:
+        return [{}]
+    present = set(map(tuple, df[[a.name for a in axes]].astype(str).to_numpy()))
+    out: list[dict[str, str]] = [{}]
+    for a in axes:
+        out = [{**c, a.name: v} for c in out for v in a.ordered()]
+    return [c for c in out if tuple(c.values()) in present]
+
+
+def _select(df: pd.DataFrame, combo: dict[str, str]) -> pd.DataFrame:
+    mask = np.ones(len(df), bool)
+    for k, v in combo.items():
+        mask &= (df[k] == v).to_numpy()
+    return df[mask]
+
+
+def _combo_title(combo: dict[str, str], axes: list[Axis]) -> str:
+    by_name = {a.name: a for a in axes}
+    return ", ".join(f"{by_name[k].label.split(' (')[0]} = {by_name[k].show(v)}" for k, v in combo.items())
+
+
+# ---------------------------------------------------------------- heatmaps
+
+def plot_speedup_heatmaps(cells: pd.DataFrame, xa: Axis, ya: Axis, algorithms: list[str], baseline: str,
+                          path: Path, title: str) -> Path:
+    """Speed-up over ``baseline`` per cell of ``xa`` x ``ya`` (rows of ``cells``: the two axis
+    columns, algorithm, speedup (NaN when not comparable), note (why not)), one panel each."""
+    others = [a for a in algorithms if a != baseline]
+    rows, cols = _grid(max(len(others), 1))
+    fig = _figure(5.2 * cols + 0.8, 3.6 * rows + 0.4)
+    axs = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axs[len(others):]:
+        ax.set_visible(False)
+    vals = np.log2(cells["speedup"].to_numpy(float))
+    m = max(np.nanmax(np.abs(vals), initial=0.0), math.log2(1.5))
+    nice = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16) if m > 1.5 else (1 / 2, 2 / 3, 1, 1.5, 2)
+    ticks = [t for t in nice if abs(math.log2(t)) <= m]
+    for ax, alg in zip(axs, others):
+        sub = cells[cells["algorithm"] == alg]
+        value = _matrix(sub, xa, ya, "speedup").astype(float)
+        note = _matrix(sub, xa, ya, "note")
+        annot = np.where(np.isnan(value), "", np.vectorize(lambda v: f"{v:.2f}x")(np.nan_to_num(value)))
+        sns.heatmap(np.log2(value), ax=ax, cmap="RdBu", center=0, vmin=-m, vmax=m, annot=annot, fmt="",
+                    mask=np.isnan(value), linewidths=0.5, linecolor="white",
+                    cbar_kws={"label": f"speed-up over {baseline} (log scale)", "ticks": np.log2(ticks)})
+        ax.collections[0].colorbar.set_ticklabels([f"{t:.3g}x" for t in ticks])
+        _mark_cells(ax, value, note)
+        _heat_labels(ax, xa, ya)
+        ax.set_title(f"{alg} vs {baseline}", fontsize=10)
+    fig.suptitle(f"{title}: speed-up over {baseline}\n(mean time to target of {baseline} / of the algorithm; "
+                 "hatched: not comparable)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_winner_heatmap(cells: pd.DataFrame, xa: Axis, ya: Axis, algorithms: list[str], colors: dict,
+                        path: Path, title: str) -> Path:
+    """Which algorithm reaches the target first in each cell (rows of ``cells``: the two axis
+    columns, winner ("" when none reached on every seed), winner_s)."""
+    fig = _figure(6.8, 4.6)
+    ax = fig.subplots()
+    winner = _matrix(cells, xa, ya, "winner")
+    secs = _matrix(cells, xa, ya, "winner_s").astype(float)
+    idx = np.vectorize(lambda w: algorithms.index(w) if w in algorithms else np.nan, otypes=[float])(winner)
+    annot = np.vectorize(lambda w, s: f"{w}\n{s:.3g} s" if w else "", otypes=[object])(winner, secs)
+    cmap = ListedColormap([colors[a] for a in algorithms])
+    sns.heatmap(idx, ax=ax, cmap=cmap, vmin=-0.5, vmax=len(algorithms) - 0.5, annot=annot, fmt="",
+                mask=np.isnan(idx), cbar=False, linewidths=0.5, linecolor="white")
+    _mark_cells(ax, idx, np.where(np.isnan(idx), np.where(winner == "", "none reached\non every seed",
+                                                              "no data"), ""))
+    _heat_labels(ax, xa, ya)
+    ax.legend(handles=[Patch(color=colors[a], label=a) for a in algorithms], loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=8, title="algorithm")
+    ax.set_title(f"{title}: fastest to target (mean over seeds, every seed reached)", fontsize=10)
+    return _save(fig, path)
+
+
+def _matrix(df: pd.DataFrame, xa: Axis, ya: Axis, col: str) -> np.ndarray:
+    """``col`` as a matrix: rows = ``ya`` values (largest first), columns = ``xa`` values;
+    missing cells are NaN (numbers) or "no data" (text)."""
+    ys, xs = list(reversed(ya.ordered())), xa.ordered()
+    numeric = col in ("speedup", "winner_s")
+    out = np.full((len(ys), len(xs)), np.nan if numeric else "no data", dtype=float if numeric else object)
+    for _, r in df.iterrows():
+        out[ys.index(r[ya.name]), xs.index(r[xa.name])] = r[col]
+    return out
+
+
+def _mark_cells(ax, value: np.ndarray, note: np.ndarray) -> None:
+    for i, j in zip(*np.where(np.isnan(value))):
+        ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="//", edgecolor="lightgrey", lw=0))
+        text = "\n".join(textwrap.fill(part, 16) for part in str(note[i, j]).split("; "))
+        ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7, color="dimgrey",
+                bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
+
+
+def _heat_labels(ax, xa: Axis, ya: Axis) -> None:
+    ax.set_xticks(np.arange(len(xa.values)) + 0.5, [xa.show(v) for v in xa.ordered()], rotation=0)
+    ax.set_yticks(np.arange(len(ya.values)) + 0.5, [ya.show(v) for v in reversed(ya.ordered())], rotation=0)
+    ax.set_xlabel(xa.label)
+    ax.set_ylabel(ya.label)
+
+
+# ---------------------------------------------------------------- phases
+
+def _stack(ax, frame: pd.DataFrame, positions, scale: float, horizontal: bool, with_labels: bool) -> None:
+    """Stacked bars of the PHASES columns of ``frame`` at ``positions``."""
+    base = np.zeros(len(frame))
+    for ph in PHASES:
+        v = frame[ph].to_numpy(float) * scale
+        label = ph.removesuffix("_s") if with_labels else None
+        if horizontal:
+            ax.barh(positions, v, left=base, color=PHASE_COLORS[ph], label=label, height=0.6)
+        else:
+            ax.bar(positions, v, bottom=base, color=PHASE_COLORS[ph], label=label, width=0.6)
+        base += v
+
+
+def plot_phases(ph: pd.DataFrame, path: Path, title: str) -> Path:
+    """Mean seconds per round on the critical path, stacked by phase, one bar per algorithm
+    (rows of ``ph``: algorithm and the PHASES columns)."""
+    scale, unit = _time_unit(float(ph[PHASES].sum(axis=1).max()))
+    fig = _figure(9, 1.4 + 0.5 * len(ph))
+    ax = fig.subplots()
+    _stack(ax, ph, np.arange(len(ph)), scale, horizontal=True, with_labels=True)
+    totals = ph[PHASES].sum(axis=1).to_numpy(float) * scale
+    for i, total in enumerate(totals):
+        ax.annotate(f"{total:.3g} {unit}", (total, i), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_xlim(0, 1.15 * totals.max() if totals.max() > 0 else 1)
+    ax.set_yticks(range(len(ph)), ph["algorithm"])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"mean time per round on the critical path ({unit})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"{title}: where a round's time goes (mean over rounds, then seeds)", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", title="phase")
+    return _save(fig, path)
+
+
+def plot_phases_vs_axis(ph: pd.DataFrame, axis: Axis, algorithms: list[str], path: Path, title: str,
+                        note: str) -> Path:
+    """Phase stacked bars along ``axis`` (rows of ``ph``: the axis column, algorithm, PHASES), one
+    panel per algorithm; ``note`` says where the other axes are held."""
+    algs = [a for a in algorithms if (ph["algorithm"] == a).any()]
+    rows, cols = _grid(len(algs))
+    scale, unit = _time_unit(float(ph[PHASES].sum(axis=1).max()))
+    fig = _figure(4.2 * cols + 1.6, 3.4 * rows)
+    # each panel its own y scale: a compressed algorithm's round is often 100x shorter than dense SGD's
+    axs = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axs[len(algs):]:
+        ax.set_visible(False)
+    order = axis.ordered()
+    for k, (ax, alg) in enumerate(zip(axs, algs)):
+        sub = ph[ph["algorithm"] == alg].set_index(axis.name).reindex(order)
+        sub[PHASES] = sub[PHASES].fillna(0.0)
+        _stack(ax, sub, np.arange(len(order)), scale, horizontal=False, with_labels=k == 0)
+        ax.set_xticks(range(len(order)), [axis.show(v) for v in order], rotation=30 if len(order) > 4 else 0,
+                      ha="right" if len(order) > 4 else "center")
+        ax.set_xlabel(axis.label)
+        ax.set_title(alg, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, 1.08 * scale * float(sub[PHASES].sum(axis=1).max()) or 1)
+        ax.set_ylabel(f"mean time per round ({unit})")
+    fig.legend(*axs[0].get_legend_handles_labels(), loc="outside right center", title="phase")
+    fig.suptitle(f"{title}: critical path of a round against {axis.label.split(' (')[0]}" +
+                 (f"\n({note})" if note else ""), fontsize=11)
+    return _save(fig, path)

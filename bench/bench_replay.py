@@ -1,0 +1,137 @@
+"""Replay benchmark (issue 7): host cost per point of a bandwidth x latency
+sweep, re-timed from a trace against trained from scratch.
+
+The sweep: scenarios/quickstart.yaml (10 workers, MNIST-5k, MLP 784-512-10,
+star, 1 Gbps / 5 ms links) with one algorithm, seed 0, stopping at the 90%
+target, over a grid of uplink bandwidths (10 Mbps .. 10 Gbps, log-spaced)
+by uplink latencies (0.1 ms .. 200 ms, log-spaced): ``--grid 10`` gives
+10 x 10 = 100 points.
+
+  full    per point what a sweep does without replay (``replay: off``):
+          sim.sweep.run_point (load the scenario, build the world: data,
+          shards, model; train with the network; write the results folder).
+          ``--full-points K`` times K points spread over the grid (all
+          points by default); the per-point figure is their median.
+  replay  the source point is trained once (its cost is reported and
+          amortised over the grid); every point is then
+          sim.replay.replay_run from the source's trace (load the trace,
+          build the graph, simulate the network, write the results folder).
+
+Both write the same files (no plots: a sweep makes its figures once, with
+``run_sim.py plot``).  Each replayed point's metrics.csv is checked to be
+byte-identical to the full run's at the points timed in full.  Times are host
+wall-clock (perf_counter) in this process, one point at a time.
+
+    .venv/bin/python bench/bench_replay.py [--algorithm sgd] [--grid 10] [--full-points 10] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sim.alloc import reuse_freed_memory  # noqa: E402
+from sim.config import load_scenario  # noqa: E402
+from sim.replay import replay_run  # noqa: E402
+from sim.sweep import run_point  # noqa: E402
+from sim.units import format as fmt  # noqa: E402
+
+SCENARIO = ROOT / "scenarios" / "quickstart.yaml"
+
+
+def grid(n: int) -> list[tuple[str, str]]:
+    bws = np.logspace(np.log10(10e6), np.log10(10e9), n)
+    lats = np.logspace(np.log10(0.1e-3), np.log10(0.2), n)
+    r3 = lambda x: float(f"{x:.3g}")  # noqa: E731 - three significant digits: "21.5 Mbps"
+    return [(fmt(r3(b), "bandwidth"), fmt(r3(a), "time")) for b in bws for a in lats]
+
+
+def overrides(algorithm: str, bw: str, lat: str) -> list[str]:
+    algs = {"sgd": "{name: sgd, kind: sgd, lr: 0.1}",
+            "topk-ef": "{name: topk-ef, kind: topk_ef_sgd, lr: 0.1, ratio: 0.01}",
+            "comp-ams": "{name: comp-ams, kind: comp_ams, lr: 0.001, compressor: {kind: topk, ratio: 0.01}}"}
+    return [f"algorithms=[{algs[algorithm]}]", f"network.uplink.bandwidth={bw}", f"network.uplink.latency={lat}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--algorithm", default="sgd", choices=["sgd", "topk-ef", "comp-ams"])
+    p.add_argument("--grid", type=int, default=10, help="values per axis (grid x grid points)")
+    p.add_argument("--full-points", type=int, default=0, help="points trained in full (0: all)")
+    p.add_argument("--json", help="write the figures here")
+    a = p.parse_args(argv)
+    reuse_freed_memory()
+    torch.set_num_threads(torch.get_num_threads())
+    points = grid(a.grid)
+    k = len(points) if a.full_points <= 0 else min(a.full_points, len(points))
+    full_idx = sorted({round(i * (len(points) - 1) / max(k - 1, 1)) for i in range(k)})
+    tmp = Path(tempfile.mkdtemp(prefix="bench_replay_"))
+
+    # the source point (the first of the grid) trains once and records its trace
+    t0 = time.perf_counter()
+    res = run_point(str(SCENARIO), overrides(a.algorithm, *points[0]), True, out_dir=str(tmp / "source"))
+    source_s = time.perf_counter() - t0
+    assert res["status"] == "done", res
+
+    replay_s = []
+    for i, (bw, lat) in enumerate(points):
+        scn = load_scenario(SCENARIO, overrides(a.algorithm, bw, lat))
+        t0 = time.perf_counter()
+        replay_run(tmp / "source", scn, tmp / f"replay{i:03d}", plots=False)
+        replay_s.append(time.perf_counter() - t0)
+
+    full_s = []
+    for i in full_idx:
+        t0 = time.perf_counter()
+        res = run_point(str(SCENARIO), overrides(a.algorithm, *points[i]), True, out_dir=str(tmp / f"full{i:03d}"))
+        full_s.append(time.perf_counter() - t0)
+        assert res["status"] == "done", res
+        assert (tmp / f"full{i:03d}" / "metrics.csv").read_bytes() == \
+            (tmp / f"replay{i:03d}" / "metrics.csv").read_bytes(), f"point {i}: replay differs from full"
+
+    with open(tmp / "source" / "summary.csv") as fh:
+        rounds = int(next(csv.DictReader(fh))["final_round"])
+    full_med, replay_med = statistics.median(full_s), statistics.median(replay_s)
+    n = len(points)
+    with_replay = source_s + sum(replay_s)
+    without = full_med * n
+    out = {
+        "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+                   f"Python {platform.python_version()}",
+        "algorithm": a.algorithm, "points": n, "rounds_per_run": rounds,
+        "full_points_timed": len(full_s), "full_s_median": full_med, "full_s_min": min(full_s),
+        "full_s_max": max(full_s), "replay_s_median": replay_med, "replay_s_max": max(replay_s),
+        "source_s": source_s, "per_point_ratio": full_med / replay_med,
+        "sweep_s_without_replay": without, "sweep_s_with_replay": with_replay,
+        "sweep_ratio": without / with_replay,
+    }
+    print(f"machine: {out['machine']}")
+    print(f"{a.algorithm}: {n} points ({a.grid} bandwidths x {a.grid} latencies), {rounds} rounds per run")
+    print(f"  full training per point : median {full_med:.3f} s (min {min(full_s):.3f}, max {max(full_s):.3f}; "
+          f"{len(full_s)} points timed)")
+    print(f"  replay per point        : median {replay_med * 1e3:.1f} ms (max {max(replay_s) * 1e3:.1f} ms)")
+    print(f"  per point               : replay {out['per_point_ratio']:.0f}x cheaper")
+    print(f"  whole sweep             : {without:.1f} s without replay (median x {n}) vs "
+          f"{with_replay:.1f} s with ({source_s:.2f} s source + replays): {out['sweep_ratio']:.1f}x")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Execution backends: run independent jobs (sweep points) here or on a Ray cluster.
+
+``run_jobs(jobs, backend, workers, address, on_done)`` runs every :class:`Job`
+and calls ``on_done(key, result)`` in the driver (this process) as each one
+finishes, **in completion order** (with one local worker that is submission
+order).  A job's function is called as ``fn(*args, out_dir=...)`` and returns a
+JSON-able dict such as ``{"status": "done", "error": ""}``; a job that raises
+is reported as ``{"status": "failed", "error": "<Type>: <message>"}`` and the
+other jobs go on, on every backend.
+
+``local``
+    ``workers == 1`` runs the jobs in this process, in order.  ``workers > 1``
+    runs them in that many *spawned* processes (not forked: a forked child of a
+    process whose torch thread pool is running can deadlock in OpenMP).  Each
+    job writes straight into its ``out_dir``.
+
+``ray``
+    Every job is a Ray task asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs
+    (see :func:`resources`).  With ``address`` (``"auto"``, ``"HOST:6379"`` or
+    ``"ray://HOST:10001"``) it joins that running cluster and only disconnects
+    at the end; without one it starts a private local instance with
+    ``workers`` CPUs (GPUs as Ray detects them, no dashboard, a 256 MiB object
+    store, worker output not copied to this terminal) and shuts it down at the
+    end.  ``RAY_ADDRESS`` is not consulted when no address is given: pass
+    ``--address auto`` to use the cluster it names.  If Ray is already
+    initialised in this process, that connection is used and left open.
+    ``workers`` only sizes a local instance; on a cluster the cluster's free
+    resources decide how many points run at once.
+
+    Results are *gathered*: a task runs ``fn`` with ``out_dir`` set to a fresh
+    temporary folder on whichever node runs it, then returns the result and
+    every regular file under that folder (relative path -> bytes; empty
+    folders and symlinks are not carried).  The driver writes those files under
+    the job's ``out_dir`` in the order they were last modified on the worker
+    (so a completion marker that ``fn`` writes last, like a sweep point's
+    ``done``, also lands last), each file written whole and then renamed into
+    place, and only then calls ``on_done``.  A job that needs more GPUs or CPUs
+    than a local instance has is reported failed at once instead of waiting
+    forever; on a cluster it is submitted anyway (an autoscaler may add such a
+    node) after a warning on stderr.
+
+    Threads: Ray sets ``OMP_NUM_THREADS`` to a task's CPU count, so a point
+    asking for 1 CPU runs torch with one intra-op thread; the local backend's
+    processes keep torch's default (one thread per core, each).
+
+What a Ray cluster's nodes need (nothing is uploaded; ``runtime_env``'s
+``working_dir`` is deliberately not used: it would put the code somewhere else
+on each node but not the scenario and data files, which points name by absolute
+path):
+
+* the same Python with the same commsim installed (``pip install -e .`` of the
+  same checkout, or ``pip install .``) and its dependencies, torch included (a
+  CUDA build on GPU nodes); a job's function and arguments are pickled by
+  reference, so its module must be importable there;
+* the scenario file, and any trace, GraphML or data folders it names, at the
+  same absolute paths as on the driver (a shared filesystem, or the same
+  checkout at the same path on every node).
+
+A task whose function cannot be loaded on the node is reported failed with the
+import error and a pointer to this docstring.  A private local instance is
+started with the driver's own import path (``sys.path`` folders outside the
+Python installation, passed as ``PYTHONPATH``), so, like the spawned processes
+of the local backend, it can run whatever the driver can import.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+BACKENDS = ("local", "ray")
+RAY_MISSING = ("--backend ray needs Ray, an optional extra: pip install '.[ray]' "
+               "(or pip install 'ray[default]')")
+OBJECT_STORE_BYTES = 256 * 1024 ** 2   # a private local instance's object store (results pass through it)
+
+
+@dataclass(frozen=True)
+class Job:
+    key: int                 # the point index
+    fn: Callable[..., dict]  # module-level (picklable); called as fn(*args, out_dir=str) -> json-able dict
+    args: tuple
+    out_dir: str             # where the job's files must end up on this (driver) machine
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+def _noop(key: int, result: dict) -> None:
+    pass
+
+
+def resources(scenario: Any) -> tuple[float, float]:
+    """(num_cpus, num_gpus) a sweep point asks a Ray cluster for.
+
+    One CPU: a point is one process, and under Ray its torch runs one intra-op
+    thread (Ray sets OMP_NUM_THREADS to the task's CPU count).  A whole GPU when
+    the scenario's ``device`` is ``cuda``, or ``auto`` and this (driver) process
+    sees CUDA; otherwise none.  ``scenario`` is a Scenario or a dict with an
+    optional ``device``.
+    """
+    device = scenario.get("device", "auto") if isinstance(scenario, dict) else getattr(scenario, "device", "auto")
+    if device == "cuda":
+        return 1.0, 1.0
+    if device == "auto":
+        import torch
+        if torch.cuda.is_available():
+            return 1.0, 1.0
+    return 1.0, 0.0
+
+
+def _failed(exc: BaseException) -> dict:
+    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
+    """Run one job; an exception becomes a failed result (the same on every backend)."""
+    try:
+        return fn(*args, out_dir=out_dir)
+    except Exception as exc:  # noqa: BLE001 - a failing job is recorded, the others go on
+        return _failed(exc)
+
+
+def run_jobs(jobs: list[Job], backend: str = "local", workers: int = 1, address: str | None = None,
+             on_done: Callable[[int, dict], None] = _noop) -> None:
+    """Run every job on ``backend`` and call ``on_done(key, result)`` here as each
+    one finishes (completion order).  See the module docstring."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}", field="--backend")
+    if workers < 1:
+        raise ConfigError("--workers must be >= 1", field="--workers")
+    if backend == "ray":
+        _run_ray(list(jobs), workers, address, on_done)
+    else:
+        _run_local(list(jobs), workers, on_done)
+
+
+# --- local ----------------------------------------------------------------------
+def _run_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]) -> None:
+    if not jobs:
+        return
+    if workers == 1:
+        for job in jobs:
+            on_done(job.key, _call(job.fn, job.args, job.out_dir))
+        return
+    # spawn, not fork: a forked child of a process whose torch thread pool is
+    # running can deadlock in OpenMP
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                                  mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(_call, job.fn, job.args, job.out_dir): job for job in jobs}
+        for fut in concurrent.futures.as_completed(futures):
+            try:
+                result = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool, an unpicklable fn
+                result = _failed(exc)
+            on_done(futures[fut].key, result)
+    finally:
+        # on an error or Ctrl-C in the driver: drop the queued jobs, wait for the running ones
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- ray ------------------------------------------------------------------------
+def _gathered(fn: Callable[..., dict], args: tuple, key: int) -> tuple[dict, dict[str, bytes]]:
+    """The Ray task: run the job in a temporary folder on this node and return
+    (result, {relative posix path: bytes}) in the order the files were last modified."""
+    tmp = tempfile.mkdtemp(prefix=f"commsim-job{key}-")
+    try:
+        result = _call(fn, args, tmp)
+        root = Path(tmp)
+        found = [(p.stat().st_mtime_ns, p.relative_to(root).as_posix(), p) for p in root.rglob("*")
+                 if p.is_file() and not p.is_symlink()]
+        return result, {rel: p.read_bytes() for _, rel, p in sorted(found)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_files(out_dir: str, files: dict[str, bytes]) -> None:
+    root = Path(out_dir)
+    for rel, data in files.items():
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+            raise ValueError(f"refusing to write {rel!r} outside {out_dir}")
+        dest = root.joinpath(*parts)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        part.write_bytes(data)
+        os.replace(part, dest)
+
+
+def _ray_error(exc: BaseException) -> dict:
+    """A failed result for a task that Ray could not run (the job's own
+    exceptions are caught inside the task)."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip()
+    res = {"status": "failed", "error": f"{type(cause).__name__}: {text}"}
+    if "No module named" in text or isinstance(cause, ImportError):
+        first = text.splitlines()[0] if text else ""
+        res["error"] = (f"{type(cause).__name__}: {first} (the Ray node cannot import the job's code: install "
+                        f"the same commsim there, see sim/backends.py)\n{text}")
+    return res
+
+
+def _driver_pythonpath() -> str:
+    """The folders on this process's import path outside the Python installation."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    out: list[str] = []
+    for entry in sys.path:
+        path = os.path.realpath(entry or os.getcwd())
+        if (os.path.isdir(path) and path not in out
+                and not any(path == q or path.startswith(q + os.sep) for q in prefixes)):
+            out.append(path)
+    return os.pathsep.join(out)
+
+
+def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callable[[int, dict], None]) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(RAY_MISSING, field="--backend") from None
+    if not jobs:
+        return
+    connected_here = not ray.is_initialized()
+    private = connected_here and not address
+    if connected_here:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            # address="local": always a new private instance (RAY_ADDRESS is not consulted)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False,
+                     object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, logging_level=logging.ERROR,
+                     runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}})
+    pending: dict[Any, Job] = {}
+    try:
+        have = ray.cluster_resources()
+        task = ray.remote(_gathered)
+        for job in jobs:
+            short = [f"{want:g} {name}(s), it has {have.get(name, 0):g}"
+                     for name, want in (("CPU", job.num_cpus), ("GPU", job.num_gpus))
+                     if want > have.get(name, 0)]
+            if short and private:
+                on_done(job.key, {"status": "failed", "error": "the local Ray instance cannot run this job: it asks "
+                                  "for " + "; ".join(short)})
+                continue
+            if short:
+                print(f"warning: job {job.key} asks for {'; '.join(short)} in the Ray cluster now; "
+                      "it waits until such a node joins", file=sys.stderr)
+            ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}") \
+                .remote(job.fn, job.args, job.key)
+            pending[ref] = job
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    result, files = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a task Ray could not run (import error, node lost, OOM)
+                    result, files = _ray_error(exc), {}
+                _write_files(job.out_dir, files)
+                on_done(job.key, result)
+    finally:
+        if pending and not private:
+            for ref in pending:          # our unfinished tasks on a cluster we leave running
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+        if connected_here:
+            ray.shutdown()               # stops a private instance; only disconnects from a cluster
