@@ -435,7 +435,7 @@ def _why(note: str, alg: str) -> str:
 def _heatmaps(sw: Sweep, comp: pd.DataFrame, algs: list[str], base: str, colors: dict, name: str,
               md: list[str]) -> list[Path]:
     net = [a for a in sw.axes if a.name.startswith("network.")]
-    if len(net) < 2:
+    if len(net) < 2 or sw.spec.get("mode", "grid") != "grid":   # zipped axes move together: no 2-D grid
         return []
     xa, ya = net[0], net[1]
     rest = [a for a in sw.axes if a not in (xa, ya)]
