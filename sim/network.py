@@ -132,6 +132,7 @@ class Network:
                 if sharing == "fair":
                     env.process(self._follow_schedule(link))
         self._routes: dict[tuple[str, str], tuple[Link, ...]] = {}
+        self._path_latency: dict[tuple[str, str], float] = {}
         self._flows: list[Flow] = []
         self._last_s = 0.0
         self._wakeup_version = 0
@@ -167,8 +168,10 @@ class Network:
         if self.sharing == "fifo":
             self._fifo(msg, path, done)
             return done
-        flow = Flow(msg, path, float(msg.nbytes), done, self.env.now,
-                    latency_s=sum(l.latency_s for l in path))
+        latency_s = self._path_latency.get((msg.src, msg.dst))
+        if latency_s is None:       # link latencies are fixed (schedules change bandwidth only)
+            latency_s = self._path_latency[(msg.src, msg.dst)] = sum(l.latency_s for l in path)
+        flow = Flow(msg, path, float(msg.nbytes), done, self.env.now, latency_s=latency_s)
         self._advance()
         for link in path:
             if link.active == 0:

@@ -82,10 +82,14 @@ class Failures:
     intervals: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
 
     def up(self, i: int, t: float) -> bool:
+        if not self.intervals:
+            return True
         return not any(a <= t < b for a, b in self.intervals.get(i, ()))
 
     def up_through(self, i: int, t0: float, t1: float) -> bool:
         """Up for the whole of [t0, t1]."""
+        if not self.intervals:
+            return True
         return not any(a <= t1 and t0 < b for a, b in self.intervals.get(i, ()))
 
 
@@ -125,19 +129,41 @@ class ParameterServer:
                 self.synced_at[i] = now
         return active
 
-    def _worker(self, i: int, t: int, sizes: list[int], step_s: float, out: dict):
-        yield self.ready[i]
-        out["ready"][i] = self.env.now
-        yield self.env.timeout(step_s)
-        if not self.failures.up_through(i, self.round_start, self.env.now):
-            out["lost"][i] = self.env.now   # crashed before it could send
-            return False
-        evs = [self.net.send(Message(self.workers[i], s, "grad", t, sizes[j], self.header))
-               for j, s in enumerate(self.servers)]
-        out["sent_bytes"][i] = sum(sizes) + self.header * len(self.servers)
-        yield self.env.all_of(evs)
-        out["done"][i] = self.env.now
-        return True
+    def _worker(self, i: int, t: int, sizes: list[int], step_s: float, out: dict, finished) -> None:
+        """Worker i's round as a chain of event callbacks (wait for the
+        parameters -> compute step_s -> upload to every server), calling
+        ``finished()`` when its uploads arrived or it crashed.  Callbacks, not
+        a SimPy process: a process per worker and round costs two more events
+        and a generator, a third of a replayed round's host time."""
+        env = self.env
+
+        def computed(_ev) -> None:
+            if not self.failures.up_through(i, self.round_start, env.now):
+                out["lost"][i] = env.now   # crashed before it could send
+                finished()
+                return
+            evs = [self.net.send(Message(self.workers[i], s, "grad", t, sizes[j], self.header))
+                   for j, s in enumerate(self.servers)]
+            out["sent_bytes"][i] = sum(sizes) + self.header * len(self.servers)
+            left = [len(evs)]
+
+            def delivered(_ev) -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    out["done"][i] = env.now
+                    finished()
+            for ev in evs:
+                ev.callbacks.append(delivered)
+
+        def ready(_ev) -> None:
+            out["ready"][i] = env.now
+            env.timeout(step_s).callbacks.append(computed)
+
+        ev = self.ready[i]
+        if ev.callbacks is None:      # already processed: the worker has the parameters
+            ready(ev)
+        else:
+            ev.callbacks.append(ready)
 
     def sizes(self, payload) -> list[list[int]]:
         """Payload bytes worker i sends server j, [n][S] (headers not included)."""
@@ -150,9 +176,18 @@ class ParameterServer:
         :meth:`sizes`; ``carries[i]`` False: worker i's message is a skip
         notice (not counted as an upload)."""
         out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}}
-        procs = {i: self.env.process(self._worker(i, t, sizes[i], step_s[i], out))
-                 for i in range(self.n) if active[i]}
-        wait = self.env.all_of(list(procs.values()))
+        wait = self.env.event()
+        pending = [sum(1 for a in active if a)]
+
+        def finished() -> None:
+            pending[0] -= 1
+            if pending[0] == 0:
+                wait.succeed()
+        if pending[0] == 0:
+            wait.succeed()
+        for i in range(self.n):
+            if active[i]:
+                self._worker(i, t, sizes[i], step_s[i], out, finished)
         if timeout_s is not None:
             deadline = self.round_start + timeout_s
             yield wait | self.env.timeout(max(deadline - self.env.now, 0.0))
