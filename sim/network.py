@@ -162,15 +162,16 @@ class Network:
     def send(self, msg: Message) -> simpy.Event:
         """Start sending ``msg`` now; the returned event fires (with the
         message as value) when its last byte reaches ``msg.dst``."""
-        path = self._routes.get((msg.src, msg.dst)) or self.route(msg.src, msg.dst)
+        key = (msg.src, msg.dst)
+        path = self._routes.get(key) or self.route(msg.src, msg.dst)
         done = simpy.Event(self.env)
         self.in_flight += 1
         if self.sharing == "fifo":
             self._fifo(msg, path, done)
             return done
-        latency_s = self._path_latency.get((msg.src, msg.dst))
+        latency_s = self._path_latency.get(key)
         if latency_s is None:       # link latencies are fixed (schedules change bandwidth only)
-            latency_s = self._path_latency[(msg.src, msg.dst)] = sum(l.latency_s for l in path)
+            latency_s = self._path_latency[key] = sum(l.latency_s for l in path)
         flow = Flow(msg, path, float(msg.nbytes), done, self.env.now, latency_s=latency_s)
         self._advance()
         for link in path:
@@ -444,14 +445,14 @@ class Network:
         self.in_flight -= 1
 
     def _after(self, latency_s: float, start_s: float, msg: Message, done: simpy.Event) -> None:
-        def arrive(_ev=None):
-            if self.trace:
-                self.delivered.append((start_s, self.env.now, msg))
-            done.succeed(msg)
-        if latency_s > 0:
-            self.env.timeout(latency_s).callbacks.append(arrive)
-        else:
-            arrive()
+        """The last byte left the last link: ``done`` fires ``latency_s`` later."""
+        env = self.env
+        if self.trace:
+            done.callbacks.append(lambda _ev: self.delivered.append((start_s, env.now, msg)))
+        # Trigger ``done`` at the arrival time directly, as a timeout and then
+        # Event.succeed would (one event per message saved, as in fifo).
+        done._ok, done._value = True, msg
+        env.schedule(done, simpy.events.NORMAL, latency_s if latency_s > 0 else 0.0)
 
 
 def _latency_then_hops(u, v, data) -> float:
