@@ -49,13 +49,17 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def math_fields(scn: Scenario) -> dict:
+    """The scenario without ``network`` and ``name``: what fixes the learning trajectory."""
+    d = scn.dump()
+    d.pop("network", None)
+    d.pop("name", None)
+    return d
+
+
 def refusal(recorded: Scenario, new: Scenario) -> str | None:
     """Why ``new`` cannot be obtained by replaying a trace of ``recorded``, or None."""
-    a, b = recorded.dump(), new.dump()
-    for d in (a, b):
-        d.pop("network", None)
-        d.pop("name", None)
-    diff = _diff(a, b)
+    diff = _diff(math_fields(recorded), math_fields(new))
     if diff:
         shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")
         return (f"{shown} differ{'s' if len(diff) == 1 else ''} from the recorded run; replay re-times the "
@@ -123,11 +127,12 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
 def replay_run(source_dir: str | Path, scn: Scenario, out: str | Path, plots: bool = True) -> list[dict]:
     """Replay into ``out`` (scenario.yaml, the four CSVs, replay.yaml, plots);
     returns the summary rows.  Nothing is written when the replay is refused."""
+    from .runner import write_scenario
     src = trace_source(source_dir)
     rows = replay_results(src, scn)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
+    write_scenario(out, scn)
     (out / REPLAY_FILE).write_text(yaml.safe_dump({"source": str(src.resolve())}, sort_keys=False))
     for name, cols in RESULT_COLUMNS.items():
         write_csv(out / f"{name}.csv", cols, rows[name])

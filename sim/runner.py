@@ -25,6 +25,11 @@ def result_files(out: Path) -> dict[str, CsvAppender]:
     return {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in RESULT_COLUMNS.items()}
 
 
+def write_scenario(out: Path, scn: Scenario) -> None:
+    """The resolved scenario, as run and replay write it."""
+    (Path(out) / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
+
+
 def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
             plots: bool = True) -> tuple[int, list[dict]]:
     """Train, write scenario.yaml, metrics/summary/phases/links.csv, the trace
@@ -34,7 +39,7 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
+    write_scenario(out, scn)
     files = result_files(out)
     trace = (out / TRACE_FILE).open("w")
     summaries: list[dict] = []

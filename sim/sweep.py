@@ -133,10 +133,8 @@ def write_sweep_summary(out: Path, points: list[dict[str, Any]], results: dict[i
 
 def _math_key(scn) -> str:
     """Points with equal keys differ only in the network: one trace serves them all."""
-    d = scn.dump()
-    d.pop("network", None)
-    d.pop("name", None)
-    return json.dumps(d, sort_keys=True)
+    from .replay import math_fields
+    return json.dumps(math_fields(scn), sort_keys=True)
 
 
 class _Sweep:
