@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from algorithms import AlgorithmEntry
@@ -19,6 +18,7 @@ from topologies.spec import LinkSpec
 from topologies.star import StarTopology
 
 from .compute import ComputeConfig, FlopsCompute
+from . import yamlfile
 from .errors import ConfigError
 from .models import MODELS, MlpConfig
 from .unitfields import Duration, PositiveDuration
@@ -109,14 +109,35 @@ class StopSpec(Strict):
     max_rounds: int = Field(1000, ge=1)
     max_sim_time: PositiveDuration | None = Field(None, description='e.g. "10 min"')
     on_target: bool = Field(True, description="stop an algorithm once it reaches the target")
+    divergence_factor: float = Field(
+        1e4, gt=1, description="diverged (stopped at that round): the workers' mean minibatch loss is "
+                               "above this many times its round-0 value, or any loss or parameter is not finite")
+
+
+# A name becomes a folder (results/<name>/): letters, digits, "_", "-" and ".",
+# not starting with "." (so never ".", ".." or a hidden folder), no separators.
+NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+NAME_RULE = 'letters, digits, "_", "-" and "." (not first); no "/" or "\\"'
+MAX_SEED = 2 ** 32 - 1    # numpy's and torch's seeding both take it; larger adds nothing
+MAX_SEEDS = 1000          # seeds of one scenario (each runs every algorithm)
+MAX_WORKERS = 100_000
+Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
+Count = Annotated[int, Field(strict=True, ge=1)]
+
+
+def check_name(v: str) -> str:
+    if not re.match(NAME_PATTERN, v) or len(v) > 128:
+        raise ValueError(f"{v!r} is not a valid name (it names a results folder); allowed: 1-128 of {NAME_RULE}")
+    return v
 
 
 class Scenario(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
-    seeds: list[int] | None = Field(None, description="run every algorithm once per seed (default: [seed])")
-    workers: int = Field(ge=1)
-    batch_size: int = Field(ge=1, description="per worker")
+    name: str = Field(description=f"names the results folder: {NAME_RULE}")
+    seed: Seed = Field(0, description=f"an integer 0 .. {MAX_SEED}")
+    seeds: list[Seed] | None = Field(None, min_length=1, max_length=MAX_SEEDS,
+                                     description="run every algorithm once per seed (default: [seed])")
+    workers: Count = Field(le=MAX_WORKERS)
+    batch_size: Count = Field(description="per worker")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradients: Literal["vmap", "loop"] = Field("vmap", description="batched per-worker gradients or a loop")
     data: DataSpec = Field(default_factory=DataSpec)
@@ -130,6 +151,20 @@ class Scenario(Strict):
                           "later uploads count as missing for that round")
     failures: list[WorkerFailure] = Field(default_factory=list, description="worker crashes (and rejoins)")
     algorithms: list[AlgorithmEntry] = Field(min_length=1)
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: Any) -> Any:
+        return check_name(v) if isinstance(v, str) else v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            dup = sorted({s for s in v if v.count(s) > 1})
+            raise ValueError(f"repeated seeds {dup}: each seed runs once (its rows would be counted twice); "
+                             "allowed: distinct integers")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
@@ -201,9 +236,11 @@ def parse_overrides(items: list[str] | None, file: str) -> list[tuple[str, Any]]
             raise ConfigError(f"--set {item!r}: expected dotted.key=value", file=file)
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            value = yamlfile.loads(raw, file) if raw.strip() else ""
+        except ConfigError as exc:
+            if "duplicate key" in exc.message:
+                raise ConfigError(f"--set {item!r}: {exc.message}", field=key.strip(), file=file) from None
+            value = raw     # not YAML: the text itself (a name, a unit string)
         out.append((key.strip(), value))
     return out
 
@@ -279,19 +316,9 @@ def validate(data: Any, file: str) -> Scenario:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file's data; a missing file or malformed YAML is a ConfigError
-    naming the file (and the line and column)."""
-    file = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("no such file", file=file)
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"malformed YAML{where}: {problem}", file=file) from None
+    """A YAML file's data; every fault (missing, a folder, unreadable, not UTF-8,
+    malformed, a duplicate key) is a ConfigError naming the file (sim/yamlfile.py)."""
+    return yamlfile.read(path)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
