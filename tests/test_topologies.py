@@ -80,9 +80,9 @@ def test_graphml_file(tmp_path):
     built = build_graph(scn, 0)
     assert built.edges["server", "sw"]["bandwidth_bps"] == 1e10
     assert built.edges["w2", "sw"]["latency_s"] == 0.002
-    scn, _ = scenario(tmp_path, topology={"kind": "graph", "graphml": "missing.graphml"})
-    with pytest.raises(ConfigError, match="not found"):
-        build_graph(scn, 0)
+    with pytest.raises(ConfigError, match="not found") as e:   # found missing when the scenario loads
+        scenario(tmp_path, topology={"kind": "graph", "graphml": "missing.graphml"})
+    assert e.value.field == "network.topology.graphml"
 
 
 def test_per_worker_lists_and_distributions_are_seeded(tmp_path):

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from sim.errors import ConfigError
+from sim.inputs import SHA256_PATTERN, pin
 
 from . import TOPOLOGIES, worker_name
 from .spec import LinkSpec, link_attrs
@@ -42,6 +43,8 @@ class GraphTopology(BaseModel):
     nodes: list[str] | None = Field(None, description="optional: the node names edges may use")
     edges: list[EdgeSpec] = Field(default_factory=list)
     graphml: str | None = Field(None, description="GraphML file; edge attributes bandwidth_bps and latency_s")
+    graphml_sha256: str | None = Field(None, pattern=SHA256_PATTERN,
+                                       description="the file's SHA-256 (a run writes it; a changed file is refused)")
     servers: int = Field(1, ge=1)
     collective: ClassVar[str] = "ps"
     _base: Path = PrivateAttr(Path("."))
@@ -50,31 +53,44 @@ class GraphTopology(BaseModel):
         return server_names(self.servers)
 
     def load_files(self, base: Path) -> None:
+        """Pin the GraphML file (absolute path and hash, sim/inputs.py) and read the edges' traces."""
         self._base = base
+        if self.graphml is not None:
+            path, digest = pin(self.graphml, base, self.graphml_sha256, "network.topology.graphml", "GraphML file")
+            self.graphml, self.graphml_sha256 = str(path), digest
         for i, e in enumerate(self.edges):
             e.load_trace(base, f"network.topology.edges.{i}.trace")
 
     def _graphml(self) -> nx.DiGraph:
         path = Path(self.graphml)
-        if not path.is_absolute():
+        if not path.is_absolute():   # load_files made it absolute; a topology built in code may not have
             path = self._base / path
         if not path.is_file():
             raise ConfigError(f"GraphML file {str(path)!r} not found", field="network.topology.graphml")
         try:
             src = nx.read_graphml(path)
         except Exception as exc:  # networkx raises several types for bad XML
-            raise ConfigError(f"{path}: not a readable GraphML file ({exc})",
+            culprit = _bad_number(path)
+            raise ConfigError(culprit or f"{path}: not a readable GraphML file ({exc})",
                               field="network.topology.graphml") from None
         g = nx.DiGraph()
         edges = list(src.edges(data=True))
         for u, v, data in edges:
+            values = {}
             for key in ("bandwidth_bps", "latency_s"):
                 if key not in data:
                     raise ConfigError(f"{path}: edge {u}->{v} has no {key} attribute",
                                       field="network.topology.graphml")
-            bw, lat = float(data["bandwidth_bps"]), float(data["latency_s"])
+                try:
+                    values[key] = float(data[key])
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{path}: edge {u}->{v}: {key} is {data[key]!r}, not a number; allowed: "
+                                      f"a number in {'bit/s' if key == 'bandwidth_bps' else 'seconds'}",
+                                      field="network.topology.graphml") from None
+            bw, lat = values["bandwidth_bps"], values["latency_s"]
             if not (bw > 0 and math.isfinite(bw)) or not (lat >= 0 and math.isfinite(lat)):
-                raise ConfigError(f"{path}: edge {u}->{v} needs bandwidth_bps > 0 and latency_s >= 0",
+                raise ConfigError(f"{path}: edge {u}->{v} needs bandwidth_bps > 0 and latency_s >= 0 (finite), "
+                                  f"got bandwidth_bps={bw!r}, latency_s={lat!r}",
                                   field="network.topology.graphml")
             g.add_edge(str(u), str(v), **link_attrs(bw, lat, None))
             if not src.is_directed():
@@ -100,6 +116,29 @@ class GraphTopology(BaseModel):
                 g.add_edge(e.dst, e.src, **attrs)
         check_reachable(g, n, self.server_names(), "network.topology")
         return g
+
+
+def _bad_number(path: Path) -> str | None:
+    """The first edge attribute declared numeric whose value is not a number
+    (networkx's reader fails on it without naming the edge), or None."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError, UnicodeError):
+        return None
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    numeric = {k.get("id"): (k.get("attr.name"), k.get("attr.type")) for k in root.iter(f"{ns}key")
+               if k.get("attr.type") in ("int", "long", "float", "double")}
+    for edge in root.iter(f"{ns}edge"):
+        for data in edge.iter(f"{ns}data"):
+            if data.get("key") in numeric:
+                name, typ = numeric[data.get("key")]
+                try:
+                    float(data.text or "")
+                except ValueError:
+                    return (f"{path}: edge {edge.get('source')}->{edge.get('target')}: {name} is {data.text!r}, "
+                            f"not a number (declared {typ}); allowed: a number")
+    return None
 
 
 def check_reachable(g: nx.DiGraph, n: int, servers: list[str], field: str) -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
+from sim.inputs import SHA256_PATTERN, pin
 from sim.schedule import Schedule, read_trace, with_down_intervals
 from sim.unitfields import Bandwidth, BandwidthOrZero, Duration, PositiveDuration
 
@@ -130,6 +131,8 @@ class LinkSpec(Strict):
     schedule: list[SchedulePoint] | None = Field(
         None, description="piecewise-constant bandwidth: [{at: 0 s, bandwidth: 1 Gbps}, ...], times increasing")
     trace: str | None = Field(None, description="CSV file with columns time_s,bandwidth_bps")
+    trace_sha256: str | None = Field(None, pattern=SHA256_PATTERN,
+                                     description="the trace's SHA-256 (a run writes it; a changed file is refused)")
     period: PositiveDuration | None = Field(None, description="repeat the schedule or trace every period")
     down: list[DownInterval] = Field(default_factory=list, description="intervals with the link down")
     _trace_points: tuple[list[float], list[float]] | None = PrivateAttr(None)
@@ -151,12 +154,12 @@ class LinkSpec(Strict):
         return self
 
     def load_trace(self, base: Path, field: str) -> None:
-        """Read the trace file (relative to the scenario's folder); errors name the line."""
+        """Read the trace file (relative to the scenario's folder); errors name the
+        line.  The path becomes absolute and its hash is recorded (sim/inputs.py)."""
         if self.trace is not None:
-            path = Path(self.trace)
-            if not path.is_absolute():
-                path = base / path
+            path, digest = pin(self.trace, base, self.trace_sha256, field, "bandwidth trace (CSV)")
             self._trace_points = read_trace(path, field)
+            self.trace, self.trace_sha256 = str(path), digest
 
     def nominal(self, n: int, rng: np.random.Generator, field: str) -> list[float]:
         if self.bandwidth is None:
