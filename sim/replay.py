@@ -28,11 +28,13 @@ from pathlib import Path
 import simpy
 import yaml
 
-from .config import Scenario, validate
+from . import yamlfile
+from .config import Scenario, load_network_files, validate
+from .errors import ConfigError
 from .engine import build_graph, make_protocol, simulate, summarize
 from .network import Network
 from .results import RESULT_COLUMNS, write_csv
-from .trace import TRACE_FILE, Replayer, ReplayUnavailable, read_trace
+from .trace import TRACE_FILE, Replayer, ReplayUnavailable, TraceError, read_trace
 
 REPLAY_FILE = "replay.yaml"   # in a replayed folder: where its trace lives
 
@@ -85,15 +87,25 @@ def trace_source(run_dir: str | Path) -> Path:
         return run_dir
     meta = run_dir / REPLAY_FILE
     if meta.exists():
-        return Path(yaml.safe_load(meta.read_text())["source"])
+        data = yamlfile.read(meta, "replay.yaml")
+        if not (isinstance(data, dict) and isinstance(data.get("source"), str)):
+            raise ReplayUnavailable(f"{meta}: source: allowed: the folder of the run this replay came from")
+        source = Path(data["source"])
+        if not (source / TRACE_FILE).is_file():
+            raise ReplayUnavailable(f"{meta}: source: {source} has no {TRACE_FILE} (moved or deleted?)")
+        return source
     raise ReplayUnavailable(f"{run_dir} has no {TRACE_FILE} (runs record it since commsim 0.1; "
                             "re-run the scenario)")
 
 
 def recorded_scenario(run_dir: str | Path) -> Scenario:
     path = Path(run_dir) / "scenario.yaml"
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present: 10x faster
-    return validate(yaml.load(path.read_text(), Loader=loader), str(path))
+    scn = validate(yamlfile.read(path), str(path))    # libyaml's parser when present: 10x faster
+    try:
+        load_network_files(scn, path.parent)         # pinned paths: the files must be the ones recorded
+    except ConfigError as exc:
+        raise exc.with_file(str(path))
+    return scn
 
 
 def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict[str, list[dict]]:
@@ -113,10 +125,16 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
                 raise ReplayUnavailable(f"{source_dir / TRACE_FILE} has no complete trace of {cfg.label!r} "
                                         f"seed {seed} (the run was interrupted before it finished)")
             header, events = segments[(cfg.label, seed)]
+            if int(header["n"]) != scn.workers:
+                raise TraceError(f"{source_dir / TRACE_FILE}: n: the trace of {cfg.label!r} seed {seed} has "
+                                 f"{header['n']} workers, the scenario {scn.workers}")
             env = simpy.Environment()
             net = Network(env, graph, scn.network.sharing)
             proto = make_protocol(scn, env, net, int(header["d"]), bool(header["summable"]))
-            result = simulate(scn, env, net, proto, Replayer(header, events), cfg.label, seed, int(header["d"]),
+            widths = (len(proto.servers) if hasattr(proto, "servers") else (scn.workers if header["summable"] else 1),
+                      len(proto.bounds))
+            source = Replayer(header, events, widths, str(source_dir / TRACE_FILE))
+            result = simulate(scn, env, net, proto, source, cfg.label, seed, int(header["d"]),
                               on_row=rows["metrics"].append, on_phase=rows["phases"].append,
                               on_round=on_round or (lambda r, t: None))
             rows["links"] += result.links
@@ -127,13 +145,14 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
 def replay_run(source_dir: str | Path, scn: Scenario, out: str | Path, plots: bool = True) -> list[dict]:
     """Replay into ``out`` (scenario.yaml, the four CSVs, replay.yaml, plots);
     returns the summary rows.  Nothing is written when the replay is refused."""
-    from .runner import write_scenario
+    from .results import write_text
+    from .runner import make_out_dir, write_scenario
     src = trace_source(source_dir)
     rows = replay_results(src, scn)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     write_scenario(out, scn)
-    (out / REPLAY_FILE).write_text(yaml.safe_dump({"source": str(src.resolve())}, sort_keys=False))
+    write_text(out / REPLAY_FILE, yaml.safe_dump({"source": str(src.resolve())}, sort_keys=False))
     for name, cols in RESULT_COLUMNS.items():
         write_csv(out / f"{name}.csv", cols, rows[name])
     if plots and rows["summary"]:

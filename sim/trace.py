@@ -17,7 +17,8 @@ One JSON object per line.  A segment per algorithm and seed:
         "step_s": [n] compute seconds | null (same as the previous plan)}}
     {"e": "second_round", "t": round, "in": arrived, "out": [request_bytes, reply_bytes] | null}
     {"e": "update", "t": round, "in": arrived, "out": {"down": [S] bytes, "finite": bool}}
-    {"e": "stats", "out": {"skipped_fraction", "server_state_bytes", "compression_rate"}}
+    {"e": "stats", "out": {"skipped_fraction", "server_state_bytes", "compression_rate"},
+     "sha256": hex digest of the segment's lines before this one (edits are detected)}
 
 ``active``/``arrived``/``sending``/``carries`` are bit strings ("1101", worker
 0 first); skip decisions are in ``carries`` (0: a header-only skip notice)
@@ -27,7 +28,9 @@ load back bit for bit.  A segment without its ``stats`` line is incomplete
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +59,7 @@ class Recorder:
         self.summable = inner.summable
         self.updates_without_uploads = inner.updates_without_uploads
         self._last_step: list[float] | None = None
+        self._digest = hashlib.sha256()   # over the segment's lines before its stats line
         self._write({"e": "start", "v": TRACE_VERSION, "algorithm": label, "seed": seed, "d": d, "n": n,
                      "summable": self.summable, "has_second_round": self.has_second_round,
                      "updates_without_uploads": self.updates_without_uploads})
@@ -65,7 +69,9 @@ class Recorder:
         return self.inner.proto
 
     def _write(self, event: dict, flush: bool = False) -> None:
-        self.fh.write(json.dumps(event, separators=(",", ":")) + "\n")
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        self._digest.update(line.encode())
+        self.fh.write(line)
         if flush:
             self.fh.flush()
 
@@ -97,7 +103,7 @@ class Recorder:
 
     def stats(self) -> dict:
         out = self.inner.stats()
-        self._write({"e": "stats", "out": out}, flush=True)
+        self._write({"e": "stats", "out": out, "sha256": self._digest.hexdigest()}, flush=True)
         return out
 
 
@@ -106,9 +112,12 @@ class Replayer:
     the same questions (same round, same workers taking part and arriving);
     any difference raises :class:`ReplayUnavailable` naming it."""
 
-    def __init__(self, header: dict, events: list[dict]) -> None:
+    def __init__(self, header: dict, events: list[dict], widths: tuple[int, int] | None = None,
+                 path: str = TRACE_FILE) -> None:
         self.header = header
         self.events = events
+        self.widths = widths     # (destinations per plan, slices per update) of the replaying protocol
+        self.path = path
         self.pos = 0
         self.has_second_round = bool(header["has_second_round"])
         self.summable = bool(header["summable"])
@@ -131,7 +140,15 @@ class Replayer:
             raise ReplayUnavailable(f"{where}: in round {t} the workers that {what} differ from the recorded "
                                     f"run ({inp} vs {ev.get('in')}): timing changes the math here")
         self.pos += 1
-        return ev.get("out")
+        out = ev.get("out")
+        if self.widths is not None and out is not None and kind in ("plan", "update"):
+            got = len(out["sizes"][0]) if kind == "plan" else len(out["down"])
+            want = self.widths[0] if kind == "plan" else self.widths[1]
+            if got != want:
+                field = "out.sizes" if kind == "plan" else "out.down"
+                raise TraceError(f"{self.path}:{ev.get('_line', '?')}: {field}: {got} destinations per worker, "
+                                 f"the scenario's protocol has {want} (a trace of another topology, or edited)")
+        return out
 
     def evaluate(self, t: int) -> dict:
         return self._next("evaluate", t)
@@ -157,26 +174,139 @@ class Replayer:
         return self._next("stats", None)
 
 
+class TraceError(ReplayUnavailable):
+    """A trace file that is malformed or was edited: names the line and the field."""
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bits_ok(v: Any, n: int) -> bool:
+    return isinstance(v, str) and len(v) == n and set(v) <= {"0", "1"}
+
+
+def _check_event(ev: Any, n: int | None) -> str | None:
+    """The first problem of one trace event, as 'field: what is wrong', or None."""
+    if not isinstance(ev, dict):
+        return f"the line is {type(ev).__name__}, not an event object"
+    kind = ev.get("e")
+    if kind == "start":
+        for key, ok, want in [("v", _is_int, "an integer"), ("algorithm", lambda v: isinstance(v, str), "a string"),
+                              ("seed", _is_int, "an integer >= 0"), ("d", lambda v: _is_int(v, 1), "an integer >= 1"),
+                              ("n", lambda v: _is_int(v, 1), "an integer >= 1"),
+                              ("summable", lambda v: isinstance(v, bool), "true or false"),
+                              ("has_second_round", lambda v: isinstance(v, bool), "true or false"),
+                              ("updates_without_uploads", lambda v: isinstance(v, bool), "true or false")]:
+            if not ok(ev.get(key)):
+                return f"{key}: {ev.get(key)!r}; allowed: {want}"
+        return None
+    if kind not in ("evaluate", "plan", "second_round", "update", "stats"):
+        return f"e: {kind!r}; allowed: start, evaluate, plan, second_round, update, stats"
+    if n is None:
+        return f"e: a {kind!r} event before any 'start' event"
+    if kind != "stats" and not _is_int(ev.get("t")):
+        return f"t: {ev.get('t')!r}; allowed: a round number >= 0"
+    if kind in ("plan", "second_round", "update") and not _bits_ok(ev.get("in"), n):
+        return f"in: {ev.get('in')!r}; allowed: a string of {n} '0'/'1' (one per worker)"
+    out = ev.get("out")
+    if kind == "evaluate":
+        if not isinstance(out, dict):
+            return "out: allowed: {train_loss, test_loss, test_acc}"
+        for key in ("train_loss", "test_loss", "test_acc"):
+            if not _is_num(out.get(key)):
+                return f"out.{key}: {out.get(key)!r}; allowed: a number"
+    elif kind == "plan" and out is not None:
+        if not isinstance(out, dict):
+            return "out: allowed: null or {sizes, sending, carries, step_s}"
+        sizes = out.get("sizes")
+        if not (isinstance(sizes, list) and len(sizes) == n and all(isinstance(r, list) and r for r in sizes)
+                and len({len(r) for r in sizes}) == 1 and all(_is_int(b) for r in sizes for b in r)):
+            return f"out.sizes: allowed: {n} lists (one per worker) of the same number of byte counts >= 0"
+        for key in ("sending", "carries"):
+            if not _bits_ok(out.get(key), n):
+                return f"out.{key}: {out.get(key)!r}; allowed: a string of {n} '0'/'1'"
+        step = out.get("step_s")
+        if step is not None and not (isinstance(step, list) and len(step) == n and
+                                     all(_is_num(x) and math.isfinite(x) and x >= 0 for x in step)):
+            return f"out.step_s: allowed: null or {n} finite compute times in seconds >= 0"
+    elif kind == "second_round" and out is not None:
+        if not (isinstance(out, list) and len(out) == 2 and all(_is_int(x) for x in out)):
+            return f"out: {out!r}; allowed: null or [request bytes, reply bytes] (integers >= 0)"
+    elif kind == "update":
+        if not (isinstance(out, dict) and isinstance(out.get("down"), list) and out["down"]
+                and all(_is_int(x) for x in out["down"])):
+            return "out.down: allowed: a list of byte counts >= 0 (one per server)"
+        if not isinstance(out.get("finite"), bool):
+            return f"out.finite: {out.get('finite')!r}; allowed: true or false"
+    elif kind == "stats":
+        if not isinstance(out, dict):
+            return "out: allowed: {skipped_fraction, server_state_bytes, compression_rate}"
+        if not _is_num(out.get("skipped_fraction")):
+            return f"out.skipped_fraction: {out.get('skipped_fraction')!r}; allowed: a number"
+        if not _is_int(out.get("server_state_bytes")):
+            return f"out.server_state_bytes: {out.get('server_state_bytes')!r}; allowed: an integer >= 0"
+        if not (_is_num(out.get("compression_rate")) or out.get("compression_rate") == ""):
+            return f"out.compression_rate: {out.get('compression_rate')!r}; allowed: a number or \"\""
+        if "sha256" in ev and not (isinstance(ev["sha256"], str) and len(ev["sha256"]) == 64):
+            return f"sha256: {ev['sha256']!r}; allowed: 64 hex digits"
+    return None
+
+
 def read_trace(path: str | Path) -> dict[tuple[str, int], tuple[dict, list[dict]]]:
-    """(algorithm label, seed) -> (header, events) of every complete segment."""
+    """(algorithm label, seed) -> (header, events) of every complete segment.
+
+    A last line cut short (an interrupted run) ends an incomplete segment,
+    which is left out.  Anything else that is not a well-formed event (bad
+    JSON in the middle, a wrong type or value, bytes that are not UTF-8), or a
+    segment whose lines do not hash to the ``sha256`` its ``stats`` line
+    recorded, raises :class:`TraceError` naming the line and the field."""
+    path = Path(path)
     segments: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
-    header, events = None, []
-    with Path(path).open() as fh:
-        for line in fh:
-            try:
-                ev = json.loads(line)
-            except json.JSONDecodeError:
+    header, events, digest, first_line = None, [], hashlib.sha256(), 0
+    try:
+        raw_lines = path.read_bytes().split(b"\n")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot be read: {exc.strerror} (errno {exc.errno})") from None
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    for lineno, raw in enumerate(raw_lines, start=1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+            ev = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if lineno == len(raw_lines):
                 break          # a line cut short by an interruption: the segment is incomplete
-            if ev["e"] == "start":
-                header, events = ev, []
-                if ev.get("v") != TRACE_VERSION:
-                    raise ReplayUnavailable(f"{path}: trace version {ev.get('v')}, this commsim reads "
-                                            f"version {TRACE_VERSION}")
-                continue
-            if header is None:
-                continue
+            raise TraceError(f"{where}: not a JSON event ({exc}); the trace was damaged or edited, "
+                             "re-run the scenario to record it again") from None
+        n = int(header["n"]) if header is not None else None
+        problem = _check_event(ev, n)
+        if problem:
+            raise TraceError(f"{where}: {problem} (a malformed or edited trace; re-run the scenario "
+                             "to record it again)")
+        if ev["e"] == "start":
+            if ev["v"] != TRACE_VERSION:
+                raise TraceError(f"{where}: v: trace version {ev['v']}, this commsim reads version {TRACE_VERSION}")
+            header, events, digest, first_line = ev, [], hashlib.sha256(), lineno
+            digest.update(raw + b"\n")
+            continue
+        if ev["e"] == "stats":
+            recorded = ev.get("sha256")
+            if recorded is not None and recorded != digest.hexdigest():
+                raise TraceError(f"{path}:{first_line}-{lineno - 1}: the lines of {header['algorithm']!r} seed "
+                                 f"{header['seed']} do not match the checksum recorded on line {lineno} (sha256): "
+                                 "the trace was edited after the run; re-run the scenario to record it again")
+            ev["_line"] = lineno
             events.append(ev)
-            if ev["e"] == "stats":
-                segments[(header["algorithm"], int(header["seed"]))] = (header, events)
-                header, events = None, []
+            segments[(header["algorithm"], int(header["seed"]))] = (header, events)
+            header, events = None, []
+            continue
+        digest.update(raw + b"\n")
+        ev["_line"] = lineno
+        events.append(ev)
     return segments
