@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv")
 EXIT_INTERRUPTED = 130
 
@@ -60,6 +61,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rp.add_argument("--out", help="results folder (default: RUN_DIR/replays/<timestamp>/)")
     rp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return p.parse_args(argv)
+
+
+def default_out(parent: Path) -> Path:
+    """A fresh timestamped folder under ``parent`` (names are validated, so it
+    stays inside: no "..", no separators, sim/config.py NAME_PATTERN)."""
+    return parent / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def check_out(out: Path, overwrite: bool, file: str) -> None:
+    """Bad --out values, refused before anything is written: a file, a path
+    below a file, or a folder holding results (without --overwrite)."""
+    from sim.errors import ConfigError
+    for p in [out, *out.parents]:
+        if p.exists() and not p.is_dir():
+            what = "is a file" if p == out else f"is below {p}, which is a file"
+            raise ConfigError(f"--out {out} {what}; allowed: a folder (new or empty, or with --overwrite "
+                              "one holding results)", field="--out", file=file)
+        if p.exists():
+            break
+    if not overwrite and out.is_dir() and any((out / f).exists() for f in RESULT_FILES):
+        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
+                          field="--out", file=file)
 
 
 def cmd_list() -> int:
@@ -102,13 +125,8 @@ def cmd_run(args) -> int:
 
     # 1. Scenario: read, override, validate (nothing is written before this passes).
     scn = load_scenario(args.scenario, args.set)
-    out = Path(args.out) if args.out else \
-        Path("results") / scn.name / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a folder", file=args.scenario)
-    if not args.overwrite and any((out / f).exists() for f in RESULT_FILES):
-        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
-                          file=args.scenario)
+    out = Path(args.out) if args.out else default_out(Path("results") / scn.name)
+    check_out(out, args.overwrite, args.scenario)
 
     # 2. Worlds (data on the device, shards, model) per seed: checks that need the data.
     try:
@@ -138,13 +156,12 @@ def cmd_replay(args) -> int:
 
     run_dir = Path(args.run_dir)
     scenario = run_dir / "scenario.yaml"
-    if not scenario.is_file():
-        raise ConfigError("not a results folder (no scenario.yaml)", file=str(run_dir))
-    scn = load_scenario(scenario, args.set)
-    out = Path(args.out) if args.out else run_dir / "replays" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not args.overwrite and any((out / f).exists() for f in RESULT_FILES):
-        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
+    if not run_dir.is_dir() or not scenario.is_file():
+        raise ConfigError("not a results folder (no scenario.yaml); allowed: the folder a run wrote",
                           file=str(run_dir))
+    scn = load_scenario(scenario, args.set)
+    out = Path(args.out) if args.out else default_out(run_dir / "replays")
+    check_out(out, args.overwrite, str(run_dir))
     try:
         summaries = replay_run(run_dir, scn, out)
     except ReplayUnavailable as exc:
@@ -162,26 +179,41 @@ def cmd_plot(args) -> int:
     return 0
 
 
+COMMANDS = {"list": lambda args: cmd_list(), "validate": cmd_validate, "sweep": cmd_sweep,
+            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one place where exceptions become messages and exit codes.
+
+    What is bad input (exit 2, nothing written) is explicit: a ConfigError,
+    raised by the loaders and checks for every fault of a file or a value the
+    user gave (sim/errors.py; its DataError for data sets).  Faults of the
+    environment while writing, OutputError (a read-only folder, a full disk)
+    or an OSError naming a file, print one line with the path and the errno
+    and exit 1; rows already written stay whole.  Ctrl-C exits 130.  Anything
+    else is a bug in commsim and keeps its traceback.
+    """
     args = parse_args(argv)
     from sim.alloc import reuse_freed_memory
     reuse_freed_memory()  # large [n, d] tensors reused, not re-faulted (sim/alloc.py)
-    from sim.errors import ConfigError
+    from sim.errors import ConfigError, OutputError
     try:
-        if args.command == "list":
-            return cmd_list()
-        if args.command == "validate":
-            return cmd_validate(args)
-        if args.command == "sweep":
-            return cmd_sweep(args)
-        if args.command == "replay":
-            return cmd_replay(args)
-        if args.command == "plot":
-            return cmd_plot(args)
-        return cmd_run(args)
+        return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"error: {OutputError(exc.filename, exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -29,3 +29,17 @@ class ConfigError(Exception):
 
 class DataError(ConfigError):
     """A data set that cannot be read (missing files, wrong format)."""
+
+
+class OutputError(Exception):
+    """Results could not be written (a read-only folder, a full disk): the CLI
+    prints one line naming the path and the errno and exits 1.  What was
+    written before stays whole (sim/results.py writes whole lines)."""
+
+    def __init__(self, path, exc: OSError) -> None:
+        import errno as _errno
+        self.path = str(path)
+        self.errno = exc.errno
+        name = _errno.errorcode.get(exc.errno or 0, "")
+        self.reason = f"{exc.strerror or exc} (errno {exc.errno}{' ' + name if name else ''})"
+        super().__init__(f"cannot write {self.path}: {self.reason}")

@@ -3,11 +3,20 @@
 metrics.csv gets one row per evaluation, appended and flushed at once, so an
 interrupted run loses nothing already computed.  Floats are written with
 ``repr`` (shortest round-trip form), so the same run gives the same bytes.
+
+Every file is written in whole lines: a line goes out in one ``os.write``
+call, and if the disk fills up (or the folder turns read-only) part-way, the
+file is cut back to its last whole line and :class:`sim.errors.OutputError`
+names the path and the errno.  A reader never sees half a row.
 """
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
+
+from .errors import OutputError
 
 METRICS_COLUMNS = ["algorithm", "seed", "round", "sim_time_s", "uploads", "bytes_up", "bytes_down",
                    "train_loss", "test_loss", "test_acc"]
@@ -29,19 +38,68 @@ def _fmt(v) -> str:
     return str(v)
 
 
+class LineFile:
+    """A file written in whole lines (see the module docstring).  ``write``
+    buffers; ``flush`` sends the buffer in one call, or cuts the file back to
+    what it held before and raises OutputError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        except OSError as exc:
+            raise OutputError(self.path, exc) from None
+        self._size = 0          # bytes of whole lines on disk
+        self._buf: list[str] = []
+
+    def write(self, text: str) -> None:
+        self._buf.append(text)
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        data = memoryview("".join(self._buf).encode())
+        self._buf = []
+        total = len(data)
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise OutputError(self.path, exc) from None
+        self._size += total
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def csv_line(values: list) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([_fmt(v) for v in values])
+    return buf.getvalue()
+
+
 class CsvAppender:
-    """Append rows with fixed columns to a CSV file, flushing after each row."""
+    """Append rows with fixed columns to a CSV file, each row written (whole) at once."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = Path(path)
         self.columns = columns
-        self._fh = self.path.open("w", newline="")
-        self._w = csv.writer(self._fh, lineterminator="\n")
-        self._w.writerow(columns)
+        self._fh = LineFile(self.path)
+        self._fh.write(csv_line(columns))
         self._fh.flush()
 
     def append(self, row: dict) -> None:
-        self._w.writerow([_fmt(row.get(c, "")) for c in self.columns])
+        self._fh.write(csv_line([row.get(c, "") for c in self.columns]))
         self._fh.flush()
 
     def close(self) -> None:
@@ -51,7 +109,11 @@ class CsvAppender:
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Write a whole file at once, formatted as :class:`CsvAppender` writes it
     (for results produced in memory, e.g. a replay)."""
-    with Path(path).open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows([_fmt(row.get(c, "")) for c in columns] for row in rows)
+    write_text(path, csv_line(columns) + "".join(csv_line([row.get(c, "") for c in columns]) for row in rows))
+
+
+def write_text(path: Path, text: str) -> None:
+    """A whole small file (scenario.yaml, a marker); errors become OutputError."""
+    fh = LineFile(path)
+    fh.write(text)
+    fh.close()

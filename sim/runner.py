@@ -14,7 +14,8 @@ import yaml
 from .config import Scenario
 from .engine import World, run_algorithm, summarize
 from .progress import Progress
-from .results import RESULT_COLUMNS, CsvAppender
+from .errors import OutputError
+from .results import RESULT_COLUMNS, CsvAppender, LineFile, write_text
 from .trace import TRACE_FILE, Recorder
 
 EXIT_INTERRUPTED = 130
@@ -27,7 +28,15 @@ def result_files(out: Path) -> dict[str, CsvAppender]:
 
 def write_scenario(out: Path, scn: Scenario) -> None:
     """The resolved scenario, as run and replay write it."""
-    (Path(out) / "scenario.yaml").write_text(yaml.safe_dump(scn.dump(), sort_keys=False))
+    write_text(Path(out) / "scenario.yaml", yaml.safe_dump(scn.dump(), sort_keys=False))
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the results folder; a read-only or full disk is an OutputError."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(exc.filename or out, exc) from None
 
 
 def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
@@ -38,10 +47,10 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     write_scenario(out, scn)
     files = result_files(out)
-    trace = (out / TRACE_FILE).open("w")
+    trace = LineFile(out / TRACE_FILE)
     summaries: list[dict] = []
     status = 0
     any_world = next(iter(worlds.values()))
@@ -57,8 +66,9 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
                         src, trace, cfg.label, seed, world.model.d, world.n)
                     result = run_algorithm(world, cfg, on_row=files["metrics"].append, on_round=bar.update,
                                            on_phase=files["phases"].append, record=record)
-                if result.stalled:
-                    print(f"{cfg.label} (seed {seed}) stopped: {result.stalled}", file=sys.stderr)
+                if result.stalled or result.diverged_why:
+                    print(f"{cfg.label} (seed {seed}) stopped: {result.stalled or result.diverged_why}",
+                          file=sys.stderr)
                 for link_row in result.links:
                     files["links"].append(link_row)
                 row = summarize(result, scn.stop.target_accuracy)
