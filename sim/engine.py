@@ -31,6 +31,7 @@ from .config import Scenario
 from .data import Dataset, Shards, load_dataset, make_shards, partition
 from .errors import ConfigError
 from .grads import GradFn, dropout_masks
+from .memory import allocation_failed, check_fits
 from .models import FlatModel, build_model, merge_buffers
 from .network import Network
 from .protocols import Failures, ParameterServer, Ring
@@ -89,7 +90,14 @@ def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> Wor
         raise ConfigError(f"{scn.batch_size} is larger than the smallest worker shard "
                           f"({smallest} samples under partition {part.kind!r}); allowed: 1 .. {smallest}",
                           field="batch_size")
-    model = build_model(scn.model, data.input_shape, data.num_classes).to(device)
+    check_fits(scn.model, data.input_shape, data.num_classes, scn.workers, device)   # before allocating
+    try:
+        model = build_model(scn.model, data.input_shape, data.num_classes).to(device)
+    except Exception as exc:  # noqa: BLE001 - only the allocator's failure is turned into a message
+        if not allocation_failed(exc):
+            raise
+        raise ConfigError(f"{scn.model.kind}: the model does not fit in memory ({str(exc).splitlines()[0]})",
+                          field="model") from None
     g = torch.Generator().manual_seed(seed)
     n_eval = min(TRAIN_EVAL_SAMPLES, len(labels))
     train_eval_idx = torch.randperm(len(labels), generator=g)[:n_eval].sort().values
@@ -159,6 +167,7 @@ class RunResult:
     rows: list[dict] = field(default_factory=list)
     diverged: bool = False
     stalled: str = ""          # why the run could not go on (nothing delivered), or ""
+    diverged_why: str = ""     # at which round and how it diverged, or ""
     model_params: int = 0
     links: list[dict] = field(default_factory=list)
     skipped_fraction: float = 0.0   # worker-rounds without a gradient upload (skip rules)
@@ -189,7 +198,8 @@ class Trainer:
 
         evaluate(t)              -> {"train_loss", "test_loss", "test_acc"}
         plan(t, active)          -> {"sizes" [n][m] bytes, "sending" [n], "carries" [n],
-                                     "step_s" [n] seconds} | None (non-finite loss)
+                                     "step_s" [n] seconds} | None (diverged: a non-finite loss, or
+                                     the mean loss above stop.divergence_factor x round 0's)
         second_round(t, arrived) -> [request_bytes, reply_bytes] | None
         update(t, arrived)       -> {"down": [S] bytes, "finite": bool}
         stats()                  -> summary fields of the algorithm
@@ -207,6 +217,7 @@ class Trainer:
         self.state = self.alg.init(self.theta)
         self.upload = None
         self.new_buffers = None
+        self.loss0: float | None = None   # the workers' mean minibatch loss in the first round (divergence)
 
     # properties simulate() needs before the first round
     @property
@@ -233,6 +244,11 @@ class Trainer:
         masks = dropout_masks(world.model, self.streams, t, scn.batch_size)
         grads, losses, self.new_buffers = self.grad_fn(self.theta, x, y, masks, self.buffers)  # [n, d], [n]
         if not bool(torch.isfinite(losses).all()):
+            return None
+        mean_loss = float(losses.mean())
+        if self.loss0 is None:
+            self.loss0 = mean_loss
+        if mean_loss > scn.stop.divergence_factor * self.loss0:   # docs/model.md, Divergence
             return None
         act = torch.tensor(active, dtype=torch.bool)
         aux = lambda thetas: self.grad_fn.at(thetas, x, y, masks)  # noqa: E731 (same minibatch)
@@ -324,9 +340,21 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
         while True:
             t = c.round
             active = proto.begin(t)                                      # [n] who takes part
+            if not any(active):                  # every worker is down: wait for the first to rejoin
+                wake = proto.next_up(env.now) if hasattr(proto, "next_up") else math.inf
+                if math.isinf(wake):
+                    result.stalled = (f"at simulated time {env.now:.6g} s, round {t + 1}: every worker is down "
+                                      "and none rejoins (failures)")
+                    record()
+                    return
+                yield env.timeout(wake - env.now)
+                continue
             plan = source.plan(t, active)                                # the math of round t, batched
-            if plan is None:                                             # a non-finite loss
+            if plan is None:                                             # diverged (docs/model.md)
                 result.diverged = True
+                result.diverged_why = (f"diverged in round {t + 1}: a minibatch loss is not finite or the mean "
+                                       f"is above stop.divergence_factor = {stop.divergence_factor:g} times "
+                                       "its round-0 value")
                 record()
                 return
             timing = yield from proto.round(t, plan["sizes"], plan["sending"], plan["step_s"],
@@ -359,18 +387,22 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
             on_round(c.round, env.now)
             if not finite:
                 result.diverged = True
+                result.diverged_why = f"diverged in round {t + 1}: a parameter is not finite after the update"
                 record()
                 return
             if empty >= MAX_EMPTY_ROUNDS:
-                result.stalled = (f"no upload arrived in {MAX_EMPTY_ROUNDS} consecutive rounds "
-                                  f"(rounds {t - MAX_EMPTY_ROUNDS + 2}..{t + 1}): workers crashed or links down")
+                rounds = f"rounds {t - MAX_EMPTY_ROUNDS + 2}..{t + 1}"
+                why = timeout_explanation(scn, net, proto, plan) if scn.round_timeout is not None else ""
+                result.stalled = (f"no upload arrived in {MAX_EMPTY_ROUNDS} consecutive rounds ({rounds}): "
+                                  + (why or "workers crashed or links down"))
                 record()
                 return
             last = c.round >= stop.max_rounds or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
             if c.round % scn.eval_every == 0 or last:
                 row = record()
-                if not math.isfinite(row["train_loss"]):
+                if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
                     result.diverged = True
+                    result.diverged_why = f"diverged by round {c.round}: the evaluated loss is not finite"
                     return
                 if stop.on_target and row["test_acc"] >= stop.target_accuracy:
                     return
@@ -393,6 +425,49 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
     result.server_state_bytes = stats["server_state_bytes"]
     result.compression_rate = stats["compression_rate"]
     return result
+
+
+def _lone_transfer_s(net: Network, src: str, dst: str, nbytes: int) -> tuple[float, float, float]:
+    """(seconds, path latency, bottleneck bit/s) for one message alone on its
+    path: latency + 8 * bytes / bottleneck (sim/network.py's closed form)."""
+    path = net.route(src, dst)
+    lat = sum(link.latency_s for link in path)
+    bw = min(link.bandwidth_bps for link in path)
+    return lat + (8 * nbytes / bw if bw > 0 else math.inf), lat, bw
+
+
+def timeout_explanation(scn: Scenario, net: Network, proto, plan: dict) -> str:
+    """Why round_timeout let no upload in: the quickest worker's compute time and
+    transfer times (each message alone on its links, so a lower bound) against
+    the timeout, which counts from the server's broadcast."""
+    from .units import format as fmt
+    timeout = scn.round_timeout
+    header = scn.network.header_bytes
+    servers = getattr(proto, "servers", None)
+    if not servers or plan is None:
+        return ""
+    best = None
+    for i, sending in enumerate(plan["sending"]):
+        if not sending:
+            continue
+        w = f"w{i}"
+        down = max(_lone_transfer_s(net, s, w, header)[1] for s in servers)     # at least the path latency
+        ups = [_lone_transfer_s(net, w, s, plan["sizes"][i][j] + header) for j, s in enumerate(servers)]
+        up = max(u[0] for u in ups)
+        total = down + plan["step_s"][i] + up
+        if best is None or total < best[0]:
+            best = (total, w, down, plan["step_s"][i], up, sum(plan["sizes"][i]) + header * len(servers))
+    if best is None:
+        return ""
+    total, w, down, comp, up, nbytes = best
+    t = lambda v: fmt(float(f"{v:.4g}"), "time")  # noqa: E731
+    if total > timeout:
+        return (f"round_timeout = {fmt(timeout, 'time')} is shorter than any worker's round: the quickest, {w}, "
+                f"needs at least {t(total)} after the broadcast (download latency {t(down)} + compute {t(comp)} "
+                f"+ upload {t(up)} for {nbytes:,} bytes, alone on its links); allowed: a round_timeout above that")
+    return (f"round_timeout = {fmt(timeout, 'time')}: alone on its links the quickest worker, {w}, would need "
+            f"{t(total)} (download latency {t(down)} + compute {t(comp)} + upload {t(up)}), so the uploads were "
+            "late because the workers share links (contention) or links were down")
 
 
 def link_rows(net: Network, label: str, seed: int, end_s: float) -> list[dict]:

@@ -119,7 +119,7 @@ class LogRegConfig(_Config):
     kind: Literal["logreg"] = "logreg"
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        d_in = int(torch.tensor(input_shape).prod())
+        d_in = math.prod(input_shape)
         return nn.Sequential(nn.Flatten(), nn.Linear(d_in, num_classes))
 
 
@@ -135,7 +135,7 @@ class MlpConfig(_Config):
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         act = {"relu": nn.ReLU, "tanh": nn.Tanh}[self.activation]
         layers: list[nn.Module] = [nn.Flatten()]
-        width = int(torch.tensor(input_shape).prod())
+        width = math.prod(input_shape)
         for h in self.hidden:
             if h < 1:
                 raise ValueError("hidden widths must be >= 1")

@@ -11,6 +11,8 @@ of theta), the servers update and broadcast their slice back.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,6 +88,17 @@ class Failures:
             return True
         return not any(a <= t < b for a, b in self.intervals.get(i, ()))
 
+    def next_up(self, n: int, t: float) -> float:
+        """The earliest time >= t at which some worker of 0..n-1 is up (inf: none ever is)."""
+        best = math.inf
+        for i in range(n):
+            at = t
+            for a, b in sorted(self.intervals.get(i, ())):
+                if a <= at < b:
+                    at = b
+            best = min(best, at)
+        return best
+
     def up_through(self, i: int, t0: float, t1: float) -> bool:
         """Up for the whole of [t0, t1]."""
         if not self.intervals:
@@ -108,6 +121,10 @@ class ParameterServer:
         self.synced_at = [0.0] * n                            # when its last broadcast was sent
         self.round_start = 0.0
         self.bytes_down = 0
+
+    def next_up(self, now: float) -> float:
+        """When the first worker is up again (inf: never); for a round with none up."""
+        return self.failures.next_up(self.n, now)
 
     def begin(self, t: int) -> list[bool]:
         """Who takes part in round t: the workers up now.  A worker that was down
