@@ -348,6 +348,7 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
                     record()
                     return
                 yield env.timeout(wake - env.now)
+                proto.round_start = env.now      # the round (and its round_timeout) starts now
                 continue
             plan = source.plan(t, active)                                # the math of round t, batched
             if plan is None:                                             # diverged (docs/model.md)
@@ -436,11 +437,18 @@ def _lone_transfer_s(net: Network, src: str, dst: str, nbytes: int) -> tuple[flo
     return lat + (8 * nbytes / bw if bw > 0 else math.inf), lat, bw
 
 
+def _seconds(v: float) -> str:
+    """A duration with 4 significant digits in s, ms, us or ns."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if abs(v) >= scale:
+            return f"{v / scale:.4g} {unit}"
+    return f"{v / 1e-9:.4g} ns" if v else "0 s"
+
+
 def timeout_explanation(scn: Scenario, net: Network, proto, plan: dict) -> str:
     """Why round_timeout let no upload in: the quickest worker's compute time and
     transfer times (each message alone on its links, so a lower bound) against
     the timeout, which counts from the server's broadcast."""
-    from .units import format as fmt
     timeout = scn.round_timeout
     header = scn.network.header_bytes
     servers = getattr(proto, "servers", None)
@@ -460,12 +468,12 @@ def timeout_explanation(scn: Scenario, net: Network, proto, plan: dict) -> str:
     if best is None:
         return ""
     total, w, down, comp, up, nbytes = best
-    t = lambda v: fmt(float(f"{v:.4g}"), "time")  # noqa: E731
+    t = _seconds
     if total > timeout:
-        return (f"round_timeout = {fmt(timeout, 'time')} is shorter than any worker's round: the quickest, {w}, "
+        return (f"round_timeout = {t(timeout)} is shorter than any worker's round: the quickest, {w}, "
                 f"needs at least {t(total)} after the broadcast (download latency {t(down)} + compute {t(comp)} "
                 f"+ upload {t(up)} for {nbytes:,} bytes, alone on its links); allowed: a round_timeout above that")
-    return (f"round_timeout = {fmt(timeout, 'time')}: alone on its links the quickest worker, {w}, would need "
+    return (f"round_timeout = {t(timeout)}: alone on its links the quickest worker, {w}, would need "
             f"{t(total)} (download latency {t(down)} + compute {t(comp)} + upload {t(up)}), so the uploads were "
             "late because the workers share links (contention) or links were down")
 

@@ -63,7 +63,7 @@ class LineFile:
         total = len(data)
         try:
             while data:
-                data = data[os.write(self._fd, data):]
+                data = data[self._raw_write(data):]
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, self._size)
@@ -71,6 +71,9 @@ class LineFile:
                 pass
             raise OutputError(self.path, exc) from None
         self._size += total
+
+    def _raw_write(self, data: memoryview) -> int:
+        return os.write(self._fd, data)
 
     def close(self) -> None:
         if self._fd < 0:

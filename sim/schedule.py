@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,12 +141,18 @@ def read_trace(path: str | Path, field: str) -> tuple[list[float], list[float]]:
     if not p.is_file():
         raise ConfigError(f"trace file {str(p)!r} not found", field=field)
     times, bws = [], []
-    with p.open(newline="") as fh:
-        reader = csv.reader(fh)
+    from .yamlfile import read_text
+    try:
+        text = read_text(p, "CSV file with columns time_s,bandwidth_bps")
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc.message}", field=field) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["time_s", "bandwidth_bps"]:
             raise ConfigError(f"{p}:1: expected the header 'time_s,bandwidth_bps', got {header}", field=field)
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
+            lineno = reader.line_num
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) < 2:
@@ -162,6 +169,8 @@ def read_trace(path: str | Path, field: str) -> tuple[list[float], list[float]]:
                                   field=field)
             times.append(t)
             bws.append(bw)
+    except csv.Error as exc:
+        raise ConfigError(f"{p}:{reader.line_num}: not CSV ({exc})", field=field) from None
     if not times:
         raise ConfigError(f"{p}: the trace has no rows", field=field)
     return times, bws

@@ -140,3 +140,63 @@ def test_trace_lines_are_json_with_exact_floats(tmp_path):
     evals = [json.loads(x) for x in (recorded / TRACE_FILE).read_text().splitlines() if '"evaluate"' in x]
     metrics = (recorded / "metrics.csv").read_text().splitlines()[1:]
     assert [repr(e["out"]["test_acc"]) for e in evals] == [m.split(",")[-1] for m in metrics]
+
+
+# --------------------------------------------------------------------------- #
+# The files a run used: pinned by absolute path and hash in scenario.yaml
+# --------------------------------------------------------------------------- #
+
+def _scenario_with_files(tmp_path: Path) -> Path:
+    """tiny.yaml in its own folder, naming a bandwidth trace and a GraphML file by relative paths."""
+    import networkx as nx
+    import yaml
+    folder = tmp_path / "scn"
+    folder.mkdir()
+    (folder / "bw.csv").write_text("time_s,bandwidth_bps\n0,1e9\n0.05,2e7\n")
+    g = nx.Graph()
+    for i in range(4):
+        g.add_edge(f"w{i}", "sw", bandwidth_bps=1e9, latency_s=0.001)
+    g.add_edge("sw", "server", bandwidth_bps=1e10, latency_s=0.0)
+    nx.write_graphml(g, folder / "net.graphml")
+    data = yaml.safe_load(TINY.read_text())
+    data["network"]["topology"] = {"kind": "graph", "graphml": "net.graphml",
+                                   "edges": [{"src": "sw", "dst": "server", "trace": "bw.csv"}]}
+    data["stop"].update(max_rounds=6, on_target=False)
+    data["eval_every"] = 3
+    data["algorithms"] = [{"name": "sgd", "kind": "sgd", "lr": 0.1}]
+    (folder / "s.yaml").write_text(yaml.safe_dump(data))
+    return folder
+
+
+def test_scenario_yaml_pins_trace_and_graphml_files_and_replay_works_from_anywhere(tmp_path, monkeypatch):
+    import hashlib
+    import yaml
+    folder = _scenario_with_files(tmp_path)
+    monkeypatch.chdir(folder)
+    assert run_sim.main(["run", "s.yaml", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    topo = yaml.safe_load((tmp_path / "run" / "scenario.yaml").read_text())["network"]["topology"]
+    assert topo["graphml"] == str(folder / "net.graphml")
+    assert topo["graphml_sha256"] == hashlib.sha256((folder / "net.graphml").read_bytes()).hexdigest()
+    assert topo["edges"][0]["trace"] == str(folder / "bw.csv")
+    assert topo["edges"][0]["trace_sha256"] == hashlib.sha256((folder / "bw.csv").read_bytes()).hexdigest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert run_sim.main(["replay", str(tmp_path / "run"), "--out", "r1",
+                         "--set", "network.uplink.latency=20 ms"]) == 0
+    assert (elsewhere / "r1" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("name, field", [("bw.csv", "network.topology.edges.0.trace"),
+                                         ("net.graphml", "network.topology.graphml")])
+def test_replay_refuses_when_a_pinned_file_changed(tmp_path, monkeypatch, capsys, name, field):
+    folder = _scenario_with_files(tmp_path)
+    assert run_sim.main(["run", str(folder / "s.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    path = folder / name
+    path.write_text(path.read_text().replace("1e9", "5e8").replace("0.001", "0.002"))
+    capsys.readouterr()
+    out = tmp_path / "r"
+    assert run_sim.main(["replay", str(tmp_path / "run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{field}: {path} changed since this scenario was recorded" in err
+    assert not out.exists()
