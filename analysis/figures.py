@@ -1,6 +1,13 @@
 """Figures of a run or sweep folder (PNG, matplotlib Agg + seaborn); the numbers
 behind them come from ``analysis.report``.
 
+Every figure has a title naming the scenario (its ``name``; a sweep's name for sweep
+figures) and its seeds ("seed 0" or "3 seeds", :func:`figure_title`), and every axis
+label ends with the unit its ticks are in: "simulated time (s)", "bytes on the wire,
+up + down (MB)" (B, kB, MB or GB by the largest value), "training rounds (count)",
+"test accuracy (fraction)", "uplink bandwidth (Mbps)" (a swept quantity's ticks are
+written in one unit chosen per axis, :func:`display_unit`).
+
 Run folder (one run: every algorithm under every seed):
 
 - ``curves_time.png``, ``curves_bytes.png``, ``curves_rounds.png``: test accuracy
@@ -32,15 +39,24 @@ Sweep folder (``points/NNN`` run folders and ``sweep_summary.csv``), in addition
 - ``sweep_phases_<axis>.png``: the phase stacked bars along the first swept
   axis, one panel per algorithm, the other axes at their first value.
 
-Every function takes its data as arguments and writes one file; nothing is
-kept between calls.
+Zipped sweeps (sweep.yaml ``mode: zip``: the i-th values of every axis go together)
+have one axis for all the swept fields (:func:`zip_axis`): one x position per
+zipped point, each tick naming every field's value ("1 ms" over "2 ms"), the label
+one line per field.  The x position is the first field's number (log scale over a
+wide span) when the ticks fit there, else the points evenly spaced in point order.
+So a zipped sweep has one ``sweep_time_to_target_<a>_<b>.png`` (a single panel) and
+one ``sweep_phases_<a>_<b>.png`` (every point), and no heatmaps (the fields move
+together: there is no 2-D grid).
+
+Every function takes its data as arguments and writes one file through ``_save``
+(tests wrap it to look at the Figure); nothing is kept between calls.
 """
 from __future__ import annotations
 
 import math
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -61,13 +77,23 @@ PHASES = ["download_s", "compute_s", "upload_s", "server_s", "exchange_s", "wait
 PHASE_COLORS = dict(zip(PHASES, sns.color_palette("Set2", len(PHASES))))
 LOG_SPAN = 20.0          # a numeric axis spanning more than this factor is drawn on a log scale
 DPI = 120
-X_AXES = {  # key -> (column, label)
-    "time": ("sim_time_s", "simulated time (s)"),
-    "bytes": ("MB", "bytes on the wire, up + down (MB)"),
-    "rounds": ("round", "round"),
+CHAR_IN = 0.085          # inches a tick-label character takes (10 pt)
+X_AXES = {  # key -> (column, what it is); the unit is added by _x_values
+    "time": ("sim_time_s", "simulated time"),
+    "bytes": ("bytes", "bytes on the wire, up + down"),
+    "rounds": ("round", "training rounds"),
 }
-Y_AXES = {"test_acc": "test accuracy", "train_loss": "training loss"}
-_UNIT_LABEL = {"bandwidth": "bit/s", "time": "s", "size": "bytes"}
+Y_AXES = {"test_acc": "test accuracy (fraction)", "train_loss": "training loss (cross-entropy, nats)"}
+# display units of a swept quantity, largest first: (unit, its value in the base unit)
+_DISPLAY_UNITS = {
+    "bandwidth": [("Tbps", 1e12), ("Gbps", 1e9), ("Mbps", 1e6), ("kbps", 1e3), ("bit/s", 1.0)],
+    "time": [("h", 3600.0), ("min", 60.0), ("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)],
+    "size": [("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("B", 1.0)],
+}
+_UNIT_KINDS = tuple(_DISPLAY_UNITS)
+# plain-number fields that count something: (word in the field's last part, unit written)
+_COUNTS = (("rounds", "rounds"), ("eval_every", "rounds"), ("batch", "samples"), ("workers", "count"),
+           ("servers", "count"), ("racks", "count"), ("seeds", "count"), ("count", "count"))
 
 
 # ---------------------------------------------------------------- swept axes
@@ -75,14 +101,23 @@ _UNIT_LABEL = {"bandwidth": "bit/s", "time": "s", "size": "bytes"}
 @dataclass(frozen=True)
 class Axis:
     """A swept field: its values as written (``str`` of the YAML value, as in
-    sweep_summary.csv), their numbers when they have any, and how to plot them."""
+    sweep_summary.csv), their numbers when they have any, and how to plot them.
+
+    ``unit`` is the unit the tick labels are written in (chosen per axis, e.g. Mbps for
+    10 Mbps .. 10 Gbps) and ``label`` = ``what (unit)``.  A zipped group of axes
+    (:func:`zip_axis`) is one Axis too: ``parts`` holds its axes, each value is one zipped
+    point and each tick has one line per part."""
     name: str
     values: tuple[str, ...]
     numbers: tuple[float, ...] | None   # None: categories
-    kind: str                            # bandwidth | time | size | number | category
+    kind: str                            # bandwidth | time | size | number | category | zip
     label: str
     log: bool
-    shown: tuple[str, ...] = ()          # the values as figures write them ("10 Mbps", "ring")
+    shown: tuple[str, ...] = ()          # the values as titles write them ("10 Mbps", "ring")
+    ticks: tuple[str, ...] = ()          # the values as tick labels write them, in ``unit`` ("10")
+    unit: str | None = None
+    what: str = ""                       # the label without its unit ("uplink bandwidth")
+    parts: tuple["Axis", ...] = ()       # a zipped group: its axes
 
     def ordered(self) -> list[str]:
         """The values in plotting order: ascending numbers, else as written."""
@@ -97,12 +132,26 @@ class Axis:
         return self.numbers[self.values.index(value)]
 
     def show(self, value: str) -> str:
-        """How figures write ``value``."""
+        """How titles write ``value`` ("10 Mbps"; zipped: "0.1 ms / 0.2 ms")."""
         return self.shown[self.values.index(value)] if self.shown else value
+
+    def tick(self, value: str) -> str:
+        """How tick labels write ``value``: in ``unit`` ("10"); zipped: one line per part."""
+        return self.ticks[self.values.index(value)] if self.ticks else self.show(value)
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9]+", "_", self.name).strip("_")
+
+    @property
+    def columns(self) -> list[str]:
+        """The sweep_summary.csv columns behind this axis (the parts' for a zipped group)."""
+        return [p.name for p in self.parts] if self.parts else [self.name]
+
+    @property
+    def one_line(self) -> str:
+        """``label`` on one line (for report.md)."""
+        return self.label.replace("\n", " / ")
 
 
 def _unit_hint(name: str) -> str | None:
@@ -116,11 +165,32 @@ def _unit_hint(name: str) -> str | None:
     return None
 
 
+def _count_unit(name: str) -> str | None:
+    last = name.rsplit(".", 1)[-1].lower()
+    return next((unit for word, unit in _COUNTS if word in last), None)
+
+
 def _parse_all(values: list, kind: str) -> list[float] | None:
     try:
         return [units.parse(v, kind) for v in values]
     except (ValueError, KeyError):
         return None
+
+
+def display_unit(numbers, kind: str) -> tuple[str, float]:
+    """(unit, scale) the ticks of a ``kind`` axis with these base-unit ``numbers`` are written
+    in: the largest unit not above their geometric mean (10 Mbps .. 10 Gbps -> Mbps,
+    0.1 .. 200 ms -> ms)."""
+    table = _DISPLAY_UNITS[kind]
+    pos = np.abs(np.asarray([x for x in numbers if x != 0], float))
+    if not len(pos):
+        return next((u, s) for u, s in table if s == 1.0)
+    ref = float(np.exp(np.log(pos).mean()))
+    return next(((u, s) for u, s in table if ref >= s * (1 - 1e-9)), table[-1])
+
+
+def _number_text(x: float) -> str:
+    return f"{x:.6g}"
 
 
 def parse_axis(name: str, values: list) -> Axis:
@@ -129,31 +199,96 @@ def parse_axis(name: str, values: list) -> Axis:
     Quantities with units (``"10 Mbps"``, ``"5 ms"``, ``"1 MB"``) are parsed with
     :func:`sim.units.parse` (the kind suggested by the field name first, then
     bandwidth, time, size); plain numbers stay numbers (in the base unit of the
-    field's kind, if it has one); anything else is a category.
+    field's kind, if it has one); anything else is a category.  Ticks are written in
+    one unit per axis (:func:`display_unit`), which the label names; plain numbers that
+    count something (workers, rounds, batch size) say so ("(count)", "(rounds)").
     """
     hint = _unit_hint(name)
-    short = name.removeprefix("network.").replace(".", " ").replace("_", " ")
+    what = name.removeprefix("network.").replace(".", " ").replace("_", " ")
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     kind, numbers = "category", None
     if numeric:
         kind, numbers = (hint or "number"), [float(v) for v in values]
     elif all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in values):
-        for k in [hint] + [k for k in _UNIT_LABEL if k != hint]:
+        for k in [hint] + [k for k in _UNIT_KINDS if k != hint]:
             if k is not None and (numbers := _parse_all(values, k)) is not None:
                 kind = k
                 break
-    unit = _UNIT_LABEL.get(kind)
-    label = f"{short} ({unit})" if unit else short
+    shown = tuple(_show(v, kind) for v in values)
+    unit = None
+    ticks = shown
+    if kind in _UNIT_KINDS:
+        unit, scale = display_unit(numbers, kind)
+        ticks = tuple(_number_text(n / scale) for n in numbers)
+    elif kind == "number":
+        unit = _count_unit(name)
+    label = f"{what} ({unit})" if unit else what
     log = bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) > LOG_SPAN
     return Axis(name, tuple(str(v) for v in values), tuple(numbers) if numbers is not None else None,
-                kind, label, log, tuple(_show(v, kind) for v in values))
+                kind, label, log, shown, ticks, unit, what)
+
+
+def zip_axis(parts: list[Axis], points: list[tuple[str, ...]]) -> Axis:
+    """One axis for zipped ``parts`` (sweep.yaml ``mode: zip``): one value per distinct zipped
+    point (``points``: the parts' values of each point, as written, in point order).
+
+    The x position is the first part's number when it has distinct numbers at the points
+    (log scale over a wide span), else the point's position; a tick has one line per part,
+    "value unit" ("0.1 ms" over "0.2 ms"); the label has one line per part in the same order.
+    Frames get the axis column from :func:`with_axis_column`."""
+    points = list(dict.fromkeys(tuple(map(str, p)) for p in points))
+    first = parts[0]
+    numbers = None
+    if first.numbers is not None and first.kind != "category":
+        xs = [first.number(p[0]) for p in points]
+        numbers = tuple(xs) if len(set(xs)) == len(xs) else None
+
+    def line(axis: Axis, v: str) -> str:
+        return f"{axis.tick(v)} {axis.unit}" if axis.kind in _UNIT_KINDS else axis.tick(v)
+
+    axis = Axis(
+        name=" + ".join(a.name for a in parts),
+        values=tuple(" / ".join(p) for p in points),
+        numbers=numbers, kind="zip",
+        label="\n".join(a.label for a in parts),
+        log=bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) > LOG_SPAN,
+        shown=tuple(" / ".join(a.show(v) for a, v in zip(parts, p)) for p in points),
+        ticks=tuple("\n".join(line(a, v) for a, v in zip(parts, p)) for p in points),
+        unit=None, what=" / ".join(a.what for a in parts), parts=tuple(parts))
+    if numbers is not None and not _ticks_fit(axis):   # e.g. 100 ms and 200 ms on a log axis
+        axis = replace(axis, numbers=None, log=False)
+    return axis
+
+
+def _ticks_fit(axis: Axis) -> bool:
+    """Whether the tick labels of a numeric ``axis`` stay apart at their x positions in a panel
+    of :func:`_panel_width`."""
+    order = axis.ordered()
+    pos = np.array([axis.number(v) for v in order], float)
+    pos = np.log10(pos) if axis.log else pos
+    span = pos[-1] - pos[0] if len(pos) > 1 else 0.0
+    if span <= 0:
+        return len(pos) <= 1
+    inches = (_panel_width(axis) - 1.2) * np.diff(pos) / span
+    need = np.array([max(len(s) for s in axis.tick(v).split("\n")) * CHAR_IN for v in order])
+    return bool(np.all(inches >= (need[:-1] + need[1:]) / 2 + 0.1))
+
+
+def with_axis_column(df: pd.DataFrame, axis: Axis) -> pd.DataFrame:
+    """``df`` with the column of a zipped ``axis`` (its parts' columns joined); unchanged otherwise."""
+    if not axis.parts:
+        return df
+    key = df[axis.parts[0].name].astype(str)
+    for p in axis.parts[1:]:
+        key = key + " / " + df[p.name].astype(str)
+    return df.assign(**{axis.name: key})
 
 
 def _show(value, kind: str) -> str:
     """A short text for a value: bare numbers of a unit kind with their unit, whole floats without
     ".0", ``{kind: ring}`` as ``ring``, other mappings as ``k=v``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if kind in _UNIT_LABEL:
+        if kind in _UNIT_KINDS:
             return units.format(float(value), kind)
         return f"{value:g}"
     if isinstance(value, dict):
@@ -163,17 +298,41 @@ def _show(value, kind: str) -> str:
     return str(value)
 
 
-def _set_value_ticks(ax, axis: Axis) -> None:
-    """x ticks at the swept values, labelled as written ("10 Mbps")."""
+def _tick_chars(axis: Axis, order: list[str]) -> int:
+    """Room the tick labels need side by side (characters of their longest lines, plus gaps)."""
+    return sum(max(len(s) for s in axis.tick(v).split("\n")) + 2 for v in order)
+
+
+def _panel_width(axis: Axis, base: float = 4.6) -> float:
+    """A panel wide enough for ``axis``'s tick labels unrotated (up to 12 inches)."""
+    return float(np.clip(1.2 + CHAR_IN * _tick_chars(axis, axis.ordered()), base, 12.0))
+
+
+def _log_label(label: str, log: bool) -> str:
+    """``what (unit)`` -> ``what (unit, log scale)`` when ``log``."""
+    return label[:-1] + ", log scale)" if log and label.endswith(")") else label
+
+
+def axis_label(axis: Axis) -> str:
+    """The x label of ``axis`` in a figure: ``label``, with "log scale" in the parentheses of the
+    axis that sets the x position when the scale is logarithmic (a zipped group: its first line)."""
+    lines = axis.label.split("\n")
+    if axis.log:
+        first = axis.parts[0] if axis.parts else axis
+        lines[0] = _log_label(lines[0], True) if first.unit else lines[0] + " (log scale)"
+    return "\n".join(lines)
+
+
+def _set_value_ticks(ax, axis: Axis, width: float = 4.6) -> None:
+    """x ticks at the swept values, labelled in the axis unit ("10", zipped: one line per axis)."""
     order = axis.ordered()
     if axis.log:
         ax.set_xscale("log")
         ax.xaxis.set_minor_locator(NullLocator())
-    if len(order) <= 12:
-        shown = [axis.show(v) for v in order]
-        crowded = sum(len(v) for v in shown) > 24
-        ax.set_xticks([axis.number(v) for v in order], shown, rotation=30 if crowded else 0,
-                      ha="right" if crowded else "center")
+    if len(order) <= 16:
+        crowded = CHAR_IN * _tick_chars(axis, order) > width - 1.2
+        ax.set_xticks([axis.number(v) for v in order], [axis.tick(v) for v in order],
+                      rotation=30 if crowded else 0, ha="right" if crowded else "center")
     if axis.numbers is None:
         ax.set_xlim(-0.5, len(order) - 0.5)
 
@@ -184,6 +343,12 @@ def palette(algorithms: list[str]) -> dict[str, tuple]:
     """One colour per algorithm, the same in every figure."""
     name = "tab10" if len(algorithms) <= 10 else "husl"
     return dict(zip(algorithms, sns.color_palette(name, max(len(algorithms), 1))))
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` with each line wrapped to fit ``width_in`` inches at ``fontsize`` points."""
+    chars = max(20, int(width_in * 72 / (0.56 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) for line in text.split("\n"))
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -250,10 +415,27 @@ def seed_band(metrics: pd.DataFrame, x: str, y: str) -> tuple[pd.DataFrame, pd.D
             pd.concat(tails, ignore_index=True) if tails else pd.DataFrame(columns=cols_t))
 
 
-def _with_x(metrics: pd.DataFrame) -> pd.DataFrame:
+def _x_values(metrics: pd.DataFrame, key: str) -> tuple[pd.DataFrame, str, str]:
+    """(``metrics`` with the x of ``key`` in column ``_x``, the axis label with its unit,
+    the label without it); bytes in B, kB, MB or GB by the largest value."""
+    column, what = X_AXES[key]
     df = metrics.copy()
-    df["MB"] = (df["bytes_up"] + df["bytes_down"]) / 1e6
-    return df
+    if key == "bytes":
+        total = (df["bytes_up"] + df["bytes_down"]).astype(float)
+        unit, scale = display_unit([total.max() if len(total) and total.max() > 0 else 0.0], "size")
+        df["_x"] = total / scale
+    else:
+        unit = "s" if key == "time" else "count"
+        df["_x"] = df[column].astype(float)
+    return df, f"{what} ({unit})", what
+
+
+def figure_title(name: str, seeds) -> str:
+    """The scenario (or sweep) ``name`` with its seeds: "tiny (seed 0)", "tiny (3 seeds)"."""
+    seeds = sorted({int(s) for s in seeds})
+    if len(seeds) == 1:
+        return f"{name} (seed {seeds[0]})"
+    return f"{name} ({len(seeds)} seeds)" if seeds else name
 
 
 TAIL = Line2D([], [], color="grey", lw=0.9, ls=":", label="one seed, beyond\nthe other seeds")
@@ -294,43 +476,42 @@ def _clip_loss(ax, metrics: pd.DataFrame) -> None:
 
 def plot_curves(metrics: pd.DataFrame, key: str, target: float | None, path: Path, colors: dict,
                 title: str) -> Path:
-    """Test accuracy and training loss against ``key`` (time | bytes | rounds), side by side."""
-    x, xlabel = X_AXES[key]
-    df = _with_x(metrics)
-    log_x = key == "bytes" and _want_log(df.groupby("algorithm")["MB"].max())
+    """Test accuracy and training loss against ``key`` (time | bytes | rounds), side by side;
+    ``title`` names the scenario and its seeds (:func:`figure_title`)."""
+    df, xlabel, what = _x_values(metrics, key)
+    log_x = key == "bytes" and _want_log(df.groupby("algorithm")["_x"].max())
     fig = _figure(12, 4.4)
     axes = fig.subplots(1, 2)
     tails = False
     for ax, y in zip(axes, Y_AXES):
-        tails |= draw_band(ax, df, x, y, colors, log_x=log_x)
-        ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
+        tails |= draw_band(ax, df, "_x", y, colors, log_x=log_x)
+        ax.set_xlabel(_log_label(xlabel, log_x))
         ax.set_ylabel(Y_AXES[y])
     if target is not None:
         axes[0].axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
     _clip_loss(axes[1], df)
     seeds = df["seed"].nunique()
     band = f"line: mean over {seeds} seeds, band: min..max" if seeds > 1 else "1 seed"
-    fig.suptitle(f"{title}: accuracy and loss against {xlabel.split(' (')[0]}\n({band})", fontsize=11)
+    fig.suptitle(_wrap(f"{title}: accuracy and loss against {what}\n({band})", 10, 11), fontsize=11)
     _legend(fig, axes[0], tails)
     return _save(fig, path)
 
 
-def plot_accuracy(metrics: pd.DataFrame, key: str, target: float | None, path: Path) -> Path:
+def plot_accuracy(metrics: pd.DataFrame, key: str, target: float | None, path: Path, title: str) -> Path:
     """One panel: test accuracy against ``key`` (the per-run figures of ``plot_run``)."""
-    x, xlabel = X_AXES[key]
-    df = _with_x(metrics)
+    df, xlabel, what = _x_values(metrics, key)
     algs = list(dict.fromkeys(df["algorithm"]))
-    log_x = key == "bytes" and _want_log(df.groupby("algorithm")["MB"].max())
+    log_x = key == "bytes" and _want_log(df.groupby("algorithm")["_x"].max())
     fig = _figure(7.5, 4.5)
     ax = fig.subplots()
-    tails = draw_band(ax, df, x, "test_acc", palette(algs), log_x=log_x)
+    tails = draw_band(ax, df, "_x", "test_acc", palette(algs), log_x=log_x)
     if target is not None:
         ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
-    ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
-    ax.set_ylabel("test accuracy")
+    ax.set_xlabel(_log_label(xlabel, log_x))
+    ax.set_ylabel(Y_AXES["test_acc"])
     seeds = df["seed"].nunique()
-    if seeds > 1:
-        ax.set_title(f"mean over {seeds} seeds, band min..max", fontsize=9)
+    ax.set_title(_wrap(f"{title}: test accuracy against {what}" +
+                       (f"\nmean over {seeds} seeds, band min..max" if seeds > 1 else ""), 5.6, 10), fontsize=10)
     _legend(fig, ax, tails)
     return _save(fig, path)
 
@@ -342,7 +523,7 @@ def plot_time_to_target(tt: pd.DataFrame, seeds: pd.DataFrame, colors: dict, tar
     """Per algorithm (rows of ``tt``: algorithm, seeds, reached, mean_s, half_s): the seeds that
     reached (``seeds``: algorithm, time_to_target_s), mean and 95% t-interval, "k/n reached"."""
     algs = list(tt["algorithm"])
-    fig = _figure(8, 1.2 + 0.55 * len(algs))
+    fig = _figure(8, 1.45 + 0.55 * len(algs))
     ax = fig.subplots()
     right = np.nanmax([np.nanmax((tt["mean_s"] + tt["half_s"].fillna(0)).to_numpy(float), initial=0),
                        np.nanmax(seeds["time_to_target_s"].to_numpy(float), initial=0)])
@@ -365,8 +546,8 @@ def plot_time_to_target(tt: pd.DataFrame, seeds: pd.DataFrame, colors: dict, tar
     what = f"{target:g} test accuracy" if target is not None else "the target"
     ax.set_xlabel(f"simulated time to {what} (s)")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"{title}: dot = one seed; marker and bar = mean and 95% Student-t interval "
-                 "over the seeds that reached", fontsize=9)
+    ax.set_title(_wrap(f"{title}: time to target per algorithm\ndot = one seed; marker and bar = mean and "
+                       "95% Student-t interval over the seeds that reached", 7, 9), fontsize=9)
     return _save(fig, path)
 
 
@@ -376,7 +557,8 @@ def plot_tt_vs_axis(tt: pd.DataFrame, axis: Axis, panels: list[Axis], algorithms
     reached, mean_s, half_s), one panel per combination of the ``panels`` axes' values."""
     combos = _combos(tt, panels)
     rows, cols = _grid(len(combos))
-    fig = _figure(4.6 * cols + 2.2, 3.6 * rows)
+    width = _panel_width(axis)
+    fig = _figure(width * cols + 2.2, (3.8 + 0.25 * axis.label.count("\n")) * rows)
     axs = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, sharey=True)).ravel()
     for ax in axs[len(combos):]:
         ax.set_visible(False)
@@ -386,23 +568,25 @@ def plot_tt_vs_axis(tt: pd.DataFrame, axis: Axis, panels: list[Axis], algorithms
         sub = _select(tt, combo)
         for alg in algorithms:
             _tt_line(ax, sub[sub["algorithm"] == alg], axis, colors.get(alg))
-        _set_value_ticks(ax, axis)
+        _set_value_ticks(ax, axis, width)
         if log_y:
             ax.set_yscale("log")
-        ax.set_xlabel(axis.label + (", log scale" if axis.log else ""))
+        ax.set_xlabel(axis_label(axis))
         ax.set_title(_combo_title(combo, panels), fontsize=9)
         ax.grid(alpha=0.3)
     axs[0].set_ylim(bottom=0.5 * reached.min() if log_y else 0)   # after every panel: y is shared
-    what = f"{target:g} accuracy" if target is not None else "target"
+    what = f"{target:g} accuracy" if target is not None else "the target"
     for ax in axs[::cols]:
-        ax.set_ylabel(f"time to {what} (s)")
+        ax.set_ylabel(f"time to {what} ({'s, log scale' if log_y else 's'})")
     handles = [Line2D([], [], color=colors.get(a), marker="o", label=a) for a in algorithms] + [
         Line2D([], [], ls="", marker="o", color="k", label="every seed reached"),
         Line2D([], [], ls="", marker="o", mfc="white", color="k", label="some seeds reached\n(mean of those)"),
         Line2D([], [], ls="", marker="x", color="k", label="no seed reached")]
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
-    fig.suptitle(f"{title}: time to target against {axis.label.split(' (')[0]}\n"
-                 "(mean over the seeds that reached, band: 95% t-interval)", fontsize=11)
+    zipped = "; axes zipped: they move together" if axis.parts else ""
+    fig.suptitle(_wrap(f"{title}: time to target against {axis.what}\n"
+                       f"(mean over the seeds that reached, band: 95% t-interval{zipped})",
+                       width * cols + 1.8, 11), fontsize=11)
     return _save(fig, path)
 
 
@@ -446,7 +630,7 @@ def _select(df: pd.DataFrame, combo: dict[str, str]) -> pd.DataFrame:
 
 def _combo_title(combo: dict[str, str], axes: list[Axis]) -> str:
     by_name = {a.name: a for a in axes}
-    return ", ".join(f"{by_name[k].label.split(' (')[0]} = {by_name[k].show(v)}" for k, v in combo.items())
+    return ", ".join(f"{by_name[k].what} = {by_name[k].show(v)}" for k, v in combo.items())
 
 
 # ---------------------------------------------------------------- heatmaps
@@ -472,13 +656,13 @@ def plot_speedup_heatmaps(cells: pd.DataFrame, xa: Axis, ya: Axis, algorithms: l
         annot = np.where(np.isnan(value), "", np.vectorize(lambda v: f"{v:.2f}x")(np.nan_to_num(value)))
         sns.heatmap(np.log2(value), ax=ax, cmap="RdBu", center=0, vmin=-m, vmax=m, annot=annot, fmt="",
                     mask=np.isnan(value), linewidths=0.5, linecolor="white",
-                    cbar_kws={"label": f"speed-up over {baseline} (log scale)", "ticks": np.log2(ticks)})
+                    cbar_kws={"label": f"speed-up over {baseline} (×, log scale)", "ticks": np.log2(ticks)})
         ax.collections[0].colorbar.set_ticklabels([f"{t:.3g}x" for t in ticks])
         _mark_cells(ax, value, note)
         _heat_labels(ax, xa, ya)
         ax.set_title(f"{alg} vs {baseline}", fontsize=10)
-    fig.suptitle(f"{title}: speed-up over {baseline}\n(mean time to target of {baseline} / of the algorithm; "
-                 "hatched: not comparable)", fontsize=10)
+    fig.suptitle(_wrap(f"{title}: speed-up over {baseline}\n(mean time to target of {baseline} / of the algorithm; "
+                       "hatched: not comparable)", 5.2 * cols + 0.6, 10), fontsize=10)
     return _save(fig, path)
 
 
@@ -500,7 +684,7 @@ def plot_winner_heatmap(cells: pd.DataFrame, xa: Axis, ya: Axis, algorithms: lis
     _heat_labels(ax, xa, ya)
     ax.legend(handles=[Patch(color=colors[a], label=a) for a in algorithms], loc="upper left",
               bbox_to_anchor=(1.01, 1), fontsize=8, title="algorithm")
-    ax.set_title(f"{title}: fastest to target (mean over seeds, every seed reached)", fontsize=10)
+    ax.set_title(_wrap(f"{title}: fastest to target (mean over seeds, every seed reached)", 5, 10), fontsize=10)
     return _save(fig, path)
 
 
@@ -524,8 +708,8 @@ def _mark_cells(ax, value: np.ndarray, note: np.ndarray) -> None:
 
 
 def _heat_labels(ax, xa: Axis, ya: Axis) -> None:
-    ax.set_xticks(np.arange(len(xa.values)) + 0.5, [xa.show(v) for v in xa.ordered()], rotation=0)
-    ax.set_yticks(np.arange(len(ya.values)) + 0.5, [ya.show(v) for v in reversed(ya.ordered())], rotation=0)
+    ax.set_xticks(np.arange(len(xa.values)) + 0.5, [xa.tick(v) for v in xa.ordered()], rotation=0)
+    ax.set_yticks(np.arange(len(ya.values)) + 0.5, [ya.tick(v) for v in reversed(ya.ordered())], rotation=0)
     ax.set_xlabel(xa.label)
     ax.set_ylabel(ya.label)
 
@@ -561,7 +745,7 @@ def plot_phases(ph: pd.DataFrame, path: Path, title: str) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel(f"mean time per round on the critical path ({unit})")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"{title}: where a round's time goes (mean over rounds, then seeds)", fontsize=10)
+    ax.set_title(_wrap(f"{title}: where a round's time goes (mean over rounds, then seeds)", 7, 10), fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", title="phase")
     return _save(fig, path)
 
@@ -569,28 +753,33 @@ def plot_phases(ph: pd.DataFrame, path: Path, title: str) -> Path:
 def plot_phases_vs_axis(ph: pd.DataFrame, axis: Axis, algorithms: list[str], path: Path, title: str,
                         note: str) -> Path:
     """Phase stacked bars along ``axis`` (rows of ``ph``: the axis column, algorithm, PHASES), one
-    panel per algorithm; ``note`` says where the other axes are held."""
+    bar per value (a zipped axis: per zipped point), one panel per algorithm; ``note`` says where
+    the other axes are held ("" when none is)."""
     algs = [a for a in algorithms if (ph["algorithm"] == a).any()]
-    rows, cols = _grid(len(algs))
     scale, unit = _time_unit(float(ph[PHASES].sum(axis=1).max()))
-    fig = _figure(4.2 * cols + 1.6, 3.4 * rows)
+    order = axis.ordered()
+    width = float(np.clip(1.6 + CHAR_IN * _tick_chars(axis, order), 4.2, 12.0))
+    crowded = CHAR_IN * _tick_chars(axis, order) > width - 1.6
+    rows, cols = _grid(len(algs), max_cols=max(1, int(14 // width)))   # wide panels: fewer side by side
+    fig = _figure(width * cols + 1.6, (3.4 + 0.25 * axis.label.count("\n")) * rows)
     # each panel its own y scale: a compressed algorithm's round is often 100x shorter than dense SGD's
     axs = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axs[len(algs):]:
         ax.set_visible(False)
-    order = axis.ordered()
     for k, (ax, alg) in enumerate(zip(axs, algs)):
         sub = ph[ph["algorithm"] == alg].set_index(axis.name).reindex(order)
         sub[PHASES] = sub[PHASES].fillna(0.0)
         _stack(ax, sub, np.arange(len(order)), scale, horizontal=False, with_labels=k == 0)
-        ax.set_xticks(range(len(order)), [axis.show(v) for v in order], rotation=30 if len(order) > 4 else 0,
-                      ha="right" if len(order) > 4 else "center")
+        ax.set_xticks(range(len(order)), [axis.tick(v) for v in order], rotation=30 if crowded else 0,
+                      ha="right" if crowded else "center")
         ax.set_xlabel(axis.label)
         ax.set_title(alg, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, 1.08 * scale * float(sub[PHASES].sum(axis=1).max()) or 1)
         ax.set_ylabel(f"mean time per round ({unit})")
     fig.legend(*axs[0].get_legend_handles_labels(), loc="outside right center", title="phase")
-    fig.suptitle(f"{title}: critical path of a round against {axis.label.split(' (')[0]}" +
-                 (f"\n({note})" if note else ""), fontsize=11)
+    if axis.parts:
+        note = "; ".join(filter(None, ["axes zipped: one bar per point, the axes move together", note]))
+    fig.suptitle(_wrap(f"{title}: critical path of a round against {axis.what}" +
+                       (f"\n({note})" if note else ""), width * cols + 1.2, 11), fontsize=11)
     return _save(fig, path)

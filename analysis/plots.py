@@ -1,16 +1,19 @@
 """Figures of a run folder written after every run: time-to-accuracy and accuracy-vs-bytes.
 
 Both show test accuracy, one line per algorithm (mean over seeds, band min..max over
-seeds after interpolating each seed onto a common grid; see ``analysis.figures``).
-``python run_sim.py plot DIR`` (``analysis.report.make_report``) writes the full set.
+seeds after interpolating each seed onto a common grid; see ``analysis.figures``), under a
+title naming the scenario (``name`` in scenario.yaml, else the folder) and its seeds
+("seed 0", "3 seeds").  ``python run_sim.py plot DIR`` (``analysis.report.make_report``)
+writes the full set.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from .figures import plot_accuracy
+from .figures import figure_title, plot_accuracy
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -23,5 +26,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         s = pd.read_csv(summary)
         if len(s):
             target = float(s["target_acc"].iloc[0])
-    return [plot_accuracy(df, "time", target, run_dir / "time_to_accuracy.png"),
-            plot_accuracy(df, "bytes", target, run_dir / "accuracy_vs_bytes.png")]
+    scenario = run_dir / "scenario.yaml"
+    name = (yaml.safe_load(scenario.read_text()) or {}).get("name") if scenario.is_file() else None
+    title = figure_title(str(name or run_dir.name), df["seed"].dropna().unique())
+    return [plot_accuracy(df, "time", target, run_dir / "time_to_accuracy.png", title),
+            plot_accuracy(df, "bytes", target, run_dir / "accuracy_vs_bytes.png", title)]

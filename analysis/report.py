@@ -19,6 +19,15 @@ Statistics
   of the algorithm.  The baseline is ``baseline`` if given, else the first
   algorithm of kind ``sgd`` in the scenario, else the first algorithm.
 - Phases: mean seconds per round over the rounds of each seed, then over seeds.
+
+Sweeps: ``mode`` is read from sweep.yaml (``grid`` when absent) and applies to the
+whole sweep.  Grid: a time-to-target figure per axis with a panel per value of the
+other axes, heatmaps over the first two ``network.*`` axes, phase bars along the
+first axis (the others held at their first value).  Zip: the axes move together, so
+one time-to-target figure and one phase figure over the zipped points (every point,
+nothing held; see ``analysis.figures.zip_axis``) and no heatmaps; the tables keep one
+column per axis.  Figure titles name the scenario (the sweep's name for a sweep) and
+the seeds ("seed 0", "3 seeds").
 """
 from __future__ import annotations
 
@@ -163,6 +172,20 @@ class Sweep:
     scenario: dict
     algorithms: list[str]
 
+    @property
+    def zipped(self) -> bool:
+        """sweep.yaml ``mode: zip``: the i-th values of every axis go together (the whole sweep)."""
+        return self.spec.get("mode", "grid") == "zip"
+
+    def plot_axes(self) -> list[tuple[Axis, list[Axis]]]:
+        """(x axis, panel axes) of each figure against the swept values: grid: every axis, one
+        panel per value combination of the others; zip: one axis for all of them together
+        (:func:`analysis.figures.zip_axis`), one x position per zipped point, no panels."""
+        if self.zipped and len(self.axes) > 1:
+            pts = self.points[[a.name for a in self.axes]].astype(str).itertuples(index=False, name=None)
+            return [(figures.zip_axis(self.axes, list(pts)), [])]
+        return [(a, [b for b in self.axes if b is not a] if not self.zipped else []) for a in self.axes]
+
 
 def _read_csv(path: Path, **kw) -> pd.DataFrame:
     return pd.read_csv(path, **kw) if path.is_file() and path.stat().st_size else pd.DataFrame()
@@ -289,6 +312,7 @@ def _target_text(summary: pd.DataFrame) -> str:
 def _run_report(folder: Path, baseline: str | None) -> list[Path]:
     run = read_run(folder)
     name = str(run.scenario.get("name", folder.name))
+    title = figures.figure_title(name, _seeds_of(run.summary, run.metrics, run.phases))
     algs, colors = run.algorithms, figures.palette(run.algorithms)
     written: list[Path] = []
     md = [f"# Report: {name}", "", f"Run folder `{folder}`."]
@@ -305,7 +329,7 @@ def _run_report(folder: Path, baseline: str | None) -> list[Path]:
         tt = time_to_target(run.summary, [], algs)
         comp = comparison(tt, [], algs, base)
         p = figures.plot_time_to_target(tt, run.summary[run.summary["reached"]], colors, target,
-                                        folder / "time_to_target.png", name)
+                                        folder / "time_to_target.png", title)
         written.append(p)
         md += ["", "## Time to target", "", tt_markdown(tt, [], comp, base), "",
                _image(p, "Time to target per algorithm: dots are seeds, bars the 95% t-interval.")]
@@ -315,18 +339,26 @@ def _run_report(folder: Path, baseline: str | None) -> list[Path]:
                 "where every seed has data; line = mean over seeds, band = min..max over seeds; "
                 "dotted: a seed that ran further than the others."), ""]
         for key in figures.X_AXES:
-            p = figures.plot_curves(run.metrics, key, target, folder / f"curves_{key}.png", colors, name)
+            p = figures.plot_curves(run.metrics, key, target, folder / f"curves_{key}.png", colors, title)
             written.append(p)
             md.append(_image(p, f"Test accuracy and training loss against {figures.X_AXES[key][1]}."))
     if len(run.phases):
         ph = _sort(phase_means(run.phases, ["algorithm"]), [], algs)
-        p = figures.plot_phases(ph, folder / "phases.png", name)
+        p = figures.plot_phases(ph, folder / "phases.png", title)
         written.append(p)
         md += ["", "## Where the time of a round goes", "",
                ("Critical path of a round (the worker whose upload completed last), mean seconds per "
                 "round over the rounds of each seed, then over seeds."), "", _phase_markdown(ph, []), "",
                _image(p, "Phase breakdown of a round per algorithm.")]
     return [*written, _write(folder, md)]
+
+
+def _seeds_of(*frames: pd.DataFrame) -> list[int]:
+    """The seeds found in the first of ``frames`` that has any."""
+    for f in frames:
+        if "seed" in f.columns and f["seed"].notna().any():
+            return sorted({int(v) for v in pd.to_numeric(f["seed"], errors="coerce").dropna()})
+    return []
 
 
 def _kinds(scenario: dict, algs: list[str]) -> str:
@@ -361,6 +393,7 @@ def _sweep_report(folder: Path, baseline: str | None) -> list[Path]:
     by = [a.name for a in sw.axes]
     axes = {a.name: a for a in sw.axes}
     seeds = sorted(sw.summary["seed"].unique())
+    title = figures.figure_title(name, seeds)
     target = _target(sw.summary)
     md += [f"- target test accuracy: {_target_text(sw.summary)}",
            f"- seeds: {len(seeds)} ({', '.join(map(str, seeds))})",
@@ -374,19 +407,20 @@ def _sweep_report(folder: Path, baseline: str | None) -> list[Path]:
     md += ["## Time to target", "", tt_markdown(tt, by, comp, base), ""]
     if not by:
         p = figures.plot_time_to_target(tt, sw.summary[sw.summary["reached"]], colors, target,
-                                        folder / "time_to_target.png", name)
+                                        folder / "time_to_target.png", title)
         written.append(p)
         md.append(_image(p, "Time to target per algorithm: dots are seeds, bars the 95% t-interval."))
-    for axis in sw.axes:
-        panels = [a for a in sw.axes if a is not axis] if sw.spec.get("mode", "grid") == "grid" else []
-        p = figures.plot_tt_vs_axis(tt, axis, panels, algs, colors, target,
-                                    folder / f"sweep_time_to_target_{axis.slug}.png", name)
+    plot_axes = sw.plot_axes()
+    for axis, panels in plot_axes:
+        p = figures.plot_tt_vs_axis(figures.with_axis_column(tt, axis), axis, panels, algs, colors, target,
+                                    folder / f"sweep_time_to_target_{axis.slug}.png", title)
         written.append(p)
-        md.append(_image(p, f"Time to target against {axis.label}; band: 95% t-interval over seeds."))
+        md.append(_image(p, f"Time to target against {axis.one_line}; band: 95% t-interval over seeds."))
     if by:
         md += ["", "## Speed-up and winner per cell", "", _comparison_markdown(comp, by, algs, base), ""]
-    written += _heatmaps(sw, comp, algs, base, colors, name, md)
-    written += _sweep_phases(sw, algs, name, md)
+    written += _heatmaps(sw, comp, algs, base, colors, title, md)
+    if plot_axes:
+        written += _sweep_phases(sw, *plot_axes[0], algs, title, md)
     return [*written, _write(folder, md)]
 
 
@@ -435,12 +469,12 @@ def _why(note: str, alg: str) -> str:
 def _heatmaps(sw: Sweep, comp: pd.DataFrame, algs: list[str], base: str, colors: dict, name: str,
               md: list[str]) -> list[Path]:
     net = [a for a in sw.axes if a.name.startswith("network.")]
-    if len(net) < 2 or sw.spec.get("mode", "grid") != "grid":   # zipped axes move together: no 2-D grid
+    if len(net) < 2 or sw.zipped:   # zipped axes move together: no 2-D grid
         return []
     xa, ya = net[0], net[1]
     rest = [a for a in sw.axes if a not in (xa, ya)]
     written = []
-    md += ["", f"## Heatmaps over {xa.label} and {ya.label}", ""]
+    md += ["", f"## Heatmaps over {xa.one_line} and {ya.one_line}", ""]
     for i, combo in enumerate(figures._combos(comp, rest)):
         sub = figures._select(comp, combo)
         suffix = f"_{i}" if rest else ""
@@ -459,32 +493,48 @@ def _heatmaps(sw: Sweep, comp: pd.DataFrame, algs: list[str], base: str, colors:
     return written
 
 
-def _sweep_phases(sw: Sweep, algs: list[str], name: str, md: list[str]) -> list[Path]:
-    """Phase bars along the first axis, the other axes held at their first value."""
-    if not sw.axes:
-        return []
-    axis, rest = sw.axes[0], sw.axes[1:]
+def _sweep_phases(sw: Sweep, axis: Axis, rest: list[Axis], algs: list[str], title: str,
+                  md: list[str]) -> list[Path]:
+    """Phase bars along ``axis`` (grid: the first axis, the ``rest`` held at their first value;
+    zip: the zipped axis, every point)."""
     held = {a.name: a.values[0] for a in rest}
     pts = figures._select(sw.points[sw.points["point_status"] == "done"], held)
+    cols = axis.columns
     frames = []
     for _, p in pts.iterrows():
         f = _read_csv(sw.folder / "points" / p["point"] / "phases.csv", dtype={"algorithm": str})
         if len(f):
-            frames.append(f.assign(**{axis.name: p[axis.name]}))
+            frames.append(f.assign(**{c: p[c] for c in cols}))
     if not frames:
         return []
-    ph = _sort(phase_means(pd.concat(frames, ignore_index=True), [axis.name, "algorithm"]),
-               [axis.name], algs, {axis.name: axis})
-    note = ", ".join(f"{a.label.split(' (')[0]} = {a.show(held[a.name])}" for a in rest)
-    path = figures.plot_phases_vs_axis(ph, axis, algs, sw.folder / f"sweep_phases_{axis.slug}.png", name, note)
-    md += ["", f"## Where the time of a round goes, against {axis.label}", "",
+    ph = phase_means(pd.concat(frames, ignore_index=True), [*cols, "algorithm"])
+    ph = _sort(figures.with_axis_column(ph, axis), [axis.name], algs, {axis.name: axis})
+    note = ", ".join(f"{a.what} = {a.show(held[a.name])}" for a in rest)
+    path = figures.plot_phases_vs_axis(ph, axis, algs, sw.folder / f"sweep_phases_{axis.slug}.png", title, note)
+    md += ["", f"## Where the time of a round goes, against {axis.one_line}", "",
            "Mean seconds per round on the critical path (over the rounds of each seed, then seeds)" +
-           (f"; {note}." if note else "."), "", _phase_markdown(ph, [axis.name]), "",
-           _image(path, f"Phase breakdown of a round against {axis.label}, one panel per algorithm.")]
+           (f"; {note}." if note else "."), "", _phase_markdown(ph, cols), "",
+           _image(path, f"Phase breakdown of a round against {axis.one_line}, one panel per algorithm.")]
     return [path]
 
 
 # ---------------------------------------------------------------- entry point
+
+# The report's own figures (the run's time_to_accuracy.png and accuracy_vs_bytes.png are plot_run's)
+REPORT_FIGURES = ("time_to_target.png", "curves_*.png", "phases.png", "sweep_*.png")
+
+
+def _drop_stale(folder: Path, written: list[Path]) -> list[Path]:
+    """Remove report figures an earlier ``plot`` left that this one did not draw
+    (another sweep layout, an axis since removed): a figure in the folder must
+    describe what is in it now."""
+    keep = {Path(p).resolve() for p in written}
+    for pattern in REPORT_FIGURES:
+        for old in folder.glob(pattern):
+            if old.resolve() not in keep:
+                old.unlink()
+    return written
+
 
 def make_report(path: str | Path, baseline: str | None = None) -> list[Path]:
     """Write the figures (PNG) and report.md of a run or sweep folder into it; returns the paths
@@ -493,8 +543,8 @@ def make_report(path: str | Path, baseline: str | None = None) -> list[Path]:
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder (expected a run or sweep results folder)", file=str(path))
     if (folder / "sweep_summary.csv").is_file():
-        return _sweep_report(folder, baseline)
+        return _drop_stale(folder, _sweep_report(folder, baseline))
     if (folder / "metrics.csv").is_file():
-        return _run_report(folder, baseline)
+        return _drop_stale(folder, _run_report(folder, baseline))
     raise ConfigError(f"no metrics.csv or sweep_summary.csv in {folder}: expected a run folder "
                       "(run_sim.py run) or a sweep folder (run_sim.py sweep)", file=str(path))
