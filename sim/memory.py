@@ -26,8 +26,14 @@ FLOAT32_BYTES = 4
 
 def count_params(model_cfg, input_shape: tuple[int, ...], num_classes: int) -> int:
     """d of the model ``model_cfg`` builds, counted without allocating it."""
-    with torch.device("meta"):
-        module = model_cfg.build(tuple(input_shape), num_classes)
+    try:
+        with torch.device("meta"):
+            module = model_cfg.build(tuple(input_shape), num_classes)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as exc:
+        # on the meta device nothing is allocated: a failure is a setting that does not fit the
+        # data (input too small for the pools) or a size torch cannot represent (a width of 1e30)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{model_cfg.kind} cannot be built with these settings: {first}", field="model") from None
     return sum(p.numel() for p in module.parameters())
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +129,8 @@ class MlpConfig(_Config):
     network of sasg.txt Sec. VI-A (d = 407,050)."""
 
     kind: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [512], description="hidden layer widths")
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [512],
+                                                      description="hidden layer widths (each >= 1)")
     activation: Literal["relu", "tanh"] = "relu"
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -183,7 +184,7 @@ class CnnCifarConfig(_Config):
     On 3x32x32 input: d = 356,810 (896 + 18,496 + 73,856 + 262,272 + 1,290)."""
 
     kind: Literal["cnn_cifar"] = "cnn_cifar"
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
+    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 128], min_length=1,
                                 description="output channels of the conv layers (one 2x2 max-pool after each)")
     fc_hidden: int = Field(128, ge=1, description="width of the hidden fully connected layer")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout rate before the fully connected layers")
