@@ -10,11 +10,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-all bench clean
 
+# First use: pip shows what it collects and installs (not -q: it takes a couple of
+# minutes, see README for measured times), then one line when it is done.
 $(STAMP): pyproject.toml
+	@echo "commsim: creating $(VENV) and installing $(TORCH_SPEC) and the dependencies (first use only)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	@$(BIN)/python -c "import torch" 2>/dev/null && echo "commsim: torch is already installed in $(VENV), kept" || \
+		(echo "commsim: [1/2] installing $(TORCH_SPEC)" && $(BIN)/pip install --progress-bar on "$(TORCH_SPEC)")
+	@echo "commsim: [2/2] installing commsim (editable) with its test extra"
+	$(BIN)/pip install --progress-bar on -e ".[test]"
 	touch $(STAMP)
+	@echo "commsim: $(VENV) is ready"
 
 demo: $(STAMP)
 	$(BIN)/python run_sim.py run scenarios/quickstart.yaml --out results/quickstart/demo --overwrite
