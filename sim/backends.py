@@ -8,11 +8,35 @@ JSON-able dict such as ``{"status": "done", "error": ""}``; a job that raises
 is reported as ``{"status": "failed", "error": "<Type>: <message>"}`` and the
 other jobs go on, on every backend.
 
+Interruption: a job that returns ``{"status": "interrupted"}`` (a sweep point
+that caught Ctrl-C, see sim/runner.py) or a ``KeyboardInterrupt`` in the
+driver (Ctrl-C; the sweep turns SIGTERM into one) stops the whole run: no job
+is started any more, the running ones are stopped (below), each of them is
+reported to ``on_done`` (``interrupted``, or whatever it returned if it
+finished meanwhile), and ``run_jobs`` raises ``KeyboardInterrupt``.  Jobs that
+never started are not reported.
+
 ``local``
     ``workers == 1`` runs the jobs in this process, in order.  ``workers > 1``
     runs them in that many *spawned* processes (not forked: a forked child of a
-    process whose torch thread pool is running can deadlock in OpenMP).  Each
-    job writes straight into its ``out_dir``.
+    process whose torch thread pool is running can deadlock in OpenMP), at most
+    ``workers`` jobs handed to them at a time.  Each job writes straight into
+    its ``out_dir``.  A worker that dies (killed for memory, a crash in native
+    code) breaks the pool, and every job in it fails alike: those jobs run once
+    more, one at a time, in a fresh pool; a job that breaks it again is reported
+    failed (``BrokenProcessPool``) and the others go on.
+
+    Signals: a worker ignores SIGINT between jobs; during a job SIGINT or
+    SIGTERM becomes one ``KeyboardInterrupt`` in it (the job flushes what it has
+    and returns ``interrupted``; further signals are ignored until it has).
+    When the driver is interrupted it sets a shared stop flag (a job that has
+    not begun returns at once), sends SIGINT to every worker (so a SIGTERM sent
+    to the driver alone reaches them too; after Ctrl-C in a terminal, which
+    signals the whole process group, the second signal is ignored), waits up to
+    ``STOP_GRACE_S`` seconds for them and kills what is left.  A worker exits as
+    soon as its parent dies (``kill -9`` of the driver leaves no orphans): it
+    asks Linux for ``PR_SET_PDEATHSIG`` (SIGKILL) and polls ``os.getppid()``
+    every half second, on every platform.
 
 ``ray``
     Every job is a Ray task asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs
@@ -26,6 +50,13 @@ other jobs go on, on every backend.
     initialised in this process, that connection is used and left open.
     ``workers`` only sizes a local instance; on a cluster the cluster's free
     resources decide how many points run at once.
+
+    On interruption every unfinished task is cancelled with
+    ``ray.cancel(ref, force=True)`` (its worker process is killed; a task
+    writes nothing on the driver until it has finished, so nothing partial
+    lands in ``out_dir``), waited for (at most ``CANCEL_WAIT_S``) until Ray
+    says it ended, reported ``interrupted``, and then Ray is shut down
+    (or, for a connection that was open before, left open).
 
     Results are *gathered*: a task runs ``fn`` with ``out_dir`` set to a fresh
     temporary folder on whichever node runs it, then returns the result and
@@ -65,12 +96,17 @@ of the local backend, it can run whatever the driver can import.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
+import contextlib
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -80,7 +116,10 @@ from .errors import ConfigError
 BACKENDS = ("local", "ray")
 RAY_MISSING = ("--backend ray needs Ray, an optional extra: pip install '.[ray]' "
                "(or pip install 'ray[default]')")
+CANCEL_WAIT_S = 10.0   # on interruption: how long to wait for force-cancelled Ray tasks to die
 OBJECT_STORE_BYTES = 256 * 1024 ** 2   # a private local instance's object store (results pass through it)
+STOP_GRACE_S = 20.0                    # after an interruption: how long running local jobs get to stop
+PARENT_POLL_S = 0.5                    # a local worker checks this often that its parent is alive
 
 
 @dataclass(frozen=True)
@@ -120,12 +159,34 @@ def _failed(exc: BaseException) -> dict:
     return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _interrupted(why: str = "") -> dict:
+    return {"status": "interrupted", "error": why}
+
+
 def _call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
     """Run one job; an exception becomes a failed result (the same on every backend)."""
     try:
         return fn(*args, out_dir=out_dir)
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, the others go on
         return _failed(exc)
+
+
+def _report(on_done: Callable[[int, dict], None], key: int, result: dict) -> None:
+    """on_done; then a job that was interrupted interrupts the whole run."""
+    on_done(key, result)
+    if result.get("status") == "interrupted":
+        raise KeyboardInterrupt
+
+
+def _report_stopped(on_done: Callable[[int, dict], None], key: int, result: dict) -> None:
+    """on_done while stopping: what on_done raises does not cut the stop short."""
+    try:
+        on_done(key, result)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported, the stop goes on
+        if not isinstance(exc, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                print(f"warning: recording job {key} while stopping failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
 
 
 def run_jobs(jobs: list[Job], backend: str = "local", workers: int = 1, address: str | None = None,
@@ -148,23 +209,174 @@ def _run_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], Non
         return
     if workers == 1:
         for job in jobs:
-            on_done(job.key, _call(job.fn, job.args, job.out_dir))
+            try:
+                result = _call(job.fn, job.args, job.out_dir)
+            except KeyboardInterrupt:       # Ctrl-C outside what the job catches itself
+                _report_stopped(on_done, job.key, _interrupted())
+                raise
+            _report(on_done, job.key, result)
         return
     # spawn, not fork: a forked child of a process whose torch thread pool is
     # running can deadlock in OpenMP
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
-                                                  mp_context=multiprocessing.get_context("spawn"))
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    n = min(workers, len(jobs))
+
+    def new_pool() -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
+                                                      initargs=(os.getpid(), stop))
+    pool = new_pool()
+    queue = list(jobs)
+    running: dict[concurrent.futures.Future, Job] = {}
+    retried: set[int] = set()
+    killed = False
     try:
-        futures = {pool.submit(_call, job.fn, job.args, job.out_dir): job for job in jobs}
-        for fut in concurrent.futures.as_completed(futures):
-            try:
-                result = fut.result()
-            except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool, an unpicklable fn
-                result = _failed(exc)
-            on_done(futures[fut].key, result)
+        while queue or running:
+            while room(queue, running, retried, n):
+                job = queue.pop(0)
+                try:
+                    fut = pool.submit(_worker_call, job.fn, job.args, job.out_dir)
+                except concurrent.futures.process.BrokenProcessPool:
+                    # the pool broke between two jobs: go on in a new one
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = new_pool()
+                    fut = pool.submit(_worker_call, job.fn, job.args, job.out_dir)
+                running[fut] = job
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            retry = []
+            for fut in sorted(done, key=lambda f: running[f].key):
+                job = running.pop(fut)
+                lost = fut.cancelled() or isinstance(fut.exception(), concurrent.futures.process.BrokenProcessPool)
+                if lost and job.key not in retried:
+                    # a worker died and broke the pool: every job in it fails alike, so the one that
+                    # died cannot be told from the others; each runs once more, alone, in a fresh
+                    # pool, and only one that breaks it again is reported failed
+                    retried.add(job.key)
+                    retry.append(job)
+                    continue
+                _report(on_done, job.key, _outcome(fut))
+            if retry:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+                queue[:0] = retry
+    except BaseException:
+        stop.set()
+        killed = _stop_workers(pool, running, on_done)
+        raise
     finally:
-        # on an error or Ctrl-C in the driver: drop the queued jobs, wait for the running ones
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=not killed, cancel_futures=True)
+
+
+def room(queue: list[Job], running: dict, retried: set[int], n: int) -> bool:
+    """Whether the next queued job may start now.  No job waits in the pool's
+    own queue (so stopping is exact); a job run again after a broken pool runs
+    alone, so that if it breaks the pool again no other job goes down with it."""
+    if not queue:
+        return False
+    if queue[0].key in retried or any(j.key in retried for j in running.values()):
+        return not running
+    return len(running) < n
+
+
+def _outcome(fut: concurrent.futures.Future, stopping: bool = False) -> dict:
+    try:
+        return fut.result()
+    except KeyboardInterrupt:
+        return _interrupted()
+    except Exception as exc:  # noqa: BLE001 - e.g. BrokenProcessPool, an unpicklable fn
+        return _interrupted(f"{type(exc).__name__}: {exc}") if stopping else _failed(exc)
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, running: dict, on_done) -> bool:
+    """Interrupt the running jobs, wait for them (bounded), report them; kill
+    the workers that did not stop.  Returns whether any was killed."""
+    procs = list(getattr(pool, "_processes", None) or {})   # pid -> Process (CPython's executor)
+    for pid in procs:
+        try:
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            pass
+    try:
+        concurrent.futures.wait(running, timeout=STOP_GRACE_S)
+    except KeyboardInterrupt:           # interrupted again: stop waiting
+        pass
+    late = [f for f in running if not f.done()]
+    for fut in sorted(running, key=lambda f: running[f].key):
+        if fut in late:
+            _report_stopped(on_done, running[fut].key,
+                            _interrupted(f"did not stop within {STOP_GRACE_S:g} s of the interruption; killed"))
+        else:
+            _report_stopped(on_done, running[fut].key, _outcome(fut, stopping=True))
+    running.clear()
+    if not late:
+        return False
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            proc.kill()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    return True
+
+
+# In a local worker process (set by _worker_init):
+_STOP: Any = None
+
+
+def _worker_init(parent: int, stop: Any) -> None:
+    """Pool initializer: signals between jobs, the stop flag, and exit with the parent."""
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # between jobs; a job turns it into KeyboardInterrupt
+    _exit_with_parent(parent)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit this process as soon as ``parent`` (the driver) is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)        # PR_SET_PDEATHSIG
+        except Exception:  # noqa: BLE001 - the polling below still works
+            pass
+    watched = os.getppid()
+    if watched != parent:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)                                   # died before we got here
+        except OSError:
+            pass                                          # alive, not ours to signal: watch our real parent
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != watched:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="commsim-parent-watch", daemon=True).start()
+
+
+def _worker_call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
+    """One job in a local worker: SIGINT/SIGTERM raise KeyboardInterrupt once,
+    a job that begins after the driver was interrupted does not run."""
+    fired: list[int] = []
+
+    def interrupt(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if _STOP is not None and _STOP.is_set():       # checked after the handlers are in place
+            return _interrupted("not started: the run was interrupted")
+        return _call(fn, args, out_dir)
+    except KeyboardInterrupt:
+        return _interrupted()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 # --- ray ------------------------------------------------------------------------
@@ -229,6 +441,7 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
         return
     connected_here = not ray.is_initialized()
     private = connected_here and not address
+    term_handler = signal.getsignal(signal.SIGTERM)    # ray.init replaces it with sys.exit: a sweep's comes back
     if connected_here:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
@@ -237,6 +450,8 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
                      object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, logging_level=logging.ERROR,
                      runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}})
+        if callable(term_handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term_handler)
     pending: dict[Any, Job] = {}
     try:
         have = ray.cluster_resources()
@@ -264,13 +479,21 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
                 except Exception as exc:  # noqa: BLE001 - a task Ray could not run (import error, node lost, OOM)
                     result, files = _ray_error(exc), {}
                 _write_files(job.out_dir, files)
-                on_done(job.key, result)
+                _report(on_done, job.key, result)
+    except BaseException:
+        # interrupted (or on_done failed): kill every task we started that has not finished
+        for ref in pending:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort (finished meanwhile, node gone)
+                pass
+        try:   # force-cancel kills asynchronously: wait (bounded) until the killed tasks are gone
+            ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_WAIT_S)
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+        for ref in list(pending):
+            _report_stopped(on_done, pending.pop(ref).key, _interrupted("cancelled: the run was interrupted"))
+        raise
     finally:
-        if pending and not private:
-            for ref in pending:          # our unfinished tasks on a cluster we leave running
-                try:
-                    ray.cancel(ref)
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
         if connected_here:
             ray.shutdown()               # stops a private instance; only disconnects from a cluster

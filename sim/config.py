@@ -307,12 +307,17 @@ def validate(data: Any, file: str) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors()]
-        if len(problems) == 1:
-            path, msg = problems[0]
-            raise ConfigError(msg, field=path or None, file=file) from None
-        lines = [f"{path or '(top level)'}: {msg}" for path, msg in problems]
-        raise ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines), file=file) from None
+        raise problems_error([_describe(err) for err in exc.errors()], file) from None
+
+
+def problems_error(problems: list[tuple[str, str]], file: str) -> ConfigError:
+    """One ConfigError for the (field, message) problems of a file: the field
+    named when there is one problem, a list of them otherwise."""
+    if len(problems) == 1:
+        path, msg = problems[0]
+        return ConfigError(msg, field=path or None, file=file)
+    lines = [f"{path or '(top level)'}: {msg}" for path, msg in problems]
+    return ConfigError(f"{len(lines)} problems:\n  " + "\n  ".join(lines), file=file)
 
 
 def read_yaml(path: str | Path) -> Any:

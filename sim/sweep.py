@@ -7,14 +7,34 @@
       network.uplink.bandwidth: [100 Mbps, 1 Gbps, 10 Gbps]
       seed: [0, 1, 2]
     set: {stop.max_rounds: 500}       # optional: the same override for every point
-    replay: auto                      # auto (default) | off
+    replay: auto                      # auto (default; also on/yes/true) | off (also no/false)
 
 Every point is the base scenario with its axis values applied as ``--set``
 overrides; its results folder is ``DIR/points/NNN``.  ``DIR/sweep_summary.csv``
-has one row per point, algorithm and seed, the axes as columns.  A point that
-fails (bad values, an error while running) is recorded with its error and the
-sweep goes on; a finished point has a ``done`` marker and is skipped when the
-same command runs again, so a killed sweep resumes where it stopped.
+has one row per point, algorithm and seed, the axes as columns, and
+``point_status``: ``done``, ``failed`` (bad values, an error while running:
+recorded with its error, the sweep goes on), ``interrupted`` or ``pending``
+(not run yet).
+
+Checked before anything runs or is written (bad input: exit 2): the sweep
+file itself; every axis and ``set:`` key must name a field of the scenario
+(sim/fields.py; the message names the nearest valid ones); at most
+``MAX_POINTS`` points; the base scenario must be readable YAML.  A value that
+fails validation is a failed point, not bad input, even if it fails for every
+point.
+
+Resume, keyed by what a point is: a finished point has a ``done`` marker
+(YAML) recording the sha256 of its fully resolved scenario
+(:func:`scenario_hash`).  Running the same sweep into the same ``--out``
+again skips every point whose marker matches its scenario now, and re-runs,
+saying why, every other one: no marker (interrupted, failed, never run), a
+marker without a hash (an older commsim), or a scenario that changed (an axis
+value, ``set:`` or the base file; the fields that differ are named).  A
+re-run point's folder is emptied first, so no old file is mixed in.  A row of
+sweep_summary.csv shows a point's results only when its marker's hash is that
+point's current hash, so a row can never label one scenario's results with
+another's values; points of an earlier, larger sweep beyond the current ones
+are left on disk and never listed.
 
 Replay: points that differ from an earlier point only in ``network`` fields
 share its learning trajectory.  The earlier point (the *source*) trains in
@@ -23,28 +43,64 @@ a gradient (sim/replay.py), exactly.  Where timing can change the math
 (round_timeout, failures, a topology whose protocol differs, stop.max_sim_time
 reached at another round) the point trains in full and ``replay_note`` in
 sweep_summary.csv says why.  Full points run on the chosen backend
-(sim/backends.py: local processes or Ray); replays run in the driver.
+(sim/backends.py: local processes or Ray); replays run in the driver.  A
+replayed point's marker also records its source (index, scenario hash and
+the id of the source's own run): when the source is re-run, its replays are
+stale too.
+
+Stopping: Ctrl-C (SIGINT) or SIGTERM stops launching points; running points
+write what they have (sim/runner.py flushes every row) and are marked
+``interrupted`` (no done marker); local worker processes are signalled and
+waited for, Ray tasks are cancelled (sim/backends.py).  Running the same
+command again resumes: interrupted points re-run from scratch, done ones are
+skipped.  One sweep at a time per folder: ``DIR/.lock`` holds the running
+sweep's pid and host; a second sweep on that folder refuses (exit 2, writing
+nothing); a lock left by a process that no longer exists on this host is
+taken over with a note.
+
+Exit code: 0 when every point is done; 1 when any point failed (after
+running all the others and writing the summary); 130 when interrupted; 2 for
+bad input found before any point ran.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import itertools
 import json
+import math
+import os
+import shutil
+import signal
+import socket
 import sys
+import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .config import NAME_PATTERN
 from .errors import ConfigError
 from .results import SUMMARY_COLUMNS
+
+MAX_POINTS = 10_000          # more points than this in one sweep is bad input
+LOCK_FILE = ".lock"          # in the sweep folder while a sweep runs on it
+MARKER = "done"              # in a point folder once the point finished
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_OFF = ("off", "no", "false", "n")
+_ON = ("on", "yes", "true", "y")
 
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=128,
+                      description="names the default folder results/<name>/")
     base: str = Field(description="the scenario file, relative to the sweep file")
     mode: Literal["grid", "zip"] = "grid"
     axes: dict[str, list[Any]] = Field(min_length=1, description="dotted field -> values")
@@ -58,8 +114,57 @@ class SweepSpec(BaseModel):
     def _non_empty(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in v.items():
             if not values:
-                raise ValueError(f"axis {key!r} has no values")
+                raise ValueError(f"axis {key!r} has no values; allowed: a list of one or more values")
         return v
+
+    @field_validator("replay", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any) -> Any:
+        """``replay: off`` unquoted is YAML 1.1's boolean false: take booleans
+        (and their spellings) for what they mean."""
+        if isinstance(v, bool):
+            return "auto" if v else "off"
+        if isinstance(v, str):
+            low = v.strip().lower()
+            if low in ("auto", "off"):
+                return low
+            if low in _OFF:
+                return "off"
+            if low in _ON:
+                return "auto"
+        raise ValueError(f"{v!r} is not allowed; allowed: auto (also on, yes, true), off (also no, false)")
+
+
+_SPEC_HINTS = {
+    "name": '1-128 of letters, digits, "_", "-" and "." (not first)',
+    "base": "the scenario file, relative to the sweep file",
+    "mode": "grid or zip",
+    "axes": "a mapping of dotted field -> list of values",
+    "set": "a mapping of dotted field -> value",
+}
+
+
+def _spec_problem(err: dict) -> tuple[str, str]:
+    """(field, message) for one pydantic error of the sweep file, without
+    pydantic's internal prefixes, saying what is allowed."""
+    loc = [str(x) for x in err["loc"]]
+    path = ".".join(loc)
+    typ, msg, inp = err["type"], err["msg"], err.get("input")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if typ == "extra_forbidden":
+        return path, f"unknown key; allowed: {', '.join(SweepSpec.model_fields)}"
+    if typ == "missing":
+        return path, "required field is missing"
+    hint = _SPEC_HINTS.get(loc[0]) if loc else None
+    if loc[:1] == ["axes"] and len(loc) > 1:
+        hint = "a list of values"
+    if typ != "value_error":
+        if inp is not None and not isinstance(inp, (dict, list)):
+            msg = f"{msg} (got {inp!r})"
+        if hint and typ != "literal_error":         # a literal's message lists what is allowed already
+            msg = f"{msg}; allowed: {hint}"
+    return path, msg
 
 
 def _override(key: str, value: Any) -> str:
@@ -67,28 +172,54 @@ def _override(key: str, value: Any) -> str:
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, list[dict[str, Any]]]:
-    """The sweep spec, the base scenario path, and the points (axis -> value)."""
-    from .config import read_yaml
+    """The sweep spec, the base scenario path, and the points (axis -> value).
+
+    Raises ConfigError for bad input: a malformed file, an axis or ``set:``
+    key that names no field of the scenario, more than MAX_POINTS points."""
+    from .config import problems_error, read_yaml
+    from .fields import check_key
     file = str(path)
     p = Path(path)
     data = read_yaml(p)
+    if not isinstance(data, dict):
+        raise ConfigError("the sweep file must be a YAML mapping; allowed keys: "
+                          f"{', '.join(SweepSpec.model_fields)}", file=file)
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(err["msg"], field=".".join(str(x) for x in err["loc"]) or None, file=file) from None
+        raise problems_error([_spec_problem(err) for err in exc.errors()], file) from None
     base = (p.parent / spec.base).resolve()
     if not base.is_file():
-        raise ConfigError(f"base scenario {str(base)!r} not found", field="base", file=file)
+        raise ConfigError(f"base scenario {str(base)!r} not found; allowed: a scenario file, relative to "
+                          "the sweep file", field="base", file=file)
+    for section, keys in (("axes", spec.axes), ("set", spec.set)):
+        for key in keys:
+            why = check_key(key)
+            if why:
+                what = "axis" if section == "axes" else "set: key"
+                raise ConfigError(f"{what} {why}", field=f"{section}.{key}", file=file)
     keys = list(spec.axes)
+    lengths = {k: len(v) for k, v in spec.axes.items()}
     if spec.mode == "zip":
-        lengths = {k: len(v) for k, v in spec.axes.items()}
         if len(set(lengths.values())) != 1:
             raise ConfigError(f"zip needs axes of equal length, got {lengths}", field="axes", file=file)
+        count = next(iter(lengths.values()))
+    else:
+        count = math.prod(lengths.values())
+    if count > MAX_POINTS:
+        shape = " x ".join(str(n) for n in lengths.values()) if spec.mode == "grid" else f"zip of {count}"
+        raise ConfigError(f"{count:,} points ({shape}) is more than the limit of {MAX_POINTS:,} points in one "
+                          "sweep; allowed: fewer values, or several sweeps", field="axes", file=file)
+    if spec.mode == "zip":
         combos = list(zip(*spec.axes.values()))
     else:
         combos = list(itertools.product(*spec.axes.values()))
     return spec, base, [dict(zip(keys, c)) for c in combos]
+
+
+def scenario_hash(scn) -> str:
+    """What a point is: the sha256 of its fully resolved scenario."""
+    return hashlib.sha256(json.dumps(scn.dump(), sort_keys=True).encode()).hexdigest()
 
 
 def run_point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dict:
@@ -113,22 +244,56 @@ def run_point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dic
 SWEEP_COLUMNS_AFTER_AXES = ["point_status", "error", "run_mode", "replay_note"]
 
 
-def write_sweep_summary(out: Path, points: list[dict[str, Any]], results: dict[int, dict]) -> None:
+def read_marker(point_dir: Path) -> dict | None:
+    """A point folder's done marker, or None (none, or unreadable: not done)."""
+    try:
+        meta = yaml.safe_load((Path(point_dir) / MARKER).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _point_rows(point_dir: Path, want_hash: str | None) -> list[dict] | None:
+    """The summary rows of a finished point, or None when its done marker does
+    not record ``want_hash`` (when given): then they are not this point's."""
+    if want_hash is not None:
+        marker = read_marker(point_dir)
+        if marker is None or marker.get("hash") != want_hash:
+            return None
+    summary = Path(point_dir) / "summary.csv"
+    if not summary.exists():
+        return []
+    with summary.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_sweep_summary(out: Path, points: list[dict[str, Any]], results: dict[int, dict],
+                        hashes: dict[int, str] | None = None, rows: dict[int, list[dict]] | None = None) -> None:
+    """sweep_summary.csv: one row per point, algorithm and seed.  With
+    ``hashes`` (point -> scenario hash), a point shown done must have a done
+    marker with that hash, else it is shown ``pending`` without results.
+    ``rows`` caches summary rows already checked (point -> rows)."""
     keys = [k for k in (points[0] if points else []) if k not in SUMMARY_COLUMNS]  # "seed" is there already
     cols = ["point", *keys, *SWEEP_COLUMNS_AFTER_AXES, *SUMMARY_COLUMNS]
-    with (out / "sweep_summary.csv").open("w", newline="") as fh:
+    tmp = out / "sweep_summary.csv.part"
+    with tmp.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(cols)
         for i, values in enumerate(points):
             res = results.get(i, {"status": "pending", "error": ""})
+            found: list[dict] | None = []
+            if res["status"] == "done":
+                found = rows.get(i) if rows is not None and i in rows else \
+                    _point_rows(out / "points" / f"{i:03d}", None if hashes is None else hashes.get(i, ""))
+                if found is None:                     # not this point's results
+                    res, found = {"status": "pending", "error": ""}, []
             head = [f"{i:03d}", *[values[k] for k in keys], res["status"],
                     res["error"].splitlines()[0] if res["error"] else "", res.get("mode", ""), res.get("note", "")]
-            summary = out / "points" / f"{i:03d}" / "summary.csv"
-            rows = list(csv.DictReader(summary.open())) if summary.exists() and res["status"] == "done" else []
-            if not rows:
+            if not found:
                 w.writerow(head + [""] * len(SUMMARY_COLUMNS))
-            for row in rows:
+            for row in found:
                 w.writerow(head + [row.get(c, "") for c in SUMMARY_COLUMNS])
+    os.replace(tmp, out / "sweep_summary.csv")
 
 
 def _math_key(scn) -> str:
@@ -137,69 +302,287 @@ def _math_key(scn) -> str:
     return json.dumps(math_fields(scn), sort_keys=True)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    os.replace(part, path)
+
+
+# --- the lock --------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:          # EPERM: it exists, it is someone else's
+        return True
+    return True
+
+
+class FolderLock:
+    """``DIR/.lock``: one sweep at a time per folder (see the module docstring)."""
+
+    def __init__(self, folder: Path, file: str) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self.file = file
+        self.held = False
+
+    def _holder(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+    def acquire(self) -> None:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(5):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:           # being written right now, or garbage: look again
+                    time.sleep(0.1)
+                    holder = self._holder()
+                if holder == {}:             # removed meanwhile
+                    continue
+                if holder is None:
+                    raise ConfigError(f"{self.path} exists but does not say which sweep holds it; if no sweep "
+                                      "is running on this folder, remove it", field="--out", file=self.file) \
+                        from None
+                pid, host = holder["pid"], str(holder.get("host", ""))
+                if host != me["host"] or pid == me["pid"] or _alive(pid):
+                    where = "" if host == me["host"] else f" on host {host}"
+                    raise ConfigError(f"another sweep (pid {pid}{where}) is running on this folder: {self.path} "
+                                      "holds its lock; wait for it to finish, stop it, or choose another --out"
+                                      + ("" if host == me["host"] else
+                                         f" (if it is not running on {host} any more, remove {self.path})"),
+                                      field="--out", file=self.file) from None
+                print(f"note: {self.path}: taking over the lock of pid {pid}, which is not running any more",
+                      file=sys.stderr)
+                if self._holder() == holder:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(me) + "\n")
+            self.held = True
+            return
+        raise ConfigError(f"could not take {self.path}: other sweeps keep taking it", field="--out",
+                          file=self.file)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            holder = self._holder()
+            if holder and holder.get("pid") == os.getpid():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt (once) in this thread, like Ctrl-C; the
+    previous handler comes back on exit.  Off the main thread: nothing."""
+    fired: list[int] = []
+
+    def interrupt(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:           # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- the driver's bookkeeping ----------------------------------------------------
+def _get(d: Any, path: str) -> Any:
+    for k in path.split("."):
+        if isinstance(d, dict):
+            d = d.get(k)
+        elif isinstance(d, list) and k.isdigit() and int(k) < len(d):
+            d = d[int(k)]
+        else:
+            return None
+    return d
+
+
+def _changes(old: Any, new: dict) -> str:
+    """The fields that differ between a point's old scenario.yaml and its scenario now."""
+    from .replay import _diff
+    if not isinstance(old, dict):
+        return ""
+    diff = _diff(old, new)
+
+    def show(v: Any) -> str:
+        text = "(unset)" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    parts = [f"{p}: {show(_get(old, p))} -> {show(_get(new, p))}" for p in diff[:4]]
+    return "; ".join(parts) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+
+
 class _Sweep:
     """The driver's bookkeeping: points, results, done markers, the summary."""
 
-    def __init__(self, out_dir: Path, points: list[dict], quiet: bool) -> None:
-        self.out_dir, self.points, self.quiet = out_dir, points, quiet
+    def __init__(self, out_dir: Path, points: list[dict], quiet: bool, hashes: dict[int, str]) -> None:
+        self.out_dir, self.points, self.quiet, self.hashes = out_dir, points, quiet, hashes
         self.results: dict[int, dict] = {}
+        self.rows: dict[int, list[dict]] = {}      # summary rows of points checked done
+        self.runs: dict[int, str] = {}             # the run id in a done point's marker
+        self.current: int | None = None            # the replay being written
 
     def dir(self, i: int) -> Path:
         return self.out_dir / "points" / f"{i:03d}"
 
-    def finished(self, i: int) -> dict | None:
-        """The result recorded by an earlier run's done marker, or None."""
-        marker = self.dir(i) / "done"
-        if not marker.exists():
-            return None
-        meta = yaml.safe_load(marker.read_text())
-        meta = meta if isinstance(meta, dict) else {}
-        return {"status": "done", "error": "", "mode": meta.get("mode", "full"), "note": meta.get("note", "")}
+    def resume(self, scenarios: dict) -> None:
+        """Keep the points finished earlier whose marker matches what they are
+        now; empty the folders of the others (saying why) so they run afresh."""
+        markers = {i: read_marker(self.dir(i)) for i in scenarios}
+        why: dict[int, str] = {}
+        replays = []
+        for i, m in markers.items():
+            if m is None:
+                if self.dir(i).exists() and any(self.dir(i).iterdir()):
+                    why[i] = "it did not finish in an earlier run (no done marker: interrupted or failed)"
+            elif not m.get("hash"):
+                why[i] = "its done marker records no scenario hash (written by an older commsim)"
+            elif m["hash"] != self.hashes[i]:
+                try:
+                    old = yaml.safe_load((self.dir(i) / "scenario.yaml").read_text())
+                except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                    old = None
+                changed = _changes(old, scenarios[i].dump())
+                why[i] = f"its scenario changed since the last run{f' ({changed})' if changed else ''}"
+            elif m.get("mode") == "replay":
+                replays.append(i)
+            else:
+                self._keep(i, m)
+        # a replay is current when its source is kept, with the run it was replayed from
+        while replays:
+            left = []
+            for i in replays:
+                m, src = markers[i], markers[i].get("source")
+                if not isinstance(src, int) or "source_hash" not in m:
+                    why[i] = "its done marker does not record the point it was replayed from"
+                elif self._kept(src):
+                    if m["source_hash"] != self.hashes.get(src) or m.get("source_run") != self.runs.get(src):
+                        why[i] = f"its replay source, point {src:03d}, was re-run since"
+                    else:
+                        self._keep(i, m)
+                elif src in replays and src not in why:
+                    left.append(i)              # its source is a replay not decided yet
+                else:
+                    state = "is re-run" if src in why else "is not done now"
+                    why[i] = f"its replay source, point {src:03d}, {state}"
+            if len(left) == len(replays):
+                for i in left:
+                    why[i] = f"its replay source, point {markers[i]['source']:03d}, is re-run"
+                break
+            replays = left
+        for i in sorted(why):
+            print(f"point {i:03d}: {why[i]}; re-run", file=sys.stderr)
+        for i in scenarios:
+            if i not in self.results and self.dir(i).exists():
+                shutil.rmtree(self.dir(i))          # no old file mixed into the new run
+        extra = sorted(p.name for p in (self.out_dir / "points").glob("*")
+                       if p.is_dir() and p.name.isdigit() and int(p.name) >= len(self.points))
+        if extra:
+            print(f"note: {len(extra)} point folder(s) in {self.out_dir / 'points'} ({extra[0]} .. {extra[-1]}) "
+                  f"are from an earlier run with more points; this sweep has {len(self.points)} and does not "
+                  "list them", file=sys.stderr)
 
-    def done(self, i: int, result: dict) -> None:
+    def _kept(self, i: int) -> bool:
+        return self.results.get(i, {}).get("status") == "done"
+
+    def _keep(self, i: int, marker: dict) -> None:
+        rows = _point_rows(self.dir(i), self.hashes[i])
+        if rows is None:
+            return
+        self.results[i] = {"status": "done", "error": "", "mode": marker.get("mode", "full"),
+                           "note": marker.get("note", "")}
+        self.rows[i] = rows
+        self.runs[i] = str(marker.get("run", ""))
+
+    def done(self, i: int, result: dict, source: int | None = None) -> None:
         self.results[i] = result
         if result["status"] == "done":
-            (self.dir(i) / "done").write_text(yaml.safe_dump({"mode": result["mode"], "note": result["note"]}))
+            self.runs[i] = uuid.uuid4().hex
+            meta = {"mode": result["mode"], "note": result["note"], "hash": self.hashes[i], "run": self.runs[i]}
+            if source is not None:
+                meta |= {"source": source, "source_hash": self.hashes[source], "source_run": self.runs.get(source)}
+            _write_atomic(self.dir(i) / MARKER, yaml.safe_dump(meta, sort_keys=False))
+            self.rows[i] = _point_rows(self.dir(i), None) or []
+        self.write_summary()
         if not self.quiet or result["status"] != "done":
             err = result["error"].splitlines()[0] if result["error"] else ""
             print(f"point {i:03d} {result['status']} ({result['mode']}{': ' + result['note'] if result['note'] else ''})"
                   f"{': ' + err if err else ''}", file=sys.stderr)
-        write_sweep_summary(self.out_dir, self.points, self.results)
+
+    def write_summary(self) -> None:
+        write_sweep_summary(self.out_dir, self.points, self.results, self.hashes, self.rows)
 
 
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
               address: str | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
-    where only the network does (sim/replay.py), on the chosen backend."""
-    from .backends import BACKENDS, Job, resources, run_jobs
-    from .config import load_scenario
-    from .replay import refusal, replay_run
-    from .trace import ReplayUnavailable
+    where only the network does (sim/replay.py), on the chosen backend.
+    Returns the exit code (see the module docstring)."""
+    with sigterm_interrupts():
+        try:
+            return _run_sweep(path, out, backend, workers, quiet, address)
+        except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
+            print("\nsweep interrupted before it started", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
+
+def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None) -> int:
+    from .backends import BACKENDS, RAY_MISSING, run_jobs
+    from .config import load_scenario, read_yaml
+    from .replay import refusal
+
+    # 1. Check everything; nothing is written before this passes.
     spec, base, points = load_sweep(path)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}", field="--backend",
                           file=path)
     if workers < 1:
-        raise ConfigError("--workers must be >= 1", file=path)
+        raise ConfigError("--workers must be >= 1", field="--workers", file=path)
+    if backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError(RAY_MISSING, field="--backend", file=path) from None
+    read_yaml(base)                     # the base file is readable YAML (else every point would fail)
     out_dir = Path(out) if out else Path("results") / spec.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+    for p in [out_dir, *out_dir.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"--out {out_dir}: {p} is a file; allowed: a folder", field="--out", file=path)
+            break
     fixed = [_override(k, v) for k, v in spec.set.items()]
     overrides = {i: [*fixed, *[_override(k, v) for k, v in values.items()]] for i, values in enumerate(points)}
-    sw = _Sweep(out_dir, points, quiet)
 
-    # 1. Plan: every point's scenario; points that differ only in the network
+    # 2. Plan: every point's scenario; points that differ only in the network
     #    share one source point (the first), whose trace the others replay.
-    scenarios, source_of, refused = {}, {}, {}
+    scenarios, hashes, source_of, refused, invalid = {}, {}, {}, {}, {}
     first: dict[str, int] = {}
     for i in range(len(points)):
         try:
             scenarios[i] = load_scenario(base, overrides[i])
         except ConfigError as exc:
-            sw.results[i] = {"status": "failed", "error": str(exc), "mode": "full", "note": ""}
-            print(f"point {i:03d} failed: {exc}", file=sys.stderr)
+            invalid[i] = {"status": "failed", "error": str(exc), "mode": "full", "note": ""}
             continue
+        hashes[i] = scenario_hash(scenarios[i])
         if spec.replay == "off":
             continue
         src = first.setdefault(_math_key(scenarios[i]), i)
@@ -209,15 +592,58 @@ def run_sweep(path: str, out: str | None, backend: str = "local", workers: int =
                 source_of[i] = src
             else:
                 refused[i] = f"replay refused: {why}"
-    for i in range(len(points)):
-        prior = sw.finished(i)
-        if prior is not None:
-            sw.results[i] = prior          # finished in an earlier run: skipped
-    todo = [i for i in range(len(points)) if i not in sw.results]
-    sources = {s for s in source_of.values()}
-    print(f"sweep {spec.name}: {len(points)} points ({len(points) - len(todo)} already done or invalid; "
-          f"{sum(1 for i in todo if i in source_of)} to replay), backend {backend}, results in {out_dir}",
-          file=sys.stderr)
+
+    # 3. Lock the folder, then write: resume, run, summarise.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(out_dir, path)
+    lock.acquire()
+    interrupted = False
+    try:
+        sw = _Sweep(out_dir, points, quiet, hashes)
+        (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+        for i, res in invalid.items():
+            sw.results[i] = res
+            print(f"point {i:03d} failed: {res['error']}", file=sys.stderr)
+        sw.resume(scenarios)
+        todo = [i for i in range(len(points)) if i not in sw.results]
+        print(f"sweep {spec.name}: {len(points)} points ({len(points) - len(todo)} already done or invalid; "
+              f"{sum(1 for i in todo if i in source_of)} to replay), backend {backend}, results in {out_dir}",
+              file=sys.stderr)
+        sw.write_summary()
+        try:
+            _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
+                        lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
+                                                       on_done=on_done))
+        except KeyboardInterrupt:
+            interrupted = True
+            if sw.current is not None and sw.current not in sw.results:
+                sw.results[sw.current] = {"status": "interrupted", "error": "", "mode": "replay", "note": ""}
+        sw.write_summary()
+    finally:
+        lock.release()
+
+    status = [r["status"] for r in sw.results.values()]
+    if interrupted:
+        print(f"sweep {spec.name} interrupted: {status.count('done')} of {len(points)} points done, "
+              f"{status.count('interrupted')} interrupted, {len(points) - len(status)} not started; "
+              "run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = [i for i, r in sorted(sw.results.items()) if r["status"] != "done"]
+    if failed:
+        shown = ", ".join(f"{i:03d}" for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        print(f"sweep {spec.name}: {len(failed)} of {len(points)} points failed ({shown}); "
+              f"see {out_dir / 'sweep_summary.csv'}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, list[str]], scenarios: dict,
+                source_of: dict[int, int], refused: dict[int, str], path: str, run: Any) -> None:
+    """Full points on the backend (``run(jobs, on_done)``), then the replays
+    here, then the points whose replay was refused at run time."""
+    from .backends import Job, resources
+    from .replay import replay_run
+    from .trace import ReplayUnavailable
 
     def full(ids: list[int], notes: dict[int, str]) -> None:
         if not ids:
@@ -227,31 +653,33 @@ def run_sweep(path: str, out: str | None, backend: str = "local", workers: int =
             cpus, gpus = resources(scenarios[i])
             jobs.append(Job(i, run_point, (str(base), overrides[i], True), str(sw.dir(i)), cpus, gpus))
         try:
-            run_jobs(jobs, backend=backend, workers=workers, address=address,
-                     on_done=lambda i, r: sw.done(i, {**r, "mode": "full", "note": notes.get(i, "")}))
+            run(jobs, lambda i, r: sw.done(i, {**r, "mode": "full", "note": notes.get(i, "")}))
         except ConfigError as exc:
             raise exc.with_file(path)
 
-    # 2. Full co-simulations: sources and points that cannot be replayed.
-    notes = {i: "source of replays" for i in sources} | refused
+    # Full co-simulations: sources and points that cannot be replayed.
+    notes = {i: "source of replays" for i in set(source_of.values())} | refused
     full([i for i in todo if i not in source_of], notes)
 
-    # 3. Replays, here (milliseconds each: no gradients, no data).
+    # Replays, here (milliseconds each: no gradients, no data).
     fallback: dict[int, str] = {}
     for i in [i for i in todo if i in source_of]:
         src = source_of[i]
         if sw.results.get(src, {}).get("status") != "done":
             fallback[i] = f"replay impossible: source point {src:03d} did not finish"
             continue
+        sw.current = i
         try:
             replay_run(sw.dir(src), scenarios[i], sw.dir(i), plots=False)
-            sw.done(i, {"status": "done", "error": "", "mode": "replay", "note": f"replayed from point {src:03d}"})
+            sw.done(i, {"status": "done", "error": "", "mode": "replay", "note": f"replayed from point {src:03d}"},
+                    source=src)
         except ReplayUnavailable as exc:
+            if sw.dir(i).exists():
+                shutil.rmtree(sw.dir(i))
             fallback[i] = f"replay refused: {exc}"
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             sw.done(i, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "mode": "replay", "note": ""})
+        sw.current = None
 
-    # 4. Points whose replay was refused at run time run in full.
+    # Points whose replay was refused at run time run in full.
     full(list(fallback), fallback)
-    write_sweep_summary(out_dir, points, sw.results)
-    return 0

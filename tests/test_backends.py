@@ -1,9 +1,11 @@
 """Execution backends (sim/backends.py): the local backend (in process and in
 spawned processes) and Ray (one private local instance for the whole module)
-write the same files and report the same results; failures become results."""
+write the same files and report the same results; failures become results; an
+interruption stops the local workers (and reports them) and cancels Ray tasks."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,33 @@ def point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dict:
     if "out" in inspect.signature(sim.sweep.run_point).parameters:    # run_point(base, overrides, out, quiet)
         return sim.sweep.run_point(base, overrides, out_dir, quiet)
     return sim.sweep.run_point(base, overrides, quiet, out_dir=out_dir)
+
+
+def beating_job(name: str, seconds: float, beats: str, out_dir: str) -> dict:
+    """Touch BEATS/NAME every 50 ms for ``seconds``; BEATS/NAME.stopped once it ends, however it ends."""
+    beat = Path(beats) / name
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            beat.write_text(f"{time.time()}\n")
+            time.sleep(0.05)
+        return {"status": "done", "error": ""}
+    finally:
+        (Path(beats) / f"{name}.stopped").write_text("")
+
+
+def dying_job(out_dir: str) -> dict:
+    import os
+    os._exit(1)                     # as if killed (out of memory)
+
+
+def late_dying_job(after_s: float, out_dir: str) -> dict:
+    time.sleep(after_s)
+    return dying_job(out_dir)
+
+
+def interrupted_job(out_dir: str) -> dict:
+    return {"status": "interrupted", "error": ""}
 
 
 def toy_jobs(root: Path, **resources_) -> list[Job]:
@@ -154,3 +183,107 @@ def test_resources(monkeypatch, tiny_dict):
     assert resources({}) == (1.0, 1.0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resources({"device": "auto"}) == (1.0, 0.0)
+
+
+# --- interruption ---------------------------------------------------------------
+def beating_jobs(beats: Path) -> list[Job]:
+    """Job 0 ends at once; jobs 1-3 beat for a minute (unless stopped)."""
+    beats.mkdir(parents=True, exist_ok=True)
+    return [Job(i, beating_job, (f"b{i}", 0.0 if i == 0 else 60.0, str(beats)), str(beats / "out" / str(i)))
+            for i in range(4)]
+
+
+def wait_until(cond, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def interrupt_after_first(beats: Path, results: dict):
+    """on_done: record; on the first result, wait until job 1 is running, then Ctrl-C."""
+    def on_done(key: int, result: dict) -> None:
+        results[key] = result
+        if len(results) == 1:
+            wait_until(lambda: (beats / "b1").exists())
+            raise KeyboardInterrupt
+    return on_done
+
+
+def still_beating(beats: Path, name: str, quiet_s: float = 1.0) -> bool:
+    """Whether BEATS/NAME is touched again within ``quiet_s``."""
+    path = beats / name
+    before = path.stat().st_mtime_ns if path.exists() else None
+    time.sleep(quiet_s)
+    return path.exists() and path.stat().st_mtime_ns != before
+
+
+def test_a_job_returning_interrupted_stops_the_run(tmp_path):
+    results: dict[int, dict] = {}
+    jobs = [Job(0, interrupted_job, (), str(tmp_path / "0")), Job(1, write_job, ("j1", 1), str(tmp_path / "1"))]
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, workers=1, on_done=results.__setitem__)
+    assert results == {0: {"status": "interrupted", "error": ""}}
+    assert not (tmp_path / "1").exists()
+
+
+def test_a_dead_local_worker_fails_its_job_and_the_others_go_on(tmp_path):
+    jobs = [Job(0, dying_job, (), str(tmp_path / "0"))] + \
+        [Job(i, write_job, (f"j{i}", 1), str(tmp_path / str(i))) for i in range(1, 4)]
+    results = run(jobs, workers=2)
+    assert results[0]["status"] == "failed" and "BrokenProcessPool" in results[0]["error"]
+    # the jobs beside it in the broken pool run once more, alone, and finish
+    assert [results[i]["status"] for i in (1, 2, 3)] == ["done"] * 3
+
+
+def test_a_job_started_beside_a_dying_one_is_not_failed_with_it(tmp_path):
+    """Job 0 dies after 2 s; jobs 1 and 2 start and finish beside it, and job 3 is
+    in the pool when it breaks: job 3 runs again and finishes."""
+    jobs = [Job(0, late_dying_job, (2.0,), str(tmp_path / "0")),
+            Job(1, write_job, ("j1", 1), str(tmp_path / "1")), Job(2, write_job, ("j2", 1), str(tmp_path / "2")),
+            Job(3, beating_job, ("b3", 4.0, str(tmp_path)), str(tmp_path / "3"))]
+    results = run(jobs, workers=2)
+    assert results[0]["status"] == "failed" and "BrokenProcessPool" in results[0]["error"]
+    assert [results[i]["status"] for i in (1, 2, 3)] == ["done"] * 3
+
+
+def test_local_workers_are_interrupted_and_reported(tmp_path):
+    beats = tmp_path / "beats"
+    results: dict[int, dict] = {}
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(beating_jobs(beats), workers=2, on_done=interrupt_after_first(beats, results))
+    assert results == {0: {"status": "done", "error": ""}, 1: {"status": "interrupted", "error": ""}}
+    assert (beats / "b1.stopped").exists()                   # it ran its finally (flushed) and returned
+    assert not (beats / "b2").exists() and not (beats / "b3").exists()     # never started
+    assert not still_beating(beats, "b1")
+
+
+def test_ray_cancels_unfinished_tasks_when_interrupted(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    import logging
+    from sim.backends import _driver_pythonpath
+    assert not ray.is_initialized()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
+             log_to_driver=False, logging_level=logging.ERROR,
+             runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}})
+    try:
+        cancelled = []
+        real_cancel = ray.cancel
+
+        def cancel(ref, *args, **kw):
+            cancelled.append(kw.get("force"))
+            return real_cancel(ref, *args, **kw)
+        monkeypatch.setattr(ray, "cancel", cancel)
+        beats = tmp_path / "beats"
+        results: dict[int, dict] = {}
+        with pytest.raises(KeyboardInterrupt):
+            run_jobs(beating_jobs(beats), backend="ray", on_done=interrupt_after_first(beats, results))
+        assert cancelled == [True, True, True]                 # jobs 1-3, forcefully
+        assert results[0] == {"status": "done", "error": ""}
+        assert {k: r["status"] for k, r in results.items() if k} == {1: "interrupted", 2: "interrupted",
+                                                                     3: "interrupted"}
+        assert ray.is_initialized()                            # a connection opened before is left open
+        assert not any(still_beating(beats, f"b{i}") for i in (1, 2, 3))   # no task keeps running
+        assert not (beats / "out" / "1").exists()              # nothing gathered from a cancelled task
+    finally:
+        ray.shutdown()
