@@ -191,15 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     user gave (sim/errors.py; its DataError for data sets).  Faults of the
     environment while writing, OutputError (a read-only folder, a full disk)
     or an OSError naming a file, print one line with the path and the errno
-    and exit 1; rows already written stay whole.  Ctrl-C exits 130.  Anything
+    and exit 1; rows already written stay whole.  Ctrl-C or SIGTERM exits 130.  Anything
     else is a bug in commsim and keeps its traceback.
     """
     args = parse_args(argv)
     from sim.alloc import reuse_freed_memory
     reuse_freed_memory()  # large [n, d] tensors reused, not re-faulted (sim/alloc.py)
     from sim.errors import ConfigError, OutputError
+    from sim.signals import sigterm_interrupts
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_interrupts():       # `kill PID` stops like Ctrl-C: what was written is kept
+            return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -72,7 +72,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -86,6 +85,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .config import NAME_PATTERN
 from .errors import ConfigError
+from .signals import sigterm_interrupts
 from .results import SUMMARY_COLUMNS
 
 MAX_POINTS = 10_000          # more points than this in one sweep is bad input
@@ -380,28 +380,6 @@ class FolderLock:
             if holder and holder.get("pid") == os.getpid():
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
-
-
-@contextlib.contextmanager
-def sigterm_interrupts():
-    """SIGTERM raises KeyboardInterrupt (once) in this thread, like Ctrl-C; the
-    previous handler comes back on exit.  Off the main thread: nothing."""
-    fired: list[int] = []
-
-    def interrupt(signum, frame):
-        if not fired:
-            fired.append(signum)
-            raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:           # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --- the driver's bookkeeping ----------------------------------------------------

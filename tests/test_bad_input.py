@@ -419,3 +419,26 @@ def test_the_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and str(p) in proc.stderr
     assert not out.exists()
+
+
+def test_sigterm_of_a_run_keeps_its_rows_and_exits_130(tmp_path):
+    """`kill PID` of a single run: like Ctrl-C, the rows written so far stay whole, exit 130."""
+    import signal
+    import time
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_sim.py"), "run", str(TINY), "--out", str(out),
+                             "--quiet", "--set", "stop.max_rounds=100000", "--set", "stop.on_target=false",
+                             "--set", "eval_every=5"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "metrics.csv").exists() and len((out / "metrics.csv").read_text().splitlines()) > 3):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    text = (out / "metrics.csv").read_text()
+    assert text.endswith("\n") and all(len(r) == 10 for r in csv.reader(text.splitlines()))
