@@ -123,7 +123,8 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="re
 # --- signals -----------------------------------------------------------------------
 def test_ctrl_c_interrupts_the_running_point_and_a_rerun_resumes(tmp_path, start, capsys):
     out = tmp_path / "out"
-    sweep = sweep_file(tmp_path, [4, 150])       # 000 finishes at once; 001 takes a few seconds
+    sweep = sweep_file(tmp_path, [4, 1500])      # 000 finishes at once; 001 takes seconds (150 rounds: 0.2 s,
+    #                                              too short to be sure the signal lands while it runs)
     p = start(sweep, out)
     wait_for(lambda: evaluating(out / "points" / "001"), "point 001 was running", p)
     os.killpg(p.pid, signal.SIGINT)               # Ctrl-C in a terminal: the whole process group
@@ -139,7 +140,7 @@ def test_ctrl_c_interrupts_the_running_point_and_a_rerun_resumes(tmp_path, start
     assert status(out) == ["done", "done"]
     assert (out / "points" / "000" / "metrics.csv").stat().st_mtime_ns == kept
     rows = list(csv.DictReader((out / "points" / "001" / "metrics.csv").open()))
-    assert [int(r["round"]) for r in rows][-1] == 150 and len(rows) == len({r["round"] for r in rows})
+    assert [int(r["round"]) for r in rows][-1] == 1500 and len(rows) == len({r["round"] for r in rows})
 
 
 @needs_proc
