@@ -283,3 +283,23 @@ def test_replay_accepts_yaml_booleans_and_says_what_is_allowed(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_sweep(p)
     assert "Value error" not in str(err.value) and "has no values" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../up", "a/b", ".hidden"])
+def test_a_sweep_name_cannot_leave_the_results_folder(tmp_path, monkeypatch, capsys, name):
+    """The default folder is results/<name>/: a name that would climb out of it is bad input."""
+    p = sweep_file(tmp_path, name=name)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert run_sim.main(["sweep", str(p), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "name" in err and "Traceback" not in err
+    assert list(work.iterdir()) == [] and sorted(x.name for x in tmp_path.iterdir()) == ["sweep.yaml", "work"]
+
+
+def test_a_sweep_name_sets_the_default_folder_inside_results(tmp_path, monkeypatch):
+    p = sweep_file(tmp_path, name="my.sweep-1", axes={"seed": [0]})
+    monkeypatch.chdir(tmp_path)
+    assert run_sim.main(["sweep", str(p), "--quiet"]) == 0
+    assert (tmp_path / "results" / "my.sweep-1" / "sweep_summary.csv").is_file()

@@ -37,6 +37,14 @@ def sweep_file(tmp_path: Path, rounds: list[int] | None = None, seeds: list[int]
     return p
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default.  A test run started in
+    the background by a non-interactive shell (as CI may be) inherits SIGINT
+    ignored, and Python installs no KeyboardInterrupt handler for an ignored
+    SIGINT: Ctrl-C would be lost, as it is for any `cmd &` in a script."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def start(tmp_path):
     """start(sweep, out, *args) -> a running ``run_sim.py sweep`` (killed with its group at the end)."""
@@ -45,7 +53,8 @@ def start(tmp_path):
     def go(sweep: Path, out: Path, *args: str) -> subprocess.Popen:
         log = open(tmp_path / f"sweep{len(procs)}.log", "w+")
         p = subprocess.Popen([sys.executable, "run_sim.py", "sweep", str(sweep), "--out", str(out), "--quiet", *args],
-                             cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+                             cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                             preexec_fn=_sigint_default)
         p.log = log
         procs.append(p)
         return p
