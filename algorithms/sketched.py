@@ -169,7 +169,8 @@ class SketchedAmsGrad:
     entries, compression 2d / (|S| + P k + k).
 
     ``ga`` (Algorithms 2 and 3, gradient averaging): momentum on the workers,
-    v on the server from h_t = g_t at I_{t-1} (k more values up per worker);
+    v on the server from h_t = g_t at I_{t-1} (k more values up per worker):
+    v_t = beta2 v_{t-1} + (1 - beta2) h_t^2 decays everywhere and grows at I_{t-1};
     p_i = m_i + (alpha_{t-1}/alpha_t) e_i is sketched; candidates come from the
     scaled unsketch of Algorithm 3 (each row's bucket value divided by
     sqrt(v_hat_i)); the exact mean of p at the candidates, scaled by
@@ -237,12 +238,16 @@ class SketchedAmsGrad:
     def second_round(self, s: AmsState, arrived: torch.Tensor, round: int):
         w = arrived.to(s.p.device).to(s.p.dtype)
         count = w.sum().clamp(min=1.0)
-        if self.variant == "ga":                               # the server's v from h_t (Algorithm 2)
+        if self.variant == "ga":
+            # the server's v, Algorithm 2 lines "h_t = 1/n sum h_t^(i); v_t = beta2 v_{t-1} +
+            # (1 - beta2) h_t^2; v_hat_t = max(v_hat_{t-1}, v_t)": h_t is g_t at I_{t-1} and 0
+            # elsewhere, so v decays by beta2 at EVERY coordinate each round (the first
+            # round too, with I_0 empty) and gains (1 - beta2) h^2 at I_{t-1} only
+            v = self.beta2 * s.v
             if s.index.numel():
-                h = (w @ s.h) / count
-                v = s.v.clone()
-                v[s.index] = self.beta2 * s.v[s.index] + (1 - self.beta2) * h * h
-                s = replace(s, v=v, v_hat=torch.maximum(s.v_hat, v))
+                h = (w @ s.h) / count                          # the mean over the arrived workers
+                v[s.index] += (1 - self.beta2) * h * h
+            s = replace(s, v=v, v_hat=torch.maximum(s.v_hat, v))
         table = self.sketch.sketch((w @ s.p) / count)          # the mean of the workers' sketches
         m = min(self.P * self.k, s.p.shape[1])
         cand, _ = self.sketch.heavy_hitters(table, m, scale=self._scale(s))

@@ -143,3 +143,37 @@ def test_sketched_amsgrad_pa_collision_free_is_exact_top_k_of_the_mean():
         e = p.clone()
         e[:, idx] = 0.0
         torch.testing.assert_close(theta, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sketched_amsgrad_ga_second_moment_by_hand_over_two_rounds():
+    """Algorithm 2: v_t = beta2 v_{t-1} + (1 - beta2) h_t^2 with h_t = mean_i g_t^(i) at
+    I_{t-1} and 0 elsewhere.  d = 4, k = 1, two workers, a collision-free sketch.
+    Round 1: I_0 is empty, so v_1 = beta2 eps at every coordinate, v_hat_1 = eps.
+    The top-1 of m / sqrt(v_hat) is coordinate 2 (|mean m| = 0.1 * 3), so I_1 = {2}.
+    Round 2: h_2 = mean g_2 at coordinate 2 = (1 + 3) / 2 = 2:
+    v_2 = beta2^2 eps everywhere, plus (1 - beta2) * 4 at coordinate 2."""
+    import algorithms
+    from algorithms.base import Context
+    from sim.rng import WorkerStreams
+    n, d, b2, eps = 2, 4, 0.5, 1e-8
+    ctx = Context(d=d, n=n, blocks=(), device=torch.device("cpu"))
+    alg = algorithms.ALGORITHMS["sketched_amsgrad_ga"](lr=0.1, rows=1, cols=d, k=1, P=4, beta2=b2,
+                                                       eps=eps).build(ctx)
+    alg.sketch.buckets = torch.arange(d, dtype=torch.int32).view(1, d)          # no collisions
+    ones = torch.ones(n, dtype=torch.bool)
+    theta, state = torch.zeros(d), alg.init(torch.zeros(d))
+    g1 = torch.tensor([[1.0, 0.0, 2.0, 0.0], [-1.0, 1.0, 4.0, 0.0]])
+    g2 = torch.tensor([[5.0, 7.0, 1.0, 9.0], [5.0, 7.0, 3.0, 9.0]])
+    up, state = alg.worker_encode(state, g1, 0, WorkerStreams(0, n))
+    _, state = alg.second_round(state, ones, 0)
+    torch.testing.assert_close(state.v, torch.full((d,), b2 * eps))              # decayed everywhere
+    torch.testing.assert_close(state.v_hat, torch.full((d,), eps))
+    theta, _, state = alg.server_update(state, theta, up, ones, 0)
+    assert state.index.tolist() == [2]
+    up, state = alg.worker_encode(state, g2, 1, WorkerStreams(0, n))
+    torch.testing.assert_close(state.h, torch.tensor([[1.0], [3.0]]))             # g_2 at I_1, k values
+    _, state = alg.second_round(state, ones, 1)
+    expect = torch.full((d,), b2 * b2 * eps)
+    expect[2] += (1 - b2) * 2.0 ** 2
+    torch.testing.assert_close(state.v, expect)
+    torch.testing.assert_close(state.v_hat, torch.maximum(torch.full((d,), eps), expect))
