@@ -183,7 +183,8 @@ class _LazyFields(AlgorithmConfig):
     LASG reference code unless the kind says otherwise."""
 
     D: int = Field(10, ge=1, description="changes of theta in the threshold")
-    xi: list[float] | None = Field(None, description="weights xi_d of the last D changes (default 1/D each)")
+    xi: list[float] | None = Field(None, description="weights xi_d of the last D changes (default 1/D each, "
+                                                     "as the LASG code)")
     max_delay: int = Field(50, ge=1, description="upload at the latest after this many skipped rounds")
     threshold_scaling: Literal["lasg", "sasg"] = Field(
         "lasg", description="lasg: 1/(lr^2 M^2) (LASG paper); sasg: 1/(2 lr M^2) (SASG notebook)")
@@ -251,20 +252,32 @@ class SasgConfig(_LazyFields):
     feedback: a communicating worker sends TopK(lr g + e) and keeps the
     residual; a skipping worker leaves its error untouched and the server
     reuses its stored sparse message.  Defaults follow the SASG notebook:
-    top-k per tensor, sum of messages, threshold 1/(2 lr M^2), strict, every
-    worker communicates in the first D rounds, at most D skips in a row."""
+    top-k per tensor, sum of messages, threshold = (sum of the last D - 1
+    parameter changes, no 1/D) / (2 lr M^2), strict, every worker
+    communicates in the first D rounds, at most D skips in a row."""
 
     kind: Literal["sasg"] = "sasg"
     ratio: float = Field(0.01, gt=0, le=1, description="top-k fraction, per tensor")
+    xi: list[float] | None = Field(
+        None, description="weights xi_d of the last D changes; default (the SASG notebook): 1 for each of "
+                          "the newest D - 1 changes and 0 for the D-th (its D stored iterates have D - 1 "
+                          "changes between them), no 1/D")
     threshold_scaling: Literal["lasg", "sasg"] = "sasg"
     strict: bool = True
     aggregate: Literal["mean", "sum"] = "sum"
     max_delay: int = Field(10, ge=1)
 
+    def notebook_xi(self) -> list[float]:
+        """FullConnect_MNIST.ipynb (xiaogdeng/SASG), the source of sasg.txt Table II:
+        ``para_list`` keeps the newest D iterates, ``thread = sum_i compt(para_list[i],
+        para_list[i + 1]) / (2 lr M^2)``: the plain sum of the D - 1 changes between them."""
+        return [1.0] * (self.D - 1) + [0.0]
+
     def build(self, ctx: Context) -> Lazy:
         comp = TopKConfig(ratio=self.ratio, scope="layer").build(ctx)
         inner = ParameterServer(self.label, comp, Sgd(self.lr_at), True, ctx.n)
-        return self._lazy(ctx, "sasg", inner, warmup_all=True)
+        cfg = self if self.xi is not None else self.model_copy(update={"xi": self.notebook_xi()})
+        return cfg._lazy(ctx, "sasg", inner, warmup_all=True)
 
 
 class _SketchFields(AlgorithmConfig):
@@ -342,6 +355,12 @@ class SketchedAmsGradGaConfig(_SketchedAmsFields):
 
     def build(self, ctx: Context) -> SketchedAmsGrad:
         return self._build(ctx, "ga")
+
+
+# Deep Gradient Compression (Lin et al. 2018): the config and the algorithm live in algorithms/dgc.py.
+from .dgc import DgcConfig  # noqa: E402
+
+ALGORITHMS.add("dgc", DgcConfig)
 
 
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]

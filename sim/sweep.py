@@ -217,9 +217,16 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, list[dict[str, Any]]]
     return spec, base, [dict(zip(keys, c)) for c in combos]
 
 
+# Bumped whenever a default changes what a scenario computes without changing its
+# resolved form (2: SASG's threshold follows the notebook, issue 12): points done
+# before are then re-run instead of being kept with the old math.
+MATH_VERSION = 2
+
+
 def scenario_hash(scn) -> str:
-    """What a point is: the sha256 of its fully resolved scenario."""
-    return hashlib.sha256(json.dumps(scn.dump(), sort_keys=True).encode()).hexdigest()
+    """What a point is: the sha256 of its fully resolved scenario (and MATH_VERSION)."""
+    what = {"scenario": scn.dump(), "math_version": MATH_VERSION}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def run_point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dict:

@@ -29,9 +29,48 @@ def test_threshold_formula_lasg_and_sasg_scalings():
     sasg = algorithms.ALGORITHMS["sasg"](lr=0.1, D=3).build(ctx())
     s = lasg.init(torch.zeros(D))
     s = type(s)(**{**s.__dict__, "history": (4.0, 1.0, 2.0, 3.0)})     # newest last
-    # last D = 3 changes: 3, 2, 1 with xi = 1/3 each
+    # LASG: the last D = 3 changes 3, 2, 1 with xi = 1/3 each, over lr^2 M^2
     assert lasg.threshold(s, 5) == pytest.approx((1 / (0.1 ** 2 * N ** 2)) * (3 + 2 + 1) / 3)
-    assert sasg.threshold(s, 5) == pytest.approx((1 / (2 * 0.1 * N ** 2)) * (3 + 2 + 1) / 3)
+    # SASG (the notebook): the D = 3 stored iterates have 2 changes between them, 3 and 2,
+    # summed with no 1/D, over 2 lr M^2
+    assert sasg.threshold(s, 5) == pytest.approx((1 / (2 * 0.1 * N ** 2)) * (3 + 2))
+
+
+def _toy_threshold_run(kind: str, **kw):
+    """Three workers, d = 2, constant gradients g_m: three rounds of the rule
+    with D = 3, recording the threshold each round sees."""
+    n, d, lr = 3, 2, 0.5
+    c = Context(d=d, n=n, blocks=(Block("w", 0, d, (d,)),), device=torch.device("cpu"))
+    alg = algorithms.ALGORITHMS[kind](lr=lr, D=3, **kw).build(c)
+    g = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    theta, state, seen, thetas = torch.zeros(d), alg.init(torch.zeros(d)), [], [torch.zeros(d)]
+    for t in range(4):
+        seen.append(alg.threshold(state, t))
+        up, state = alg.worker_encode(state, g, t, WorkerStreams(0, n), aux_grad=lambda th: g)
+        theta, _, state = alg.server_update(state, theta, up, torch.ones(n, dtype=torch.bool), t)
+        thetas.append(theta.clone())
+    return seen, thetas, lr, n
+
+
+def test_threshold_by_hand_on_a_three_worker_toy():
+    """Every worker uploads in rounds 0..2 (LASG: threshold 0 then a constant
+    gradient never differs by more than it; SASG: all communicate while k < D).
+    LASG-WK2 (mean, dense): each step is -lr * mean(g) = -0.5 * (2/3, 1), so each
+    change is ||.||^2 = 0.25 * (4/9 + 1) = 13/36; round 3's threshold is
+    (1/3)(3 * 13/36) / (lr^2 M^2) = (13/36) / (0.25 * 9)."""
+    seen, thetas, lr, m = _toy_threshold_run("lasg_wk2")
+    change = 0.25 * (4 / 9 + 1)
+    assert [float((b - a).pow(2).sum()) for a, b in zip(thetas, thetas[1:4])] == pytest.approx([change] * 3)
+    assert seen[:2] == [0.0, pytest.approx(change / 3 / (lr ** 2 * m ** 2))]
+    assert seen[3] == pytest.approx((3 * change / 3) / (lr ** 2 * m ** 2))
+    # SASG (sum of messages, top-k of lr g + e with ratio 1 = exact): each step is
+    # -lr * sum(g) = -0.5 * (2, 3), change 0.25 * 13 = 3.25; round 3 sees the two
+    # changes between the D = 3 newest iterates, summed: 2 * 3.25 / (2 lr M^2)
+    seen, thetas, lr, m = _toy_threshold_run("sasg", ratio=1.0)
+    change = 0.25 * 13
+    assert [float((b - a).pow(2).sum()) for a, b in zip(thetas, thetas[1:4])] == pytest.approx([change] * 3)
+    assert seen[1] == pytest.approx(change / (2 * lr * m ** 2))          # one change so far, weight 1
+    assert seen[3] == pytest.approx(2 * change / (2 * lr * m ** 2))
 
 
 def test_worker_whose_gradient_does_not_change_skips_and_server_reuses_it():
