@@ -37,6 +37,8 @@ ALGORITHM_EXAMPLES = {
     "efficient_adam": {"lr": 0.05, "compressor": {"kind": "topk", "ratio": 0.25}},
     "dist_ef_sgd": {"lr": 0.1, "momentum": 0.5},
     "onebit_adam": {"lr": 0.05, "freeze_step": 20},
+    "dgc": {"lr": 0.5, "density": 0.25, "warmup_rounds": 20},
+    "signsgd_mv": {"lr": 0.01, "momentum": 0.9},
     "lasg_wk2": {"lr": 0.5},
     "lasg_wk1": {"lr": 0.5},
     "lasg_ps": {"lr": 0.5},
