@@ -178,6 +178,27 @@ class OneBitAdamConfig(_AdamFields):
                           self.beta1, self.beta2, self.eps)
 
 
+@ALGORITHMS.register("signsgd_mv")
+class SignSgdMvConfig(AlgorithmConfig):
+    """signSGD / Signum with majority vote (Bernstein et al., ICLR 2019,
+    arXiv:1810.05291, Algorithm 1): workers send sign(v_m) (1 bit per
+    coordinate), the server broadcasts the sign of the sum over the arrived
+    workers (1 bit per coordinate), theta <- theta - lr (vote + lambda theta)
+    (algorithms/majority.py)."""
+
+    kind: Literal["signsgd_mv"] = "signsgd_mv"
+    momentum: float = Field(0.0, ge=0, lt=1, description="Signum's beta: v = (1 - beta) g + beta v "
+                                                          "(0: signSGD; the paper uses 0.9)")
+    weight_decay: float = Field(0.0, ge=0, description="lambda in theta <- theta - lr (vote + lambda theta)")
+    tie: Literal["positive", "zero"] = Field(
+        "positive", description="a tied vote (even number of voters): +1, 1 bit down (positive), or no "
+                                "step on that coordinate, 2 bits down (zero)")
+
+    def build(self, ctx: Context):
+        from .majority import SignumMajority   # imported here: this block is self-contained
+        return SignumMajority(self.label, self.lr_at, ctx.n, ctx.d, self.momentum, self.weight_decay, self.tie)
+
+
 class _LazyFields(AlgorithmConfig):
     """Settings of the skip rules (algorithms/lazy.py); the defaults follow the
     LASG reference code unless the kind says otherwise."""

@@ -25,7 +25,14 @@ block_sign      ceil(d / 8) + 4 M           (M blocks)
 scaled_sign     ceil(d / 8) + 4
 sign            ceil(d / 8)
 qsgd            ceil(d (1 + ceil(log2(s + 1))) / 8) + 4 ceil(d / bucket_size)
+terngrad        ceil(2 d / 8) + 4 L         (L layers; 2-bit ternary symbols)
+fp16, bf16      2 d
+int8            d + 4 L                     (L layers)
 ==============  ==============================================================
+
+``L`` is the number of non-empty layers (the blocks of ``ctx.blocks``; 1 when
+the context has no layout).  ``linear`` is False for every entry but none and
+randomk with shared_seed (fp16 partial sums would round at every hop).
 
 ``ib`` is the index cost per kept entry, the ``index_bits`` setting of every
 index-based compressor: 32 (a uint32 per index, so 8 bytes per kept entry, the
@@ -469,6 +476,163 @@ class Qsgd:
         return torch.where(pos, mag, -mag)
 
 
+def layer_ids(bounds: tuple[tuple[int, int], ...], device=None) -> torch.Tensor:
+    """The layer index of every coordinate, [d] int64, for ``bounds`` tiling [0, d)."""
+    sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.int64, device=device)
+    return torch.repeat_interleave(torch.arange(len(bounds), device=device), sizes)
+
+
+def _layer_absmax(a: torch.Tensor, ids: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """a [n, d] >= 0 -> per-layer max [n, L] (one batched scatter; a max is exact
+    in any order, so this is the same on every device)."""
+    out = torch.zeros(a.shape[0], n_layers, dtype=a.dtype, device=a.device)
+    return out.scatter_reduce_(1, ids.expand(a.shape[0], -1), a, reduce="amax", include_self=True)
+
+
+@dataclass(frozen=True)
+class TernGrad:
+    """TernGrad (Wen et al., NeurIPS 2017, arXiv:1705.07878): stochastic
+    ternarization, Eq. (2)-(4), with the layer-wise scaler of Sec. 3.3
+    ("layer-wise ternarizing") and the optional gradient clipping of the same
+    section:
+
+        s_L = ||g_L||_inf = max_k |g_k| over layer L          (one scaler per layer)
+        g~_k = s_L sign(g_k) b_k,   b_k ~ Bernoulli(|g_k| / s_L)
+
+    so g~_k is in {-s_L, 0, +s_L} and E[g~] = g (unbiased).  ``clip_sigma`` c:
+    before ternarizing, g_k <- clamp(g_k, -c sigma_L, c sigma_L) with sigma_L
+    the (population) standard deviation of layer L's entries (the paper
+    suggests c = 2.5); the result is then unbiased for the clipped gradient,
+    not for g.  A 0 entry has P(b = 1) = 0 and decodes to 0 (the ternary
+    alphabet has a 0, so the sign-bit convention does not apply here).
+
+    Randomness: b_k = [bits_k < p_k 2^32] with bits_k the worker's 32-bit
+    stream ``streams.bits(TAG_COMPRESS, round, (d,))`` and p_k in float64, so
+    P(b_k = 1) = ceil(p_k 2^32) / 2^32: unbiased up to +s_L 2^-32 per entry.
+
+    Wire: 2 bits per coordinate (a ternary symbol in {-1, 0, +1}) packed, and
+    one float32 scaler per layer:  nbytes = ceil(2 d / 8) + 4 L  (L = number of
+    non-empty layers of ctx.blocks; 1 without a layout).  (log2 3 = 1.58 bits
+    would need an arithmetic code; 2 bits is what the paper's implementation
+    sends.)
+    """
+
+    d: int
+    bounds: tuple[tuple[int, int], ...]     # (start, stop) of each layer, tiling [0, d)
+    clip_sigma: float | None = None
+    linear: ClassVar[bool] = False
+
+    @property
+    def nbytes(self) -> int:
+        return (2 * self.d + 7) // 8 + VALUE_BYTES * len(self.bounds)
+
+    def _clip(self, x: torch.Tensor) -> torch.Tensor:
+        # a loop over the layers (a handful), deterministic on every device
+        parts = []
+        for a, b in self.bounds:
+            xb = x[:, a:b]
+            c = self.clip_sigma * xb.std(dim=1, correction=0, keepdim=True)     # [n, 1]
+            parts.append(torch.maximum(torch.minimum(xb, c), -c))
+        return torch.cat(parts, dim=1)
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        streams = _need_streams(streams, "terngrad")
+        n = x.shape[0]
+        g = self._clip(x) if self.clip_sigma is not None else x
+        ids = layer_ids(self.bounds, x.device)                                # [d]
+        a = g.abs()
+        scales = _layer_absmax(a, ids, len(self.bounds))                      # [n, L] s_L
+        s = scales.index_select(1, ids).double()                              # [n, d]
+        p = torch.where(s > 0, a.double() / s.clamp_min(1e-300), torch.zeros((), dtype=torch.float64, device=x.device))
+        bits = streams.bits(TAG_COMPRESS, round, (self.d,)).to(x.device)     # [n, d] in [0, 2^32)
+        b = bits.double() < p * 2.0 ** 32                                      # Bernoulli(p)
+        tern = torch.where(b, torch.where(g >= 0, 1, -1), 0).to(torch.int8)  # [n, d] in {-1, 0, 1}
+        # nbytes = ceil(2 d / 8) + 4 L
+        return Payload({"ternary": tern, "scales": scales}, _full(n, self.nbytes))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        scales = p.tensors["scales"]
+        return p.tensors["ternary"].to(scales.dtype) * scales.index_select(1, layer_ids(self.bounds, scales.device))
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Cast to a 16-bit float and back: ``float16`` (IEEE 754 binary16) or
+    ``bfloat16``.  torch's .half() / .bfloat16() round to nearest, ties to even;
+    float16 overflows to +-inf beyond 65504 and flushes below its subnormal
+    range, as a real cast does.  Decoded values are float32:
+    decoded = x.half().float() (or x.bfloat16().float()) exactly.
+
+    Wire: d 16-bit values, nbytes = 2 d.
+
+    Not linear: summing fp16 payloads in fp16 along a ring rounds every partial
+    sum, which is not the fp16 cast of the float32 sum (and the simulator would
+    not model that rounding), so the ring gathers instead of reducing.
+    """
+
+    d: int
+    dtype: torch.dtype = torch.float16
+    linear: ClassVar[bool] = False
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        # nbytes = 2 d (16 bits per value)
+        return Payload({"values": x.to(self.dtype)}, _full(x.shape[0], 2 * self.d))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        return p.tensors["values"].to(torch.float32)
+
+
+@dataclass(frozen=True)
+class Int8:
+    """Linear symmetric 8-bit quantization with one float32 scale per layer:
+
+        scale_L = max_k |x_k| / 127 over layer L,   q_k = R(x_k / scale_L) in [-127, 127],
+        decoded_k = q_k scale_L (float32)
+
+    R is round to nearest, ties to even (torch.round), so |decoded - x| <=
+    scale_L / 2 per coordinate (up to float32 rounding of x / scale_L); or,
+    with ``stochastic``, R(v) = floor(v + u), u ~ U[0, 1) from the worker's
+    stream (``streams.uniform(TAG_COMPRESS, round, (d,))``), unbiased up to the
+    2^-24 grid of the uniforms, |error| < scale_L.  A layer of zeros has
+    scale 0 and decodes to 0.  -128 is never used (symmetric range).
+
+    Wire: one int8 per coordinate and one float32 scale per layer:
+    nbytes = d + 4 L  (L = number of non-empty layers of ctx.blocks).
+
+    Not linear: each worker has its own scales, so int8 payloads cannot be
+    added in compressed form.
+    """
+
+    d: int
+    bounds: tuple[tuple[int, int], ...]     # (start, stop) of each layer, tiling [0, d)
+    stochastic: bool = False
+    linear: ClassVar[bool] = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.d + VALUE_BYTES * len(self.bounds)
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        n = x.shape[0]
+        ids = layer_ids(self.bounds, x.device)                                # [d]
+        scales = _layer_absmax(x.abs(), ids, len(self.bounds)) / 127.0       # [n, L]
+        s = scales.index_select(1, ids)                                      # [n, d]
+        v = torch.where(s > 0, x / s.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros((), dtype=x.dtype, device=x.device))
+        if self.stochastic:
+            streams = _need_streams(streams, "int8 (stochastic)")
+            u = streams.uniform(TAG_COMPRESS, round, (self.d,)).to(device=x.device, dtype=v.dtype)
+            q = torch.floor(v + u)
+        else:
+            q = torch.round(v)                                               # half to even
+        q = q.clamp_(-127, 127).to(torch.int8)
+        # nbytes = d + 4 L (an int8 per coordinate, a float32 scale per layer)
+        return Payload({"q": q, "scales": scales}, _full(n, self.nbytes))
+
+    def decompress(self, p: Payload) -> torch.Tensor:
+        scales = p.tensors["scales"]
+        return p.tensors["q"].to(scales.dtype) * scales.index_select(1, layer_ids(self.bounds, scales.device))
+
+
 # --- configs -----------------------------------------------------------------------
 
 class _Config(BaseModel):
@@ -615,6 +779,51 @@ class QsgdConfig(_Config):
 
     def build(self, ctx: Context) -> Compressor:
         return Qsgd(ctx.d, self.s, min(self.bucket_size, ctx.d))
+
+
+@COMPRESSORS.register("terngrad")
+class TernGradConfig(_Config):
+    """TernGrad (Wen et al. 2017): stochastic ternary {-s, 0, s}, s = max|g| per layer; unbiased."""
+
+    kind: Literal["terngrad"] = "terngrad"
+    clip_sigma: float | None = Field(
+        None, gt=0, description="clip each layer to +-c sigma (its std) before ternarizing (paper: 2.5); "
+                                "default off")
+
+    def build(self, ctx: Context) -> Compressor:
+        return TernGrad(ctx.d, layer_bounds(ctx), self.clip_sigma)
+
+
+@COMPRESSORS.register("fp16")
+class Fp16Config(_Config):
+    """Cast to IEEE half precision (round to nearest even), 2 d bytes."""
+
+    kind: Literal["fp16"] = "fp16"
+
+    def build(self, ctx: Context) -> Compressor:
+        return Cast(ctx.d, torch.float16)
+
+
+@COMPRESSORS.register("bf16")
+class Bf16Config(_Config):
+    """Cast to bfloat16 (round to nearest even), 2 d bytes."""
+
+    kind: Literal["bf16"] = "bf16"
+
+    def build(self, ctx: Context) -> Compressor:
+        return Cast(ctx.d, torch.bfloat16)
+
+
+@COMPRESSORS.register("int8")
+class Int8Config(_Config):
+    """Linear 8-bit quantization, scale = max|x| / 127 per layer, d + 4 L bytes."""
+
+    kind: Literal["int8"] = "int8"
+    stochastic: bool = Field(False, description="stochastic rounding from the workers' streams "
+                                                "(unbiased) instead of round to nearest even")
+
+    def build(self, ctx: Context) -> Compressor:
+        return Int8(ctx.d, layer_bounds(ctx), self.stochastic)
 
 
 CompressorConfig = Annotated[Union[tuple(c for _, c in COMPRESSORS.items())], Field(discriminator="kind")]

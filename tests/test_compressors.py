@@ -57,9 +57,13 @@ COMPRESSOR_EXAMPLES = {
     "scaled_sign": {},
     "sign": {},
     "qsgd": {"s": 4, "bucket_size": 32},
+    "terngrad": {},
+    "fp16": {},
+    "bf16": {},
+    "int8": {},
 }
 
-RANDOM = {"randomk", "mvss", "qsgd"}   # draw from the workers' streams
+RANDOM = {"randomk", "mvss", "qsgd", "terngrad"}   # draw from the workers' streams
 TAU = COMPRESSOR_EXAMPLES["threshold"]["tau"]
 
 # Expected wire bytes per worker for the examples above (the formulas next to the code):
@@ -74,6 +78,10 @@ EXPECTED_BYTES = {
     "scaled_sign": math.ceil(D / 8) + 4,
     "sign": math.ceil(D / 8),
     "qsgd": math.ceil(D * (1 + math.ceil(math.log2(4 + 1))) / 8) + 4 * math.ceil(D / 32),
+    "terngrad": math.ceil(2 * D / 8) + 4 * 2,                         # 2 bits each, a scaler per layer
+    "fp16": 2 * D,
+    "bf16": 2 * D,
+    "int8": D + 4 * 2,                                                # an int8 each, a scale per layer
 }
 
 
@@ -134,6 +142,8 @@ def test_config_is_in_the_union_and_strict(kind):
     ("mvss", {"rho": 0}), ("mvss", {"rho": 1.1}),
     ("block_sign", {"block_size": 0}),
     ("qsgd", {"s": 0}), ("qsgd", {"s": 4, "bucket_size": 0}), ("qsgd", {}),
+    ("terngrad", {"clip_sigma": 0}), ("terngrad", {"clip_sigma": -1.0}),
+    ("int8", {"stochastic": "sometimes"}), ("fp16", {"dtype": "bf16"}),
 ])
 def test_config_validation(kind, bad):
     with pytest.raises(ValidationError):
@@ -346,7 +356,8 @@ def _mean_and_se(comp, inp):
     return mean, se, nnz / ROUNDS
 
 
-@pytest.mark.parametrize("kind,over", [("randomk", {}), ("qsgd", {}), ("mvss", {})])
+@pytest.mark.parametrize("kind,over", [("randomk", {}), ("qsgd", {}), ("mvss", {}), ("terngrad", {}),
+                                       ("int8", {"stochastic": True})])
 def test_unbiased_compressors_average_to_x(kind, over):
     comp = build(kind, **over)
     inp = x()
@@ -394,3 +405,114 @@ def test_comp_ams_runs_with_every_compressor(kind, error_feedback):
         up, state = alg.worker_encode(state, x(t) + theta, t, streams)
         theta, _, state = alg.server_update(state, theta, up, torch.ones(N, dtype=torch.bool), t)
     assert bool(torch.isfinite(theta).all()) and bool((theta != 0).any())
+
+
+# --- TernGrad, 16-bit casts, int8 ------------------------------------------------
+
+def _layer_of(c):
+    """Per coordinate, the (start, stop) of its layer in ctx c."""
+    return [(b.start, b.stop) for b in c.blocks if b.stop > b.start]
+
+
+def test_terngrad_values_are_ternary_with_the_per_layer_max_as_scaler():
+    c = ctx()
+    inp = x()
+    inp[1, 5] = 0.0
+    comp = build("terngrad", c)
+    p = comp.compress(inp, streams=WorkerStreams(0, N), round=0)
+    out = comp.decompress(p)
+    assert p.tensors["ternary"].dtype == torch.int8
+    for j, (a, b) in enumerate(_layer_of(c)):
+        s = inp[:, a:b].abs().amax(1)                                      # s = max |g| per layer
+        assert torch.equal(p.tensors["scales"][:, j], s)
+        ob, xb = out[:, a:b], inp[:, a:b]
+        assert bool(((ob == 0) | (ob == s[:, None]) | (ob == -s[:, None])).all())   # {-s, 0, s}
+        assert bool(((ob == 0) | ((ob > 0) == (xb > 0))).all())           # sign kept where nonzero
+        amax = xb.abs().argmax(1)                                          # |g| = s: kept with probability 1
+        assert torch.equal(ob.gather(1, amax[:, None]), xb.gather(1, amax[:, None]))
+    assert float(out[1, 5]) == 0.0                                         # P(b = 1) = 0 for a 0 entry
+    assert p.nbytes.tolist() == [math.ceil(2 * D / 8) + 4 * len(c.blocks)] * N
+
+
+def test_terngrad_bytes_follow_ceil_2d_over_8_plus_4_per_layer():
+    sizes = [50, 30, 17, 3, 3]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    blocks = tuple(Block(f"l{i}", a, a + s, (s,)) for i, (a, s) in enumerate(zip(starts, sizes)))
+    for d, c in [(D, ctx(blocks=blocks)), (D, ctx(blocks=())), (5, ctx(d=5, blocks=()))]:
+        comp = algorithms.COMPRESSORS["terngrad"]().build(c)
+        L = max(1, len(c.blocks))
+        p = comp.compress(x(d=d), streams=WorkerStreams(0, N), round=0)
+        assert p.nbytes.tolist() == [math.ceil(2 * d / 8) + 4 * L] * N          # 103 -> 26 + 4 L; 5 -> 2 + 4
+
+
+def test_terngrad_clipping_clamps_each_layer_to_c_sigma():
+    c = ctx()
+    inp = x()
+    inp[0, 0] = 50.0                                                        # an outlier
+    comp = build("terngrad", c, clip_sigma=2.5)
+    p = comp.compress(inp, streams=WorkerStreams(0, N), round=0)
+    for j, (a, b) in enumerate(_layer_of(c)):
+        xb = inp[:, a:b]
+        cs = 2.5 * xb.std(1, correction=0)
+        clipped = torch.maximum(torch.minimum(xb, cs[:, None]), -cs[:, None])
+        torch.testing.assert_close(p.tensors["scales"][:, j], clipped.abs().amax(1), rtol=0, atol=0)
+    assert float(p.tensors["scales"][0, 0]) < 50.0
+
+
+def test_terngrad_same_stream_same_draw_and_no_global_rng():
+    comp = build("terngrad")
+    inp = x()
+    before = torch.random.get_rng_state()
+    a = comp.decompress(comp.compress(inp, streams=WorkerStreams(5, N), round=9))
+    b = comp.decompress(comp.compress(inp, streams=WorkerStreams(5, N), round=9))
+    assert torch.equal(a, b) and torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("kind,cast", [("fp16", lambda t: t.half().float()), ("bf16", lambda t: t.bfloat16().float())])
+def test_16bit_casts_decode_to_the_torch_cast_exactly(kind, cast):
+    inp = x() * torch.logspace(-6, 4, D)                                   # a wide range of magnitudes
+    inp[0, :3] = torch.tensor([1e5, -7e4, 1 + 2 ** -11])                   # fp16 overflow; a tie (to even: 1.0)
+    comp = build(kind)
+    p = comp.compress(inp)
+    out = comp.decompress(p)
+    assert out.dtype == torch.float32 and torch.equal(out, cast(inp))
+    assert p.nbytes.tolist() == [2 * D] * N
+    if kind == "fp16":
+        assert out[0, 0].item() == float("inf") and out[0, 1].item() == float("-inf")
+        assert out[0, 2].item() == 1.0                                     # round to nearest even
+    assert not comp.linear
+
+
+def test_int8_round_to_nearest_error_is_at_most_half_a_step():
+    c = ctx()
+    inp = x()
+    inp[2, :4] = 0.0
+    inp[3, c.blocks[1].start:] = 0.0                                        # a layer of zeros: scale 0
+    comp = build("int8", c)
+    p = comp.compress(inp)
+    out = comp.decompress(p)
+    q = p.tensors["q"]
+    assert q.dtype == torch.int8 and int(q.min()) >= -127 and int(q.max()) <= 127
+    for j, (a, b) in enumerate(_layer_of(c)):
+        scale = inp[:, a:b].abs().amax(1) / 127                             # max |x| / 127 per layer
+        torch.testing.assert_close(p.tensors["scales"][:, j], scale, rtol=0, atol=0)
+        err = (out[:, a:b] - inp[:, a:b]).abs()
+        assert bool((err <= scale[:, None] / 2 * (1 + 1e-5) + 1e-12).all())
+        torch.testing.assert_close(out[:, a:b], q[:, a:b].float() * scale[:, None], rtol=0, atol=0)
+    assert torch.equal(out[3, c.blocks[1].start:], torch.zeros(3))
+    assert bool((out[2, :4] == 0).all())
+    assert p.nbytes.tolist() == [D + 4 * 2] * N
+    assert torch.equal(comp.decompress(comp.compress(inp)), out)            # deterministic, no streams needed
+
+
+def test_int8_stochastic_rounding_is_floor_or_ceil_and_needs_streams():
+    comp = build("int8", stochastic=True)
+    inp = x()
+    p = comp.compress(inp, streams=WorkerStreams(0, N), round=0)
+    s = p.tensors["scales"]
+    v = inp / torch.repeat_interleave(s, torch.tensor([D - 3, 3]), dim=1)
+    d = p.tensors["q"].float() - v
+    assert bool(((d > -1 - 1e-4) & (d < 1 + 1e-4)).all())
+    assert p.nbytes.tolist() == [D + 8] * N
+    with pytest.raises(ValueError, match="streams"):
+        comp.compress(inp)
