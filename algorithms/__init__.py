@@ -384,6 +384,12 @@ from .dgc import DgcConfig  # noqa: E402
 ALGORITHMS.add("dgc", DgcConfig)
 
 
+# PowerSGD (Vogels et al. 2019): the config and the algorithm live in algorithms/powersgd.py.
+from .powersgd import PowerSgdConfig  # noqa: E402
+
+ALGORITHMS.add("powersgd", PowerSgdConfig)
+
+
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]
 
 __all__ = ["ALGORITHMS", "COMPRESSORS", "AlgorithmEntry", "AlgorithmConfig", "Context"]

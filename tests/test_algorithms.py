@@ -48,6 +48,7 @@ ALGORITHM_EXAMPLES = {
     "fetchsgd": {"lr": 0.5, "rows": 3, "cols": 80, "k": 25, "momentum": 0.5},
     "sketched_amsgrad_pa": {"lr": 0.05, "rows": 3, "cols": 80, "k": 25, "P": 2},
     "sketched_amsgrad_ga": {"lr": 0.05, "rows": 3, "cols": 80, "k": 25, "P": 2},
+    "powersgd": {"lr": 0.5, "rank": 2, "momentum": 0.5},
 }
 
 
@@ -269,7 +270,8 @@ def test_every_algorithm_runs_a_short_scenario(kind, tiny_world):
     assert [r["round"] for r in res.rows] == [0, 3, 6]
     last = res.rows[-1]
     skipped = round(res.skipped_fraction * 6 * tiny_world.n)
-    per_round = 2 if kind.startswith("sketched") else 1   # sketches, then exact values (second round)
+    per_round = 2 if kind.startswith("sketched") or kind == "powersgd" else 1   # sketches / P, then exact
+    # values / Q (second round)
     assert last["uploads"] == per_round * 6 * tiny_world.n - skipped
     assert last["bytes_up"] > 0 and last["bytes_down"] > 0
     assert math.isfinite(last["train_loss"])
