@@ -72,14 +72,8 @@ def default_out(parent: Path) -> Path:
 def check_out(out: Path, overwrite: bool, file: str) -> None:
     """Bad --out values, refused before anything is written: a file, a path
     below a file, or a folder holding results (without --overwrite)."""
-    from sim.errors import ConfigError
-    for p in [out, *out.parents]:
-        if p.exists() and not p.is_dir():
-            what = "is a file" if p == out else f"is below {p}, which is a file"
-            raise ConfigError(f"--out {out} {what}; allowed: a folder (new or empty, or with --overwrite "
-                              "one holding results)", field="--out", file=file)
-        if p.exists():
-            break
+    from sim.errors import ConfigError, refuse_file_out
+    refuse_file_out(out, file)
     if not overwrite and out.is_dir() and any((out / f).exists() for f in RESULT_FILES):
         raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
                           field="--out", file=file)
@@ -197,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from sim.alloc import reuse_freed_memory
     reuse_freed_memory()  # large [n, d] tensors reused, not re-faulted (sim/alloc.py)
-    from sim.errors import ConfigError, OutputError
+    from sim.errors import ConfigError, OutputError, os_reason
     from sim.signals import sigterm_interrupts
     try:
         with sigterm_interrupts():       # `kill PID` stops like Ctrl-C: what was written is kept
@@ -211,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.filename is None:
             raise
-        print(f"error: {OutputError(exc.filename, exc)}", file=sys.stderr)
+        print(f"error: {exc.filename}: {os_reason(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -340,16 +340,13 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
         while True:
             t = c.round
             active = proto.begin(t)                                      # [n] who takes part
-            if not any(active):                  # every worker is down: wait for the first to rejoin
-                wake = proto.next_up(env.now) if hasattr(proto, "next_up") else math.inf
-                if math.isinf(wake):
-                    result.stalled = (f"at simulated time {env.now:.6g} s, round {t + 1}: every worker is down "
-                                      "and none rejoins (failures)")
-                    record()
-                    return
-                yield env.timeout(wake - env.now)
-                proto.round_start = env.now      # the round (and its round_timeout) starts now
-                continue
+            if not any(active):       # every worker is down (parameter server only: a ring has no failures)
+                if (yield from proto.wait_for_rejoin()):
+                    continue
+                result.stalled = (f"at simulated time {env.now:.6g} s, round {t + 1}: every worker is down "
+                                  "and none rejoins (failures)")
+                record()
+                return
             plan = source.plan(t, active)                                # the math of round t, batched
             if plan is None:                                             # diverged (docs/model.md)
                 result.diverged = True
@@ -428,13 +425,13 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
     return result
 
 
-def _lone_transfer_s(net: Network, src: str, dst: str, nbytes: int) -> tuple[float, float, float]:
-    """(seconds, path latency, bottleneck bit/s) for one message alone on its
-    path: latency + 8 * bytes / bottleneck (sim/network.py's closed form)."""
+def _lone_transfer_s(net: Network, src: str, dst: str, nbytes: int) -> tuple[float, float]:
+    """(seconds, path latency) for one message alone on its path:
+    latency + 8 * bytes / bottleneck (sim/network.py's closed form)."""
     path = net.route(src, dst)
     lat = sum(link.latency_s for link in path)
     bw = min(link.bandwidth_bps for link in path)
-    return lat + (8 * nbytes / bw if bw > 0 else math.inf), lat, bw
+    return lat + (8 * nbytes / bw if bw > 0 else math.inf), lat
 
 
 def _seconds(v: float) -> str:

@@ -31,15 +31,33 @@ class DataError(ConfigError):
     """A data set that cannot be read (missing files, wrong format)."""
 
 
+def os_reason(exc: OSError) -> str:
+    """An OSError as people read it: "No space left on device (errno 28 ENOSPC)"."""
+    import errno as _errno
+    name = _errno.errorcode.get(exc.errno or 0, "")
+    return f"{exc.strerror or exc} (errno {exc.errno}{' ' + name if name else ''})"
+
+
+def refuse_file_out(out, file: str) -> None:
+    """--out must be a folder: refuse a path that is a file or lies below one
+    (before anything is written; run, replay and sweep)."""
+    from pathlib import Path
+    out = Path(out)
+    for p in [out, *out.parents]:
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"is below {p}, which is a file"
+                raise ConfigError(f"--out {out} {what}; allowed: a folder", field="--out", file=file)
+            return
+
+
 class OutputError(Exception):
     """Results could not be written (a read-only folder, a full disk): the CLI
     prints one line naming the path and the errno and exits 1.  What was
     written before stays whole (sim/results.py writes whole lines)."""
 
     def __init__(self, path, exc: OSError) -> None:
-        import errno as _errno
         self.path = str(path)
         self.errno = exc.errno
-        name = _errno.errorcode.get(exc.errno or 0, "")
-        self.reason = f"{exc.strerror or exc} (errno {exc.errno}{' ' + name if name else ''})"
+        self.reason = os_reason(exc)
         super().__init__(f"cannot write {self.path}: {self.reason}")

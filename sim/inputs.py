@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, os_reason
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
@@ -34,7 +34,7 @@ def pin(path: str, base: Path, recorded_sha256: str | None, field: str, what: st
     try:
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
     except OSError as exc:
-        raise ConfigError(f"{str(p)!r} cannot be read: {exc.strerror} (errno {exc.errno})", field=field) from None
+        raise ConfigError(f"{str(p)!r} cannot be read: {os_reason(exc)}", field=field) from None
     if recorded_sha256 is not None and recorded_sha256 != digest:
         raise ConfigError(f"{p} changed since this scenario was recorded (sha256 {recorded_sha256[:12]}... then, "
                           f"{digest[:12]}... now): the results were made with other bytes; restore the file, or "

@@ -122,9 +122,16 @@ class ParameterServer:
         self.round_start = 0.0
         self.bytes_down = 0
 
-    def next_up(self, now: float) -> float:
-        """When the first worker is up again (inf: never); for a round with none up."""
-        return self.failures.next_up(self.n, now)
+    def wait_for_rejoin(self):
+        """SimPy generator for a round in which no worker is up: waits until the
+        first one is up again, and the round (with its round_timeout) starts
+        then; returns False at once if none ever is."""
+        wake = self.failures.next_up(self.n, self.env.now)
+        if math.isinf(wake):
+            return False
+        yield self.env.timeout(wake - self.env.now)
+        self.round_start = self.env.now
+        return True
 
     def begin(self, t: int) -> list[bool]:
         """Who takes part in round t: the workers up now.  A worker that was down

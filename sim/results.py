@@ -98,12 +98,19 @@ class CsvAppender:
         self.path = Path(path)
         self.columns = columns
         self._fh = LineFile(self.path)
-        self._fh.write(csv_line(columns))
+        self._line = io.StringIO()              # one row formatted here, then written whole
+        self._w = csv.writer(self._line, lineterminator="\n")
+        self._put(columns)
+
+    def _put(self, values: list) -> None:
+        self._line.seek(0)
+        self._line.truncate()
+        self._w.writerow([_fmt(v) for v in values])
+        self._fh.write(self._line.getvalue())
         self._fh.flush()
 
     def append(self, row: dict) -> None:
-        self._fh.write(csv_line([row.get(c, "") for c in self.columns]))
-        self._fh.flush()
+        self._put([row.get(c, "") for c in self.columns])
 
     def close(self) -> None:
         self._fh.close()

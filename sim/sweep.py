@@ -84,7 +84,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .config import NAME_PATTERN
-from .errors import ConfigError
+from .errors import ConfigError, refuse_file_out
 from .signals import sigterm_interrupts
 from .results import SUMMARY_COLUMNS
 
@@ -549,11 +549,7 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
             raise ConfigError(RAY_MISSING, field="--backend", file=path) from None
     read_yaml(base)                     # the base file is readable YAML (else every point would fail)
     out_dir = Path(out) if out else Path("results") / spec.name
-    for p in [out_dir, *out_dir.parents]:
-        if p.exists():
-            if not p.is_dir():
-                raise ConfigError(f"--out {out_dir}: {p} is a file; allowed: a folder", field="--out", file=path)
-            break
+    refuse_file_out(out_dir, path)
     fixed = [_override(k, v) for k, v in spec.set.items()]
     overrides = {i: [*fixed, *[_override(k, v) for k, v in values.items()]] for i, values in enumerate(points)}
 

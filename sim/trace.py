@@ -34,6 +34,8 @@ import math
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import os_reason
+
 TRACE_FILE = "trace.jsonl"
 TRACE_VERSION = 1
 
@@ -271,7 +273,7 @@ def read_trace(path: str | Path) -> dict[tuple[str, int], tuple[dict, list[dict]
     try:
         raw_lines = path.read_bytes().split(b"\n")
     except OSError as exc:
-        raise TraceError(f"{path}: cannot be read: {exc.strerror} (errno {exc.errno})") from None
+        raise TraceError(f"{path}: cannot be read: {os_reason(exc)}") from None
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     for lineno, raw in enumerate(raw_lines, start=1):

@@ -19,14 +19,13 @@ so both give the same data.
 """
 from __future__ import annotations
 
-import errno as _errno
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, os_reason
 
 MAX_YAML_BYTES = 16 * 1024 ** 2   # a scenario or sweep file larger than this is not one a person wrote
 
@@ -76,11 +75,6 @@ def loads(text: str, file: str) -> Any:
         raise ConfigError(f"{where}: {problem}" if where else problem, file=file) from None
 
 
-def _os_problem(exc: OSError) -> str:
-    name = _errno.errorcode.get(exc.errno or 0, "")
-    return f"{exc.strerror or exc} (errno {exc.errno}{' ' + name if name else ''})"
-
-
 def read_text(path: str | Path, what: str = "YAML file", limit: int = MAX_YAML_BYTES) -> str:
     """The UTF-8 text of a file people give on the command line; any fault is a
     ConfigError naming the file and what is allowed."""
@@ -98,7 +92,7 @@ def read_text(path: str | Path, what: str = "YAML file", limit: int = MAX_YAML_B
             raise ConfigError(f"is {size:,} bytes; a {what} is at most {limit:,} bytes", file=file)
         raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot be read: {_os_problem(exc)}", file=file) from None
+        raise ConfigError(f"cannot be read: {os_reason(exc)}", file=file) from None
     return decode(raw, file, what)
 
 
