@@ -48,9 +48,11 @@ Wire sizes (float32, 4 bytes; D = the sum of the 1-D block sizes):
     broadcast      4 (sum_b m_b r_b + D)        Q_bar + the averaged dense vectors
                                                 (the workers hold P_hat already)
 
-Ring topology: not implemented (the ring all-reduce of P, then of Q, would be
-two all-reduce phases per round); sim/engine.py ``simulate`` refuses any
-algorithm with a second round on a ring with a ConfigError.
+Ring topology: the paper's two all-reduce phases (Algorithm 1, "ALL-REDUCE"
+of P, then of Q): the round's upload is the all-reduce of P and the dense
+vectors, the second round (sim/protocols.py Ring.exchange) the all-reduce of
+Q; every worker orthogonalises the reduced P itself, so the request (P_hat)
+is not sent and nothing is broadcast.  The math is the same as on a server.
 """
 from __future__ import annotations
 
@@ -141,7 +143,7 @@ class PowerSgd:
     nesterov: bool
     seed: int
     error_feedback: bool
-    summable: bool = True        # P and Q are summed by an all-reduce in the paper (the ring is refused anyway)
+    summable: bool = True        # P and Q are summed by an all-reduce (ring: two phases)
 
     # --- wire sizes (bytes per worker), see the module docstring ------------------
     @property
@@ -242,7 +244,7 @@ class PowerSgdConfig(AlgorithmConfig):
     """PowerSGD (Vogels et al. 2019, arXiv:1905.13727): rank-r power-iteration
     compression of every matrix layer with warm start and error feedback; two
     rounds of messages (P up, P_hat down, Q up, Q_bar down) on a parameter
-    server (algorithms/powersgd.py).  Not on a ring."""
+    server, two all-reduce phases (P, then Q) on a ring (algorithms/powersgd.py)."""
 
     kind: Literal["powersgd"] = "powersgd"
     rank: int = Field(2, ge=1, description="rank r of the approximation (per layer min(r, rows, cols))")

@@ -319,8 +319,8 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
         worker i:  wait for round t's broadcast -> compute (step_s[i]) -> upload
         server:    wait for every upload -> aggregate and update -> broadcast
     """
-    if isinstance(proto, Ring) and source.has_second_round:
-        raise ConfigError(f"{label}: a second round of messages needs a parameter server; "
+    if isinstance(proto, Ring) and source.has_second_round and not source.summable:
+        raise ConfigError(f"{label}: a second round of messages on a ring needs messages that can be summed; "
                           "allowed topologies: star, hierarchical, graph", field="network.topology")
     result = RunResult(label, seed, model_params=d)
     c = Counters()

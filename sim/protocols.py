@@ -320,25 +320,15 @@ class Ring:
             # all-gather: step s, worker i forwards the message that originated at (i - s) mod n
             steps = n - 1
             size = lambda i, s: sizes[(i - s) % n][0]  # noqa: E731
-        got = [[self.env.event() for _ in range(steps)] for _ in range(n)]  # got[i][s]: i received step s
         out = {"ready": {}, "done": {}, "bytes": 0, "msgs": 0}
+        got = self._steps_events(steps)
 
         def worker(i):
             # Worker i had the previous result at ready_at[i] (<= now) and computes
             # from then on; it cannot send before now, when the engine starts the round.
             out["ready"][i] = self.ready_at[i]
             yield self.env.timeout(max(self.ready_at[i] + step_s[i] - self.env.now, 0.0))
-            nxt = (i + 1) % n
-            for s in range(steps):
-                if s > 0:
-                    yield got[i][s - 1]
-                msg = Message(self.workers[i], self.workers[nxt], "grad", t, size(i, s), self.header)
-                out["bytes"] += msg.nbytes
-                out["msgs"] += 1
-                ev = self.net.send(msg)
-                ev.callbacks.append(lambda _e, nxt=nxt, s=s: got[nxt][s].succeed())
-            if steps:
-                yield got[i][steps - 1]
+            yield from self._pass_on(i, t, steps, size, got, out)
             out["done"][i] = self.env.now
 
         procs = [self.env.process(worker(i)) for i in range(n)]
@@ -354,6 +344,58 @@ class Ring:
         # every worker starts the next round as soon as it has the reduced result
         self.ready_at = [out["done"][i] for i in range(n)]
         return timing
+
+    def _steps_events(self, steps: int) -> list[list[simpy.Event]]:
+        """got[i][s]: worker i received its step-s message."""
+        return [[self.env.event() for _ in range(steps)] for _ in range(self.n)]
+
+    def _pass_on(self, i: int, t: int, steps: int, size, got, out: dict):
+        """Worker i's part of a ring pass: at step s it sends ``size(i, s)``
+        bytes to i + 1, once it has received step s - 1 from i - 1."""
+        nxt = (i + 1) % self.n
+        for s in range(steps):
+            if s > 0:
+                yield got[i][s - 1]
+            msg = Message(self.workers[i], self.workers[nxt], "grad", t, size(i, s), self.header)
+            out["bytes"] += msg.nbytes
+            out["msgs"] += 1
+            ev = self.net.send(msg)
+            ev.callbacks.append(lambda _e, nxt=nxt, s=s: got[nxt][s].succeed())
+        if steps:
+            yield got[i][steps - 1]
+
+    def exchange(self, t: int, request_bytes: int, reply_bytes: int, who: list[bool]):
+        """SimPy generator: a second all-reduce phase in the same round (PowerSGD's
+        Q after P, the sketched methods' exact values at the candidates after the
+        sketches).  On a ring nobody asks: every worker derives the request
+        (P_hat, the candidates) itself from the first phase's reduced result, so
+        ``request_bytes`` is not sent, and ``reply_bytes`` per worker go through
+        a reduce-scatter + all-gather in n chunks (cut at 4-byte values; closed
+        form 2 (n - 1) (latency + 8 (reply_bytes / n + header) / bandwidth) on
+        equal links).  It starts when the first phase has finished on every
+        worker (a barrier between the phases; on equal links the workers finish
+        the first phase together anyway).  Every worker takes part (a ring has
+        no failures or timeouts).  Returns {"bytes_up", "messages_up"} once every
+        worker has the reduced result."""
+        n = self.n
+        if not self.summable:
+            raise ValueError("a second ring phase needs summable messages")
+        words, rest = divmod(int(reply_bytes), 4)          # chunks cut at float32 boundaries
+        chunks = [4 * (b - a) for a, b in slice_bounds(words, n)]
+        chunks[-1] += rest
+        steps = 2 * (n - 1)
+        size = lambda i, s: chunks[(i - s) % n]  # noqa: E731
+        got = self._steps_events(steps)
+        out = {"bytes": 0, "msgs": 0}
+        done = [0.0] * n
+
+        def worker(i):
+            yield from self._pass_on(i, t, steps, size, got, out)
+            done[i] = self.env.now
+
+        yield self.env.all_of([self.env.process(worker(i)) for i in range(n)])
+        self.ready_at = done
+        return {"bytes_up": out["bytes"], "messages_up": out["msgs"]}
 
     def finish(self, t: int, down_sizes) -> None:
         # Each worker applied the update itself when its all-gather finished.

@@ -53,6 +53,29 @@ def test_ring_allreduce_closed_form(n, sharing):
         pytest.approx(ph["end_s"] - ph["start_s"])
 
 
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_ring_second_phase_closed_form(n):
+    """exchange(): a second all-reduce of S bytes per worker, started when the
+    first phase is done everywhere: 2 (n - 1) (a + 8 (S / n + header) / B) more."""
+    d, bw, lat, hdr, S = 1000 * n, 1e9, 0.002, 40, 4 * 600 * n
+    env = simpy.Environment()
+    proto = Ring(env, Network(env, ring_graph(n, bw, lat)), n, d, header=hdr, summable=True)
+    box = {}
+
+    def go():
+        yield from proto.round(0, proto.sizes(dense_payload(n, d)), proto.begin(0), [0.0] * n, None)
+        box["t1"] = env.now
+        box["ex"] = yield from proto.exchange(0, 12345, S, [True] * n)
+        box["t2"] = env.now
+    env.process(go())
+    env.run()
+    assert box["t1"] == pytest.approx(2 * (n - 1) * (lat + 8 * (4 * d / n + hdr) / bw), rel=1e-12)
+    assert box["t2"] - box["t1"] == pytest.approx(2 * (n - 1) * (lat + 8 * (S / n + hdr) / bw), rel=1e-12)
+    assert box["ex"] == {"bytes_up": 2 * (n - 1) * (S + n * hdr), "messages_up": 2 * (n - 1) * n}
+    assert proto.ready_at == [box["t2"]] * n        # the next round's compute starts from the second phase
+    assert proto.bytes_down == 0                    # the request is never sent on a ring
+
+
 def test_ring_allgather_for_messages_that_cannot_be_summed():
     n, d, bw, lat = 4, 1000, 8000.0, 0.0
     env = simpy.Environment()
