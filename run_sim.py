@@ -23,7 +23,7 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv")
+RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")
 EXIT_INTERRUPTED = 130
 
 

@@ -11,6 +11,18 @@ and broadcasts those k values and indices (8 k bytes).  u and v are zeroed
 at the updated coordinates on every worker.  P = 0 skips the second round and
 uses the sketch's estimates.  The update is the mean over arrived workers.
 
+Diagnostics (diagnostics.csv, one row per round and quantity):
+``sketch_recall`` = |top-k of the sketch's estimates  ∩  true top-k| / k and
+``update_recall`` = |the k coordinates updated  ∩  true top-k| / k, where the
+true top-k is that of the exact vector the sketch stands for (Sketched-SGD:
+the sum of the arrived v_i; PA: the mean of p_i; GA: the mean of p_i divided
+by sqrt(v_hat), the ranking Algorithm 3 approximates).  With P > 0 the update
+recall is the share of the true top-k among the P k candidates (the exact
+top-k of the candidates keeps every one of them); with P = 0 the two are
+equal.  They are read from the math, never fed back into it.  FetchSGD has
+none: its momentum and error live only in sketch space (zeroing a bucket has
+no dense counterpart), so there is no exact vector to compare against.
+
 ``fetchsgd`` (Rothchild et al. 2020; code kiddyboots216/CommEfficient with
 virtual momentum and error): workers sketch their raw gradient; the server
 keeps momentum and error in sketch space, S_u = rho S_u + mean S(g_i),
@@ -39,6 +51,13 @@ class SketchState:
     s_u: torch.Tensor | None = None        # fetchsgd: [r, c] momentum in sketch space
     s_e: torch.Tensor | None = None        # fetchsgd: [r, c] error in sketch space
     grads: torch.Tensor | None = None      # fetchsgd: [n, d] this round's gradients (for the server's sum)
+    true_top: torch.Tensor | None = None   # [k] the exact top-k this round (diagnostics only)
+    diag: dict | None = None               # this round's diagnostics (module docstring)
+
+
+def _recall(found: torch.Tensor, true_top: torch.Tensor) -> float:
+    """|found ∩ true_top| / |true_top| (index sets)."""
+    return float(torch.isin(found, true_top).sum()) / max(int(true_top.numel()), 1)
 
 
 def _sparse(k: int) -> int:
@@ -81,12 +100,17 @@ class SketchedSgd:
         """Sum the arrived sketches, pick P k candidates; None when P = 0.
         Returns (request bytes per worker, reply bytes per worker, state)."""
         w = arrived.to(s.v.device).to(s.v.dtype)
-        table = self.sketch.sketch(w @ s.v)                            # = sum_i S(v_i), one sketch
+        total = w @ s.v                                                # [d] the exact sum of the v_i
+        table = self.sketch.sketch(total)                              # = sum_i S(v_i), one sketch
+        k = min(self.k, total.numel())
+        true_top = torch.topk(total.abs(), k, sorted=False).indices    # diagnostics only
         if self.P == 0:
-            return None, replace(s, table=table)
+            return None, replace(s, table=table, true_top=true_top)
         m = min(self.P * self.k, s.v.shape[1])
-        cand, _ = self.sketch.heavy_hitters(table, m)
-        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, table=table, candidates=cand)
+        cand, est = self.sketch.heavy_hitters(table, m)
+        own = cand[torch.topk(est.abs(), k, sorted=False).indices]      # the sketch's own top-k
+        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, table=table, candidates=cand, true_top=true_top,
+                                                           diag={"sketch_recall": _recall(own, true_top)})
 
     def server_update(self, s: SketchState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
                       round: int) -> tuple[torch.Tensor, Downlink, SketchState]:
@@ -103,8 +127,20 @@ class SketchedSgd:
         u, v = s.u.clone(), s.v.clone()
         u[:, idx] = 0.0
         v[:, idx] = 0.0
+        diag = self._diag(s, idx)
         return theta + delta, Downlink(_sparse(self.k), "update"), \
-            replace(s, u=u, v=v, table=None, candidates=None)
+            replace(s, u=u, v=v, table=None, candidates=None, true_top=None, diag=diag)
+
+    @staticmethod
+    def _diag(s, idx: torch.Tensor) -> dict:
+        if s.true_top is None:
+            return {}
+        upd = _recall(idx, s.true_top)
+        return {"sketch_recall": (s.diag or {}).get("sketch_recall", upd), "update_recall": upd}
+
+    def diagnostics(self, s) -> dict:
+        """This round's recall of the true top-k (module docstring)."""
+        return s.diag or {}
 
 
 @dataclass(frozen=True)
@@ -154,6 +190,8 @@ class AmsState:
     index: torch.Tensor | None = None      # GA: I_{t-1}, the coordinates updated last round
     h: torch.Tensor | None = None          # GA: [n, |I_{t-1}|] gradient values at I_{t-1}
     candidates: torch.Tensor | None = None
+    true_top: torch.Tensor | None = None   # [k] the exact top-k this round (diagnostics only)
+    diag: dict | None = None               # this round's diagnostics (module docstring)
 
 
 @dataclass(frozen=True)
@@ -232,6 +270,10 @@ class SketchedAmsGrad:
         sends = torch.ones(n, dtype=torch.bool) if active is None else active.cpu()
         return Upload(payload, sends), new
 
+    def diagnostics(self, s: AmsState) -> dict:
+        """This round's recall of the true top-k (module docstring)."""
+        return s.diag or {}
+
     def _scale(self, s: AmsState) -> torch.Tensor | None:
         return s.v_hat.sqrt() if self.variant == "ga" else None
 
@@ -248,10 +290,17 @@ class SketchedAmsGrad:
                 h = (w @ s.h) / count                          # the mean over the arrived workers
                 v[s.index] += (1 - self.beta2) * h * h
             s = replace(s, v=v, v_hat=torch.maximum(s.v_hat, v))
-        table = self.sketch.sketch((w @ s.p) / count)          # the mean of the workers' sketches
+        mean = (w @ s.p) / count                               # [d] the exact mean of the p_i
+        table = self.sketch.sketch(mean)                       # the mean of the workers' sketches
         m = min(self.P * self.k, s.p.shape[1])
-        cand, _ = self.sketch.heavy_hitters(table, m, scale=self._scale(s))
-        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, candidates=cand)
+        cand, est = self.sketch.heavy_hitters(table, m, scale=self._scale(s))
+        # diagnostics only: the exact ranking the sketch approximates, and the sketch's own top-k
+        k = min(self.k, mean.numel())
+        ranked = mean / s.v_hat.sqrt() if self.variant == "ga" else mean
+        true_top = torch.topk(ranked.abs(), k, sorted=False).indices
+        own = cand[torch.topk(est.abs(), k, sorted=False).indices]
+        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, candidates=cand, true_top=true_top,
+                                                           diag={"sketch_recall": _recall(own, true_top)})
 
     def server_update(self, s: AmsState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
                       round: int) -> tuple[torch.Tensor, Downlink, AmsState]:
@@ -265,7 +314,7 @@ class SketchedAmsGrad:
         delta[idx] = -self.lr(round) * exact[top]
         e = s.p.clone()
         e[:, idx] = 0.0                                        # e_i = p_i - Delta_i
-        new = replace(s, e=e, p=None, h=None, candidates=None)
+        new = replace(s, e=e, p=None, h=None, candidates=None, true_top=None, diag=SketchedSgd._diag(s, idx))
         if self.variant == "ga":
             new = replace(new, index=idx.sort().values)
         return theta + delta, Downlink(_sparse(self.k), "update"), new

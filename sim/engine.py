@@ -201,7 +201,7 @@ class Trainer:
                                      "step_s" [n] seconds} | None (diverged: a non-finite loss, or
                                      the mean loss above stop.divergence_factor x round 0's)
         second_round(t, arrived) -> [request_bytes, reply_bytes] | None
-        update(t, arrived)       -> {"down": [S] bytes, "finite": bool}
+        update(t, arrived)       -> {"down": [S] bytes, "finite": bool[, "diag": {quantity: number}]}
         stats()                  -> summary fields of the algorithm
     """
 
@@ -270,8 +270,11 @@ class Trainer:
         self.theta, down, self.state = self.alg.server_update(self.state, self.theta, self.upload, arr, t)
         self.buffers = merge_buffers(self.buffers, self.new_buffers, arr)
         bounds = getattr(self.proto, "bounds", [(0, self.world.model.d)])
-        return {"down": [int(b) for b in down.slice_bytes(bounds, update_bytes)],
-                "finite": bool(torch.isfinite(self.theta).all())}
+        out = {"down": [int(b) for b in down.slice_bytes(bounds, update_bytes)],
+               "finite": bool(torch.isfinite(self.theta).all())}
+        if hasattr(self.alg, "diagnostics"):          # read-only: the math is already done
+            out["diag"] = {k: float(v) for k, v in self.alg.diagnostics(self.state).items()}
+        return out
 
     def stats(self) -> dict:
         alg, d = self.alg, self.world.model.d
@@ -291,11 +294,12 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                   on_row: Callable[[dict], None] = lambda row: None,
                   on_round: Callable[[int, float], None] = lambda r, t: None,
                   on_phase: Callable[[dict], None] = lambda row: None,
-                  record=None) -> RunResult:
+                  record=None, on_diag: Callable[[dict], None] = lambda row: None) -> RunResult:
     """Train one algorithm in ``world`` until a stop rule fires.
 
     ``on_row`` gets every evaluation row as soon as it exists (the caller
     appends it to metrics.csv); ``on_phase`` gets each round's time breakdown;
+    ``on_diag`` each round's diagnostics rows (diagnostics.csv);
     ``on_round(round, sim_time_s)`` drives progress.  ``record``: a callable
     wrapping the trainer (``sim.trace.Recorder``) to write the run's trace.
     """
@@ -306,13 +310,14 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     if record is not None:
         source = record(source)
     return simulate(world.scenario, env, net, proto, source, cfg.label, world.seed, world.model.d,
-                    on_row, on_round, on_phase)
+                    on_row, on_round, on_phase, on_diag)
 
 
 def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source, label: str, seed: int,
              d: int, on_row: Callable[[dict], None] = lambda row: None,
              on_round: Callable[[int, float], None] = lambda r, t: None,
-             on_phase: Callable[[dict], None] = lambda row: None) -> RunResult:
+             on_phase: Callable[[dict], None] = lambda row: None,
+             on_diag: Callable[[dict], None] = lambda row: None) -> RunResult:
     """The SimPy side of a run: rounds, evaluations and stop rules, asking
     ``source`` (a :class:`Trainer`, or a replayed trace) for the math.
 
@@ -376,6 +381,8 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
                         timing.phase["end_s"] = env.now
                 upd = source.update(t, arrived)
                 finite = upd["finite"]
+                for quantity, value in upd.get("diag", {}).items():
+                    on_diag({"algorithm": label, "seed": seed, "round": t, "quantity": quantity, "value": value})
                 proto.finish(t, upd["down"])
             else:
                 empty += 1 if expected else 0

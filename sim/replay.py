@@ -8,7 +8,7 @@ algorithm and the seed; the network only decides *when* things arrive.  A
 run's trace (sim/trace.py) holds everything the network carried;
 :func:`replay_run` feeds it through the same :func:`sim.engine.simulate`
 under the new network, computing no gradient, and writes the same results
-files a full run would (metrics, summary, phases, links), byte for byte.
+files a full run would (metrics, summary, phases, links, diagnostics), byte for byte.
 
 Replay is refused, with the reason, when timing can change the math:
 
@@ -117,7 +117,7 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
     if why:
         raise ReplayUnavailable(why)
     segments = read_trace(source_dir / TRACE_FILE)
-    rows: dict[str, list[dict]] = {"metrics": [], "summary": [], "phases": [], "links": []}
+    rows: dict[str, list[dict]] = {name: [] for name in RESULT_COLUMNS}
     for seed in scn.run_seeds:
         graph = build_graph(scn, seed)
         for cfg in scn.algorithms:
@@ -136,6 +136,7 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
             source = Replayer(header, events, widths, str(source_dir / TRACE_FILE))
             result = simulate(scn, env, net, proto, source, cfg.label, seed, int(header["d"]),
                               on_row=rows["metrics"].append, on_phase=rows["phases"].append,
+                              on_diag=rows["diagnostics"].append,
                               on_round=on_round or (lambda r, t: None))
             rows["links"] += result.links
             rows["summary"].append(summarize(result, scn.stop.target_accuracy))
@@ -143,7 +144,7 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
 
 
 def replay_run(source_dir: str | Path, scn: Scenario, out: str | Path, plots: bool = True) -> list[dict]:
-    """Replay into ``out`` (scenario.yaml, the four CSVs, replay.yaml, plots);
+    """Replay into ``out`` (scenario.yaml, the five CSVs, replay.yaml, plots);
     returns the summary rows.  Nothing is written when the replay is refused."""
     from .results import write_text
     from .runner import make_out_dir, write_scenario

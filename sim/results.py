@@ -28,8 +28,12 @@ PHASE_COLUMNS = ["algorithm", "seed", "round", "start_s", "end_s", "download_s",
                  "server_s", "wait_s", "exchange_s", "arrived", "critical_worker"]
 LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "latency_s", "messages",
                 "bytes_carried", "busy_s", "utilization"]
+# Per-round quantities an algorithm reports about its own math (long format: one
+# row per round and quantity), e.g. the sketching methods' recall of the true
+# top-k (algorithms/sketched.py).  Empty (the header only) for the others.
+DIAGNOSTIC_COLUMNS = ["algorithm", "seed", "round", "quantity", "value"]
 RESULT_COLUMNS = {"metrics": METRICS_COLUMNS, "summary": SUMMARY_COLUMNS, "phases": PHASE_COLUMNS,
-                  "links": LINK_COLUMNS}
+                  "links": LINK_COLUMNS, "diagnostics": DIAGNOSTIC_COLUMNS}
 
 
 def _fmt(v) -> str:

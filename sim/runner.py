@@ -22,7 +22,7 @@ EXIT_INTERRUPTED = 130
 
 
 def result_files(out: Path) -> dict[str, CsvAppender]:
-    """metrics, summary, phases and links.csv, opened with their columns."""
+    """metrics, summary, phases, links and diagnostics.csv, opened with their columns."""
     return {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in RESULT_COLUMNS.items()}
 
 
@@ -41,7 +41,7 @@ def make_out_dir(out: Path) -> None:
 
 def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
             plots: bool = True) -> tuple[int, list[dict]]:
-    """Train, write scenario.yaml, metrics/summary/phases/links.csv, the trace
+    """Train, write scenario.yaml, metrics/summary/phases/links/diagnostics.csv, the trace
     (trace.jsonl, for replay) and the plots.  Returns (exit status, summary rows)."""
     from analysis.plots import plot_run
 
@@ -65,7 +65,8 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
                     record = lambda src, cfg=cfg, seed=seed, world=world: Recorder(  # noqa: E731
                         src, trace, cfg.label, seed, world.model.d, world.n)
                     result = run_algorithm(world, cfg, on_row=files["metrics"].append, on_round=bar.update,
-                                           on_phase=files["phases"].append, record=record)
+                                           on_phase=files["phases"].append, record=record,
+                                           on_diag=files["diagnostics"].append)
                 if result.stalled or result.diverged_why:
                     print(f"{cfg.label} (seed {seed}) stopped: {result.stalled or result.diverged_why}",
                           file=sys.stderr)

@@ -16,7 +16,8 @@ One JSON object per line.  A segment per algorithm and seed:
         destination (headers excluded), "sending": bits, "carries": bits,
         "step_s": [n] compute seconds | null (same as the previous plan)}}
     {"e": "second_round", "t": round, "in": arrived, "out": [request_bytes, reply_bytes] | null}
-    {"e": "update", "t": round, "in": arrived, "out": {"down": [S] bytes, "finite": bool}}
+    {"e": "update", "t": round, "in": arrived, "out": {"down": [S] bytes, "finite": bool,
+        "diag": {quantity: number} (optional: the algorithm's diagnostics of the round)}}
     {"e": "stats", "out": {"skipped_fraction", "server_state_bytes", "compression_rate"},
      "sha256": hex digest of the segment's lines before this one (edits are detected)}
 
@@ -245,6 +246,9 @@ def _check_event(ev: Any, n: int | None) -> str | None:
             return "out.down: allowed: a list of byte counts >= 0 (one per server)"
         if not isinstance(out.get("finite"), bool):
             return f"out.finite: {out.get('finite')!r}; allowed: true or false"
+        diag = out.get("diag", {})
+        if not (isinstance(diag, dict) and all(isinstance(k, str) and _is_num(v) for k, v in diag.items())):
+            return f"out.diag: {diag!r}; allowed: a mapping of quantity names to numbers"
     elif kind == "stats":
         if not isinstance(out, dict):
             return "out: allowed: {skipped_fraction, server_state_bytes, compression_rate}"

@@ -16,7 +16,7 @@ from sim.runner import execute
 from sim.trace import TRACE_FILE, ReplayUnavailable, read_trace
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
-FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv")
+FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")
 SHORT = ["stop.max_rounds=12", "eval_every=4", "stop.on_target=false"]
 
 ALGS = {
