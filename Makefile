@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench papers papers-quick clean
 
 # First use: pip shows what it collects and installs (not -q: it takes a couple of
 # minutes, see README for measured times), then one line when it is done.
@@ -30,6 +30,13 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The CPU-scale paper reproductions and results/papers/report.md (sim/papers.py).
+papers: $(STAMP)
+	$(BIN)/python run_sim.py papers --workers 2
+
+papers-quick: $(STAMP)
+	$(BIN)/python run_sim.py papers --quick --workers 2
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_gradients.py

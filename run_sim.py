@@ -8,6 +8,7 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
+    python run_sim.py papers [--quick] [--workers N] [--out DIR] [--only NAME ...]
 
 Reads top to bottom: parse the command, load and validate the scenario, build
 the world (data, shards, model), then for each seed and algorithm co-simulate
@@ -54,6 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pl.add_argument("dir")
     pl.add_argument("--baseline", help="the algorithm speed-ups are measured against (default: the first "
                                        "of kind sgd)")
+    pp = sub.add_parser("papers", help="run the CPU-scale paper reproductions and write report.md")
+    pp.add_argument("--quick", action="store_true",
+                    help="fewer seeds and rounds: checks the pipeline in minutes (default --out results/papers-quick)")
+    pp.add_argument("--workers", type=int, default=1, help="points run in parallel (local processes)")
+    pp.add_argument("--out", help="folder (default: results/papers, or results/papers-quick)")
+    pp.add_argument("--only", nargs="+", metavar="NAME", help="these reproductions only (see sim/papers.py)")
+    pp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp = sub.add_parser("replay", help="re-time a recorded run under another network (no gradients)")
     rp.add_argument("run_dir")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -141,6 +149,11 @@ def cmd_sweep(args) -> int:
                      address=args.address)
 
 
+def cmd_papers(args) -> int:
+    from sim.papers import run_papers
+    return run_papers(args.out, quick=args.quick, workers=args.workers, only=args.only, quiet=args.quiet)
+
+
 def cmd_replay(args) -> int:
     from analysis.tables import time_to_target_table
     from sim.config import load_scenario
@@ -174,7 +187,7 @@ def cmd_plot(args) -> int:
 
 
 COMMANDS = {"list": lambda args: cmd_list(), "validate": cmd_validate, "sweep": cmd_sweep,
-            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run}
+            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers}
 
 
 def main(argv: list[str] | None = None) -> int:

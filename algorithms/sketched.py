@@ -19,7 +19,15 @@ the sum of the arrived v_i; PA: the mean of p_i; GA: the mean of p_i divided
 by sqrt(v_hat), the ranking Algorithm 3 approximates).  With P > 0 the update
 recall is the share of the true top-k among the P k candidates (the exact
 top-k of the candidates keeps every one of them); with P = 0 the two are
-equal.  They are read from the math, never fed back into it.  FetchSGD has
+equal.  ``update_mass`` = sum of x_i^2 over the updated coordinates / the
+same over the true top-k (x: that exact vector; 1 when the update holds
+the true top-k, and near 1 when it misses them only for coordinates of
+about the same size, which recall alone would count as misses).
+``repeat_share`` = |I_t ∩ I_{t-1}| / k, the share of this round's
+updated coordinates that were also updated the round before (their error
+was just zeroed, so they are rarely in the true top-k: a sketch that keeps
+picking the same buckets shows a high repeat share and a low recall).
+They are read from the math, never fed back into it.  FetchSGD has
 none: its momentum and error live only in sketch space (zeroing a bucket has
 no dense counterpart), so there is no exact vector to compare against.
 
@@ -53,6 +61,8 @@ class SketchState:
     grads: torch.Tensor | None = None      # fetchsgd: [n, d] this round's gradients (for the server's sum)
     true_top: torch.Tensor | None = None   # [k] the exact top-k this round (diagnostics only)
     diag: dict | None = None               # this round's diagnostics (module docstring)
+    last_idx: torch.Tensor | None = None   # the coordinates updated last round (diagnostics only)
+    ranked: torch.Tensor | None = None     # [d] the exact vector the sketch stands for (diagnostics only)
 
 
 def _recall(found: torch.Tensor, true_top: torch.Tensor) -> float:
@@ -105,11 +115,12 @@ class SketchedSgd:
         k = min(self.k, total.numel())
         true_top = torch.topk(total.abs(), k, sorted=False).indices    # diagnostics only
         if self.P == 0:
-            return None, replace(s, table=table, true_top=true_top)
+            return None, replace(s, table=table, true_top=true_top, ranked=total)
         m = min(self.P * self.k, s.v.shape[1])
         cand, est = self.sketch.heavy_hitters(table, m)
         own = cand[torch.topk(est.abs(), k, sorted=False).indices]      # the sketch's own top-k
         return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, table=table, candidates=cand, true_top=true_top,
+                                                           ranked=total,
                                                            diag={"sketch_recall": _recall(own, true_top)})
 
     def server_update(self, s: SketchState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
@@ -129,14 +140,19 @@ class SketchedSgd:
         v[:, idx] = 0.0
         diag = self._diag(s, idx)
         return theta + delta, Downlink(_sparse(self.k), "update"), \
-            replace(s, u=u, v=v, table=None, candidates=None, true_top=None, diag=diag)
+            replace(s, u=u, v=v, table=None, candidates=None, true_top=None, diag=diag, last_idx=idx, ranked=None)
 
     @staticmethod
     def _diag(s, idx: torch.Tensor) -> dict:
         if s.true_top is None:
             return {}
         upd = _recall(idx, s.true_top)
-        return {"sketch_recall": (s.diag or {}).get("sketch_recall", upd), "update_recall": upd}
+        out = {"sketch_recall": (s.diag or {}).get("sketch_recall", upd), "update_recall": upd}
+        best = float(s.ranked[s.true_top].square().sum())
+        out["update_mass"] = float(s.ranked[idx].square().sum()) / best if best > 0 else 1.0
+        if s.last_idx is not None:
+            out["repeat_share"] = _recall(idx, s.last_idx)
+        return out
 
     def diagnostics(self, s) -> dict:
         """This round's recall of the true top-k (module docstring)."""
@@ -192,6 +208,8 @@ class AmsState:
     candidates: torch.Tensor | None = None
     true_top: torch.Tensor | None = None   # [k] the exact top-k this round (diagnostics only)
     diag: dict | None = None               # this round's diagnostics (module docstring)
+    last_idx: torch.Tensor | None = None   # the coordinates updated last round (diagnostics only)
+    ranked: torch.Tensor | None = None     # [d] the exact vector the sketch stands for (diagnostics only)
 
 
 @dataclass(frozen=True)
@@ -299,7 +317,7 @@ class SketchedAmsGrad:
         ranked = mean / s.v_hat.sqrt() if self.variant == "ga" else mean
         true_top = torch.topk(ranked.abs(), k, sorted=False).indices
         own = cand[torch.topk(est.abs(), k, sorted=False).indices]
-        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, candidates=cand, true_top=true_top,
+        return (INDEX_BYTES * m, VALUE_BYTES * m), replace(s, candidates=cand, true_top=true_top, ranked=ranked,
                                                            diag={"sketch_recall": _recall(own, true_top)})
 
     def server_update(self, s: AmsState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
@@ -314,7 +332,8 @@ class SketchedAmsGrad:
         delta[idx] = -self.lr(round) * exact[top]
         e = s.p.clone()
         e[:, idx] = 0.0                                        # e_i = p_i - Delta_i
-        new = replace(s, e=e, p=None, h=None, candidates=None, true_top=None, diag=SketchedSgd._diag(s, idx))
+        new = replace(s, e=e, p=None, h=None, candidates=None, true_top=None, diag=SketchedSgd._diag(s, idx),
+                      last_idx=idx, ranked=None)
         if self.variant == "ga":
             new = replace(new, index=idx.sort().values)
         return theta + delta, Downlink(_sparse(self.k), "update"), new

@@ -171,8 +171,13 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
 
-def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, list[dict[str, Any]]]:
+def load_sweep(path: str | Path, changes: dict | None = None) -> tuple[SweepSpec, Path, list[dict[str, Any]]]:
     """The sweep spec, the base scenario path, and the points (axis -> value).
+
+    ``changes`` ({"axes": {...}, "set": {...}}, from code such as
+    ``run_sim.py papers --quick``) replaces those axes and adds those
+    overrides before the file is validated, so the spec written to the sweep
+    folder is the one that ran.
 
     Raises ConfigError for bad input: a malformed file, an axis or ``set:``
     key that names no field of the scenario, more than MAX_POINTS points."""
@@ -184,6 +189,9 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, Path, list[dict[str, Any]]]
     if not isinstance(data, dict):
         raise ConfigError("the sweep file must be a YAML mapping; allowed keys: "
                           f"{', '.join(SweepSpec.model_fields)}", file=file)
+    if changes:
+        data = {**data, "axes": {**(data.get("axes") or {}), **changes.get("axes", {})},
+                "set": {**(data.get("set") or {}), **changes.get("set", {})}}
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
@@ -518,25 +526,27 @@ class _Sweep:
 
 
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
-              address: str | None = None) -> int:
+              address: str | None = None, changes: dict | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
     where only the network does (sim/replay.py), on the chosen backend.
-    Returns the exit code (see the module docstring)."""
+    ``changes``: see :func:`load_sweep`.  Returns the exit code (see the
+    module docstring)."""
     with sigterm_interrupts():
         try:
-            return _run_sweep(path, out, backend, workers, quiet, address)
+            return _run_sweep(path, out, backend, workers, quiet, address, changes)
         except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
             print("\nsweep interrupted before it started", file=sys.stderr)
             return EXIT_INTERRUPTED
 
 
-def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None) -> int:
+def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
+               changes: dict | None = None) -> int:
     from .backends import BACKENDS, RAY_MISSING, run_jobs
     from .config import load_scenario, read_yaml
     from .replay import refusal
 
     # 1. Check everything; nothing is written before this passes.
-    spec, base, points = load_sweep(path)
+    spec, base, points = load_sweep(path, changes)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}", field="--backend",
                           file=path)

@@ -217,6 +217,17 @@ def test_recall_diagnostics_against_a_direct_computation(kind):
             diag = alg.diagnostics(state)
             assert diag["sketch_recall"] == pytest.approx(len(own & true) / k)
             assert diag["update_recall"] == pytest.approx(len(updated & true) / k)
+            upd_idx = torch.tensor(sorted(updated))
+            top_idx = torch.tensor(sorted(true))
+            assert diag["update_mass"] == pytest.approx(float(exact[upd_idx].square().sum())
+                                                        / float(exact[top_idx].square().sum()), rel=1e-6)
+            if want_update is not None:
+                assert diag["update_mass"] == pytest.approx(1.0)
+            if t == 0:
+                assert "repeat_share" not in diag
+            else:
+                assert diag["repeat_share"] == pytest.approx(len(updated & last) / k)
+            last = updated
             if want_update is not None:
                 assert diag["update_recall"] == want_update
             seen.append(diag["sketch_recall"])
@@ -236,5 +247,7 @@ def test_diagnostics_file_is_written_and_empty_for_other_algorithms(tmp_path):
     with (tmp_path / "diagnostics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["algorithm"], r["round"], r["quantity"]) for r in rows] == \
-        [("sk", str(t), q) for t in range(5) for q in ("sketch_recall", "update_recall")]
-    assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows)
+        [("sk", "0", "sketch_recall"), ("sk", "0", "update_recall"), ("sk", "0", "update_mass")] + \
+        [("sk", str(t), q) for t in range(1, 5)
+         for q in ("sketch_recall", "update_recall", "update_mass", "repeat_share")]
+    assert all(0.0 <= float(r["value"]) <= 1.0 + 1e-9 for r in rows)
