@@ -24,7 +24,8 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")
+RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv",
+                "updates.csv")
 EXIT_INTERRUPTED = 130
 
 

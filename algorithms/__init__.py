@@ -390,6 +390,12 @@ from .powersgd import PowerSgdConfig  # noqa: E402
 ALGORITHMS.add("powersgd", PowerSgdConfig)
 
 
+# Asynchronous SGD (event-driven, sim/eventsim.py): algorithms/asynchronous.py.
+from .asynchronous import AsyncSgdConfig  # noqa: E402
+
+ALGORITHMS.add("async_sgd", AsyncSgdConfig)
+
+
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]
 
 __all__ = ["ALGORITHMS", "COMPRESSORS", "AlgorithmEntry", "AlgorithmConfig", "Context"]

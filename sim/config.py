@@ -186,6 +186,12 @@ class Scenario(Strict):
         for f in self.failures:
             if f.worker >= self.workers:
                 raise ValueError(f"failures: worker {f.worker} does not exist; allowed: 0 .. {self.workers - 1}")
+        for a in self.algorithms:
+            if getattr(a, "event_driven", False):
+                from .eventsim import refusal   # noqa: PLC0415 (sim.eventsim imports this module)
+                why = refusal(self, a)
+                if why:
+                    raise ValueError(why)
         if self.network.topology.collective == "ring" and (self.failures or self.round_timeout):
             raise ValueError("network.topology: failures and round_timeout need a parameter-server topology "
                              "(star, hierarchical, graph); a ring has no server to drop workers")

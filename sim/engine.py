@@ -173,6 +173,7 @@ class RunResult:
     skipped_fraction: float = 0.0   # worker-rounds without a gradient upload (skip rules)
     server_state_bytes: int = 0     # server memory for stored worker messages (skip rules)
     compression_rate: float | str = ""   # the paper's formula, for algorithms that define one (sketching)
+    mean_batch: float = 0.0         # event-driven runs: mean width of the batched gradient calls
 
 
 MAX_EMPTY_ROUNDS = 10  # consecutive rounds in which no upload arrives before the run is declared stalled
@@ -294,15 +295,20 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
                   on_row: Callable[[dict], None] = lambda row: None,
                   on_round: Callable[[int, float], None] = lambda r, t: None,
                   on_phase: Callable[[dict], None] = lambda row: None,
-                  record=None, on_diag: Callable[[dict], None] = lambda row: None) -> RunResult:
+                  record=None, on_diag: Callable[[dict], None] = lambda row: None,
+                  on_update: Callable[[dict], None] = lambda row: None) -> RunResult:
     """Train one algorithm in ``world`` until a stop rule fires.
 
     ``on_row`` gets every evaluation row as soon as it exists (the caller
     appends it to metrics.csv); ``on_phase`` gets each round's time breakdown;
-    ``on_diag`` each round's diagnostics rows (diagnostics.csv);
+    ``on_diag`` each round's diagnostics rows (diagnostics.csv); ``on_update``
+    each applied gradient of an event-driven algorithm (updates.csv);
     ``on_round(round, sim_time_s)`` drives progress.  ``record``: a callable
     wrapping the trainer (``sim.trace.Recorder``) to write the run's trace.
     """
+    if getattr(cfg, "event_driven", False):          # timing decides the math: sim/eventsim.py
+        from .eventsim import run_event_driven
+        return run_event_driven(world, cfg, on_row=on_row, on_round=on_round, on_update=on_update)
     env = simpy.Environment()
     net = Network(env, world.graph, world.scenario.network.sharing)
     source = Trainer(world, cfg)

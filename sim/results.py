@@ -32,8 +32,12 @@ LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "lat
 # row per round and quantity), e.g. the sketching methods' recall of the true
 # top-k (algorithms/sketched.py).  Empty (the header only) for the others.
 DIAGNOSTIC_COLUMNS = ["algorithm", "seed", "round", "quantity", "value"]
+# Event-driven algorithms (sim/eventsim.py): one row per applied gradient, keyed by
+# the server version it produced.  Empty (the header only) for synchronous ones.
+UPDATE_COLUMNS = ["algorithm", "seed", "version", "sim_time_s", "worker", "computed_at", "staleness",
+                  "step_size"]
 RESULT_COLUMNS = {"metrics": METRICS_COLUMNS, "summary": SUMMARY_COLUMNS, "phases": PHASE_COLUMNS,
-                  "links": LINK_COLUMNS, "diagnostics": DIAGNOSTIC_COLUMNS}
+                  "links": LINK_COLUMNS, "diagnostics": DIAGNOSTIC_COLUMNS, "updates": UPDATE_COLUMNS}
 
 
 def _fmt(v) -> str:

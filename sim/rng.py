@@ -77,6 +77,27 @@ class WorkerStreams:
         h = _absorb(_absorb(k, tag), round)
         return hash32(h ^ j)
 
+    def bits_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """Row r is ``bits(tag, rounds[r], shape)[workers[r]]``: the draws of
+        (worker, round) pairs in one call, shape [m, *shape] (event-driven
+        runs, where workers are at different steps)."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        m = int(workers.shape[0])
+        j = torch.arange(numel, dtype=torch.int64, device=self.device).view(1, *shape) if shape else \
+            torch.zeros((1,), dtype=torch.int64, device=self.device)
+        k = self.keys[workers.to(self.device)].view(m, *([1] * len(shape)))
+        r = rounds.to(device=self.device, dtype=torch.int64).view(m, *([1] * len(shape)))
+        h = _absorb(_absorb(k, tag), r)
+        return hash32(h ^ j)
+
+    def randint_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, high: torch.Tensor,
+                   count: int) -> torch.Tensor:
+        """Row r is ``randint(tag, rounds[r], high, count)[workers[r]]``; ``high`` [m]."""
+        b = self.bits_at(tag, workers, rounds, (count,))
+        return (b * high.view(-1, 1).to(torch.int64)) >> 32
+
     def uniform(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Uniform floats in [0, 1), shape [n, *shape], float32 (24 random
         bits, so every value is exact in float32 and 1.0 never occurs)."""

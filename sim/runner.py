@@ -66,7 +66,8 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
                         src, trace, cfg.label, seed, world.model.d, world.n)
                     result = run_algorithm(world, cfg, on_row=files["metrics"].append, on_round=bar.update,
                                            on_phase=files["phases"].append, record=record,
-                                           on_diag=files["diagnostics"].append)
+                                           on_diag=files["diagnostics"].append,
+                                           on_update=files["updates"].append)
                 if result.stalled or result.diverged_why:
                     print(f"{cfg.label} (seed {seed}) stopped: {result.stalled or result.diverged_why}",
                           file=sys.stderr)

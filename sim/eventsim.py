@@ -1,0 +1,261 @@
+"""Event-driven co-simulation: algorithms whose math depends on the network's timing.
+
+In the synchronous engine (sim/engine.py) a round's math is fixed before its
+messages move.  Here workers are SimPy processes and the server reacts to
+each arrival, so *when* a gradient arrives decides *what* is learned
+(staleness, who waits):
+
+    worker i:  take the parameters it received (version v) -> compute for
+               step_s (its compute time, stragglers included) -> push the
+               gradient (a message through the network) -> wait for the reply
+    server:    on each arrival: apply it (algorithm.apply), version v -> v + 1;
+               reply with the parameters, or hold the reply (bounded staleness)
+
+Lazy, batched evaluation.  A gradient is fixed the moment its inputs are: the
+parameter snapshot the worker received and the minibatch it draws for its
+j-th step (from its own counter-based stream, keyed by (worker, j)).  It is
+needed only when the server applies it.  :class:`LazyGrads` keeps the fixed
+but not yet computed gradients; when the first of them is needed it
+evaluates *all* of them in one batched call (vmap over the per-worker
+snapshots, ``GradFn.at``).  In steady state about n gradients are in flight,
+so the batches stay about n wide (``mean_batch`` reports it).  ``eager=True``
+evaluates each one alone as it is fixed: the one-at-a-time reference that
+tests compare against.
+
+Ties.  Arrivals at the same simulated instant are applied in worker order
+(the server waits one zero-length step for every arrival of that instant,
+then sorts them), so equal workers give an exact, documented sequence.
+
+Versions and outputs.  ``metrics.csv`` rows are keyed by the server version
+(``round`` = the number of gradients applied) and simulated time;
+``eval_every`` and ``stop.max_rounds`` count n versions each, the gradients
+of one synchronous round, so a synchronous and an asynchronous run of the
+same scenario evaluate after the same amounts of work.  ``updates.csv`` has
+one row per applied gradient: its worker, the version it was computed at, its
+staleness and the step size used.
+
+Not modelled yet for event-driven algorithms (refused with a message, before
+anything is written): failures, round_timeout, rings and sharded servers,
+BatchNorm models.  No trace is written: the math depends on timing, so a
+replay under another network would be wrong (sim/replay.py refuses these
+algorithms by ``timing_independent = False``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import simpy
+import torch
+
+from algorithms.base import Context
+
+from .engine import Counters, RunResult, World, evaluate, link_rows, straggler_times
+from .errors import ConfigError
+from .grads import GradFn, streams_tag
+from .network import Network
+from .rng import TAG_BATCH, WorkerStreams
+from .wire import Message
+
+
+
+def refusal(scn, cfg) -> str | None:  # also called by sim/config.py, so bad input is refused up front
+    """Why an event-driven algorithm cannot run this scenario yet, or None."""
+    topo = scn.network.topology
+    if topo.collective == "ring" or len(topo.server_names()) != 1:
+        return (f"{cfg.label}: an event-driven algorithm needs one parameter server; allowed topologies: "
+                "star (servers: 1), hierarchical, graph")
+    if scn.failures:
+        return f"{cfg.label}: failures are not modelled yet for event-driven algorithms"
+    if scn.round_timeout is not None:
+        return f"{cfg.label}: round_timeout has no meaning for an asynchronous algorithm (it has no rounds)"
+    return None
+
+
+@dataclass
+class Job:
+    """One gradient: fixed when the worker starts computing, computed lazily."""
+
+    worker: int
+    step: int                   # the worker's local step count (its minibatch stream index)
+    version: int                # the server version of ``theta``
+    theta: torch.Tensor         # [d] the parameters it is computed at (never modified in place)
+    grad: torch.Tensor | None = None
+
+
+class LazyGrads:
+    """Gradients whose inputs are fixed, evaluated together when the first is needed."""
+
+    def __init__(self, world: World, grad_fn: GradFn, streams: WorkerStreams, eager: bool = False) -> None:
+        if world.model.has_buffers:
+            raise ConfigError("event-driven algorithms do not support BatchNorm models yet (the running "
+                              "statistics would need a version per worker)", field="model.kind")
+        self.world, self.grad_fn, self.streams, self.eager = world, grad_fn, streams, eager
+        self.pending: list[Job] = []
+        self.widths: list[int] = []      # the size of every batched call
+
+    def add(self, job: Job) -> None:
+        self.pending.append(job)
+        if self.eager:
+            self._evaluate()
+
+    def get(self, job: Job) -> torch.Tensor:
+        if job.grad is None:
+            self._evaluate()
+        return job.grad
+
+    @property
+    def mean_batch(self) -> float:
+        return sum(self.widths) / len(self.widths) if self.widths else 0.0
+
+    def _evaluate(self) -> None:
+        jobs, self.pending = self.pending, []
+        if not jobs:
+            return
+        w, scn = self.world, self.world.scenario
+        dev = w.device
+        workers = torch.tensor([j.worker for j in jobs], dtype=torch.int64, device=dev)   # [m]
+        steps = torch.tensor([j.step for j in jobs], dtype=torch.int64, device=dev)       # [m]
+        local = self.streams.randint_at(TAG_BATCH, workers, steps, w.shards.size[workers], scn.batch_size)
+        idx = torch.gather(w.shards.index[workers], 1, local)                             # [m, b]
+        masks = {}
+        for i, (name, mod) in enumerate(sorted(w.model.dropouts.items())):               # as grads.dropout_masks
+            if mod.p == 0.0:
+                continue
+            bits = self.streams.bits_at(streams_tag(i), workers, steps, (scn.batch_size, *mod.feature_shape))
+            u = (bits >> 8).to(torch.float32) * (1.0 / 2**24)
+            masks[name] = (u >= mod.p).to(torch.float32) / (1.0 - mod.p)
+        thetas = torch.stack([j.theta for j in jobs])                                     # [m, d]
+        grads = self.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)            # [m, d]
+        for j, g in zip(jobs, grads):
+            j.grad = g
+        self.widths.append(len(jobs))
+
+
+def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda row: None,
+                     on_round: Callable[[int, float], None] = lambda r, t: None,
+                     on_update: Callable[[dict], None] = lambda row: None, eager: bool = False) -> RunResult:
+    """Train one event-driven algorithm in ``world`` until a stop rule fires."""
+    scn = world.scenario
+    why = refusal(scn, cfg)
+    if why:
+        raise ConfigError(why, field="algorithms")
+    n, d, dev = world.n, world.model.d, world.device
+    alg = cfg.build(Context(d=d, n=n, blocks=world.model.blocks, device=dev))
+    env = simpy.Environment()
+    net = Network(env, world.graph, scn.network.sharing)
+    server = scn.network.topology.server_names()[0]
+    header = scn.network.header_bytes
+    streams = WorkerStreams(world.seed, n, dev)
+    lazy = LazyGrads(world, GradFn(world.model, scn.gradients), streams, eager=eager)
+    result = RunResult(cfg.label, world.seed, model_params=d)
+    c = Counters()
+    stop = scn.stop
+    s = {"theta": world.model.init_params(world.seed, dev), "version": 0, "state": None}
+    s["state"] = alg.init(s["theta"])
+    clocks = [0] * n                     # gradients of each worker applied so far
+    held: list[int] = []                 # workers whose reply waits (bounded staleness)
+    reply = [env.event() for _ in range(n)]
+    mailbox: list[Job] = []
+    wake = {"ev": env.event()}
+    done = env.event()
+    every, last_version = scn.eval_every * n, stop.max_rounds * n
+    steps: dict[int, list[float]] = {}
+
+    def step_s(i: int, j: int) -> float:
+        if j not in steps:                      # the n workers' times of local step j, drawn once
+            steps[j] = straggler_times(world, streams, j)
+        return steps[j][i]
+
+    def record() -> dict:
+        ev = evaluate(world, s["theta"])
+        row = {"algorithm": cfg.label, "seed": world.seed, "round": s["version"], "sim_time_s": env.now,
+               "uploads": c.uploads, "bytes_up": c.bytes_up, "bytes_down": c.bytes_down, **ev}
+        result.rows.append(row)
+        on_row(row)
+        return row
+
+    def send_reply(i: int) -> None:
+        theta, version = s["theta"], s["version"]
+        msg = Message(server, f"w{i}", "params", version, alg.reply_bytes, header)
+        c.bytes_down += msg.nbytes
+        ev, reply[i] = reply[i], env.event()
+        net.send(msg).callbacks.append(lambda _e: ev.succeed((theta, version)))
+
+    def worker(i: int):
+        theta, version, j = s["theta"], 0, 0
+        while True:
+            job = Job(i, j, version, theta)
+            lazy.add(job)
+            yield env.timeout(step_s(i, j))
+            msg = Message(f"w{i}", server, "grad", j, alg.upload_bytes, header)
+            answer = reply[i]
+            yield net.send(msg)
+            c.uploads += 1                    # counted on delivery: uploads = version + the mailbox
+            c.bytes_up += msg.nbytes
+            mailbox.append(job)
+            if not wake["ev"].triggered:
+                wake["ev"].succeed()
+            theta, version = yield answer
+            j += 1
+
+    def finish(why_diverged: str = "") -> None:
+        if why_diverged:
+            result.diverged, result.diverged_why = True, why_diverged
+        if not done.triggered:
+            done.succeed()
+
+    def server_proc():
+        record()
+        while True:
+            if not mailbox:
+                wake["ev"] = env.event()
+                yield wake["ev"]
+            yield env.timeout(0)             # every arrival of this instant is in the mailbox now
+            batch = sorted(mailbox, key=lambda job: job.worker)
+            mailbox.clear()
+            for job in batch:
+                g = lazy.get(job)
+                tau = s["version"] - job.version
+                s["theta"], s["state"], eta = alg.apply(s["state"], s["theta"], g, tau, s["version"])
+                s["version"] += 1
+                clocks[job.worker] += 1
+                on_update({"algorithm": cfg.label, "seed": world.seed, "version": s["version"],
+                           "sim_time_s": env.now, "worker": job.worker, "computed_at": job.version,
+                           "staleness": tau, "step_size": eta})
+                on_round(s["version"] // n, env.now)
+                if not bool(torch.isfinite(s["theta"]).all()):
+                    record()
+                    return finish(f"diverged at version {s['version']}: a parameter is not finite after the update")
+                held.append(job.worker)
+                slowest = min(clocks)
+                for i in sorted(held):
+                    if alg.may_proceed(clocks[i], slowest):
+                        held.remove(i)
+                        send_reply(i)
+                v = s["version"]
+                last = v >= last_version or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
+                if v % every == 0 or last:
+                    row = record()
+                    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+                        return finish(f"diverged by version {v}: the evaluated loss is not finite")
+                    if stop.on_target and row["test_acc"] >= stop.target_accuracy:
+                        return finish()
+                if last:
+                    return finish()
+
+    env.process(server_proc())
+    for i in range(n):
+        env.process(worker(i))
+    try:
+        env.run(until=done)
+    except RuntimeError as exc:
+        if "No scheduled events left" not in str(exc):
+            raise
+        result.stalled = (f"at simulated time {env.now:.6g} s, version {s['version']}: no message can ever be "
+                          "delivered")
+        record()
+    result.links = link_rows(net, cfg.label, world.seed, env.now)
+    result.mean_batch = lazy.mean_batch
+    return result

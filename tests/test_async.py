@@ -1,0 +1,178 @@
+"""Event-driven co-simulation (sim/eventsim.py) and async_sgd: exact staleness
+sequences, closed-form update counts, SSP s = 0 equal to synchronous SGD, lazy
+batched gradients equal to one at a time, contention in the predicted direction,
+determinism, and bad input refused before anything is written."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import algorithms
+import run_sim
+from sim.config import load_scenario
+from sim.engine import build_world, run_algorithm
+from sim.errors import ConfigError
+from sim.eventsim import run_event_driven
+from sim.rng import TAG_BATCH, WorkerStreams
+
+TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
+# equal workers, fixed compute, no stragglers: the timing is exact
+EQUAL = ["compute={kind: fixed, step_time: 10 ms}", "stop.on_target=false", "eval_every=2",
+         "stop.max_sim_time=null"]
+
+
+def world(overrides: list[str], seed: int = 0):
+    return build_world(load_scenario(TINY, [*EQUAL, *overrides]), seed)
+
+
+def async_cfg(**kw):
+    return algorithms.ALGORITHMS["async_sgd"](**{"name": "a", "lr": 0.1, **kw})
+
+
+def run(w, cfg, eager=False):
+    updates = []
+    res = run_event_driven(w, cfg, on_update=updates.append, eager=eager)
+    return res, updates
+
+
+def test_rows_of_draws_equal_the_batched_draws():
+    s = WorkerStreams(7, 5)
+    workers, rounds = torch.tensor([3, 0, 3, 4]), torch.tensor([2, 9, 5, 2])
+    got = s.bits_at(TAG_BATCH, workers, rounds, (6,))
+    for r, (i, t) in enumerate(zip(workers.tolist(), rounds.tolist())):
+        assert torch.equal(got[r], s.bits(TAG_BATCH, t, (6,))[i])
+    high = torch.tensor([10, 20, 30, 40])
+    got = s.randint_at(TAG_BATCH, workers, rounds, high, 4)
+    for r, (i, t) in enumerate(zip(workers.tolist(), rounds.tolist())):
+        assert torch.equal(got[r], s.randint(TAG_BATCH, t, torch.full((5,), int(high[r])), 4)[i])
+
+
+def test_equal_workers_staleness_is_0_to_n_minus_1_then_n_minus_1():
+    """Every worker computes for 10 ms on equal links: the first wave arrives at
+    once and is applied in worker order (staleness 0, 1, ..., n - 1); each worker
+    then gets the version just after its own update, so from the second wave on
+    every gradient is n - 1 versions old."""
+    w = world(["stop.max_rounds=5"])
+    n = w.n
+    _, up = run(w, async_cfg())
+    assert [u["worker"] for u in up] == list(range(n)) * 5
+    assert [u["staleness"] for u in up] == list(range(n)) + [n - 1] * (4 * n)
+    assert [u["computed_at"] for u in up[n:2 * n]] == list(range(1, n + 1))
+    assert [u["version"] for u in up] == list(range(1, 5 * n + 1))
+
+
+def test_ssp_zero_staleness_is_0_to_n_minus_1_every_wave_and_equals_sgd():
+    """SSP with s = 0: every worker waits for the whole wave, so all compute at the
+    same version and the wave's n steps of lr / n are one synchronous SGD step."""
+    w = world(["stop.max_rounds=6"])
+    n = w.n
+    res, up = run(w, async_cfg(max_staleness=0))
+    assert [u["staleness"] for u in up] == list(range(n)) * 6
+    assert [u["computed_at"] for u in up] == [n * (k // n) for k in range(6 * n)]
+    sync = run_algorithm(w, algorithms.ALGORITHMS["sgd"](name="s", lr=0.1))
+    assert [r["round"] for r in res.rows] == [n * r["round"] for r in sync.rows]
+    for a, s in zip(res.rows, sync.rows):
+        for key in ("train_loss", "test_loss"):
+            assert a[key] == pytest.approx(s[key], rel=1e-5)
+        assert a["test_acc"] == s["test_acc"]
+
+
+def test_staleness_aware_step_divides_by_staleness():
+    w = world(["stop.max_rounds=3"])
+    _, up = run(w, async_cfg(staleness_lr=True))
+    for u in up:
+        assert u["step_size"] == pytest.approx(0.1 / w.n / max(1, u["staleness"]), rel=1e-12)
+
+
+def test_one_straggler_ten_times_slower_update_counts_are_the_closed_form():
+    """Worker 3 computes 10x longer.  On uncontended 1 Gbps links with 1 ms
+    latency each message takes t = latency + 8 (4 d + header) / 1e9 (the server
+    link is 1000x faster), so worker i's k-th gradient arrives at
+    k step_i + (2 k - 1) t; counted up to T = 0.5 s."""
+    T = 0.5
+    w = world(["compute={kind: fixed, step_time: 10 ms, speed: [1, 1, 1, 0.1]}", "stop.max_rounds=100000",
+               f"stop.max_sim_time={T} s", "network.uplink={bandwidth: 1 Gbps, latency: 1 ms}",
+               "network.downlink={bandwidth: 1 Gbps, latency: 1 ms}",
+               "network.server={bandwidth: 1000 Gbps, latency: 0 s}"])
+    _, up = run(w, async_cfg())
+    hdr, d = w.scenario.network.header_bytes, w.model.d
+    t = 1e-3 + 8 * (4 * d + hdr) / 1e9
+    want = []
+    for step in w.step_s:
+        k = 0
+        while (k + 1) * step + (2 * (k + 1) - 1) * t < T:
+            k += 1
+        want.append(k)
+    got = [sum(1 for u in up if u["worker"] == i and u["sim_time_s"] < T) for i in range(w.n)]
+    assert w.step_s[3] == pytest.approx(10 * w.step_s[0])
+    assert got == want and want[0] == 41 and want[3] == 4
+
+
+def test_lazy_batched_gradients_equal_one_at_a_time():
+    """The batched evaluation of every gradient fixed so far gives the same
+    trajectory as evaluating each one alone when it is fixed."""
+    w = world(["compute={kind: fixed, step_time: 10 ms, speed: [1, 0.7, 0.45, 0.3]}", "stop.max_rounds=8"])
+    lazy, up_lazy = run(w, async_cfg(staleness_lr=True))
+    eager, up_eager = run(w, async_cfg(staleness_lr=True), eager=True)
+    assert up_lazy == up_eager
+    for a, b in zip(lazy.rows, eager.rows):     # bitwise on CPU (vmap rows agree with single calls here)
+        for key in ("train_loss", "test_loss", "test_acc"):
+            assert a[key] == b[key]
+    assert eager.mean_batch == 1.0
+    assert lazy.mean_batch > 1.5        # gradients were evaluated several at a time
+
+
+def test_contention_on_a_shared_link_lowers_the_slow_workers_staleness():
+    """Two workers, one 5x slower.  The slow worker's gradient is as stale as the
+    number of fast updates during its cycle, about (step_slow + 2 t) / (step_fast
+    + 2 t) for a transfer time t.  When both share a slow server link, transfers
+    take longer (t grows with the shared bandwidth), so that ratio falls toward
+    1 and the slow worker's gradients are less stale."""
+    base = ["workers=2", "compute={kind: fixed, step_time: 2 ms, speed: [1, 0.2]}", "stop.max_rounds=60",
+            "network.uplink={bandwidth: 100 Mbps, latency: 0.1 ms}",
+            "network.downlink={bandwidth: 100 Mbps, latency: 0.1 ms}"]
+    stale = {}
+    for name, server in (("fast server link", "{bandwidth: 100 Gbps, latency: 0 s}"),
+                         ("shared slow link", "{bandwidth: 50 Mbps, latency: 0 s}")):
+        w = world([*base, f"network.server={server}"])
+        _, up = run(w, async_cfg())
+        slow = [u["staleness"] for u in up if u["worker"] == 1]
+        stale[name] = sum(slow) / len(slow)
+    assert stale["shared slow link"] < stale["fast server link"]
+
+
+def test_same_seed_same_files(tmp_path):
+    algs = "[{name: a, kind: async_sgd, lr: 0.1, staleness_lr: true}, {name: s, kind: sgd, lr: 0.1}]"
+    args = ["--set", "stop.max_rounds=4", "--set", f"algorithms={algs}", "--quiet"]
+    for out in ("x", "y"):
+        assert run_sim.main(["run", str(TINY), "--out", str(tmp_path / out), *args]) == 0
+    for f in ("metrics.csv", "summary.csv", "updates.csv"):
+        assert (tmp_path / "x" / f).read_bytes() == (tmp_path / "y" / f).read_bytes(), f
+    rows = list(csv.DictReader((tmp_path / "x" / "updates.csv").open()))
+    assert rows and {r["algorithm"] for r in rows} == {"a"}
+    assert [int(r["version"]) for r in rows] == list(range(1, len(rows) + 1))
+
+
+@pytest.mark.parametrize("override, words", [
+    ("network.topology=ring", "one parameter server"),
+    ("network.topology={kind: star, servers: 2}", "one parameter server"),
+    ("round_timeout=50 ms", "round_timeout"),
+    ("failures=[{worker: 0, crash_at: 1 s}]", "failures"),
+])
+def test_unsupported_settings_are_bad_input_and_write_nothing(tmp_path, capsys, override, words):
+    out = tmp_path / "out"
+    code = run_sim.main(["run", str(TINY), "--out", str(out), "--set",
+                         "algorithms=[{name: a, kind: async_sgd, lr: 0.1}]", "--set", override])
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_replay_is_refused_for_async(tmp_path):
+    from sim.replay import refusal
+    scn = load_scenario(TINY, ["algorithms=[{name: a, kind: async_sgd, lr: 0.1}]"])
+    assert "not timing-independent" in refusal(scn, scn)
