@@ -221,10 +221,14 @@ def _run_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], Non
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     n = min(workers, len(jobs))
+    # torch threads per process: the cores shared out, at least 1.  Each process
+    # otherwise takes every core, and n processes oversubscribe them (2 processes
+    # x 2 threads on 2 cores ran a torch call about 10x slower, issue 15).
+    threads = max(1, (os.cpu_count() or 1) // n)
 
     def new_pool() -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_worker_init,
-                                                      initargs=(os.getpid(), stop))
+                                                      initargs=(os.getpid(), stop, threads))
     pool = new_pool()
     queue = list(jobs)
     running: dict[concurrent.futures.Future, Job] = {}
@@ -322,10 +326,13 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor, running: dict, o
 _STOP: Any = None
 
 
-def _worker_init(parent: int, stop: Any) -> None:
-    """Pool initializer: signals between jobs, the stop flag, and exit with the parent."""
+def _worker_init(parent: int, stop: Any, threads: int = 1) -> None:
+    """Pool initializer: signals between jobs, the stop flag, exit with the
+    parent, and this process's share of the cores as torch threads."""
     global _STOP
     _STOP = stop
+    import torch
+    torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # between jobs; a job turns it into KeyboardInterrupt
     _exit_with_parent(parent)
 

@@ -57,6 +57,11 @@ def beating_job(name: str, seconds: float, beats: str, out_dir: str) -> dict:
         (Path(beats) / f"{name}.stopped").write_text("")
 
 
+def threads_job(out_dir: str) -> dict:
+    import torch
+    return {"status": "done", "error": "", "threads": torch.get_num_threads()}
+
+
 def dying_job(out_dir: str) -> dict:
     import os
     os._exit(1)                     # as if killed (out of memory)
@@ -287,3 +292,12 @@ def test_ray_cancels_unfinished_tasks_when_interrupted(tmp_path, monkeypatch):
         assert not (beats / "out" / "1").exists()              # nothing gathered from a cancelled task
     finally:
         ray.shutdown()
+
+
+def test_local_worker_processes_share_the_cores_out_as_torch_threads(tmp_path):
+    """n processes with every core each would oversubscribe the machine."""
+    import os
+    results = {}
+    jobs = [Job(i, threads_job, (), str(tmp_path / f"j{i}")) for i in range(2)]
+    run_jobs(jobs, workers=2, on_done=results.__setitem__)
+    assert [results[i]["threads"] for i in range(2)] == [max(1, (os.cpu_count() or 1) // 2)] * 2
