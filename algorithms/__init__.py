@@ -396,6 +396,13 @@ from .asynchronous import AsyncSgdConfig  # noqa: E402
 ALGORITHMS.add("async_sgd", AsyncSgdConfig)
 
 
+# FedAvg / FedAdam / FedAMS and local SGD (local steps, client sampling): algorithms/federated.py.
+from .federated import FedAvgConfig, LocalSgdConfig  # noqa: E402
+
+ALGORITHMS.add("fedavg", FedAvgConfig)
+ALGORITHMS.add("local_sgd", LocalSgdConfig)
+
+
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]
 
 __all__ = ["ALGORITHMS", "COMPRESSORS", "AlgorithmEntry", "AlgorithmConfig", "Context"]

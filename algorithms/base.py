@@ -33,6 +33,7 @@ class Context:
     n: int                          # number of workers
     blocks: tuple[Block, ...]       # layer layout of theta (for per-layer compressors)
     device: torch.device
+    shard_sizes: tuple[int, ...] | None = None   # [n] training samples per worker (federated weights)
 
 
 @dataclass(frozen=True)

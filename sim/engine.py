@@ -30,12 +30,12 @@ from algorithms.ps import update_bytes
 from .config import Scenario
 from .data import Dataset, Shards, load_dataset, make_shards, partition
 from .errors import ConfigError
-from .grads import GradFn, dropout_masks
+from .grads import GradFn, dropout_masks, masks_at
 from .memory import allocation_failed, check_fits
 from .models import FlatModel, build_model, merge_buffers
 from .network import Network
 from .protocols import Failures, ParameterServer, Ring
-from .rng import TAG_BATCH, TAG_STRAGGLER, WorkerStreams
+from .rng import TAG_BATCH, TAG_LOCAL, TAG_STRAGGLER, WorkerStreams
 
 EVAL_CHUNK = 2048          # samples per evaluation forward pass
 TRAIN_EVAL_SAMPLES = 2048  # train loss is measured on this fixed subset of the training set
@@ -210,7 +210,8 @@ class Trainer:
         scn, dev = world.scenario, world.device
         self.world, self.cfg = world, cfg
         self.proto = None   # set by run_algorithm once the protocol exists (it slices payloads)
-        self.alg = cfg.build(Context(d=world.model.d, n=world.n, blocks=world.model.blocks, device=dev))
+        self.alg = cfg.build(Context(d=world.model.d, n=world.n, blocks=world.model.blocks, device=dev,
+                                     shard_sizes=tuple(int(s) for s in world.shards.size.tolist())))
         self.streams = WorkerStreams(world.seed, world.n, dev)
         self.grad_fn = GradFn(world.model, scn.gradients)
         self.theta = world.model.init_params(world.seed, dev)                   # [d]
@@ -253,7 +254,9 @@ class Trainer:
             return None
         act = torch.tensor(active, dtype=torch.bool)
         aux = lambda thetas: self.grad_fn.at(thetas, x, y, masks)  # noqa: E731 (same minibatch)
-        self.upload, self.state = self.alg.worker_encode(self.state, grads, t, self.streams, act, aux_grad=aux)
+        kw = {"local": LocalSteps(self, t)} if getattr(self.alg, "wants_local_steps", False) else {}
+        self.upload, self.state = self.alg.worker_encode(self.state, grads, t, self.streams, act, aux_grad=aux,
+                                                         **kw)
         step_s = straggler_times(world, self.streams, t)
         if self.upload.compute_factor is not None:      # auxiliary gradients, or nothing computed
             step_s = [s * f for s, f in zip(step_s, self.upload.compute_factor.tolist())]
@@ -282,6 +285,28 @@ class Trainer:
         return {"skipped_fraction": alg.skipped_fraction(self.state) if hasattr(alg, "skipped_fraction") else 0.0,
                 "server_state_bytes": alg.server_state_bytes(self.state) if hasattr(alg, "server_state_bytes") else 0,
                 "compression_rate": alg.compression_rate(d) if hasattr(alg, "compression_rate") else ""}
+
+
+class LocalSteps:
+    """What an algorithm with local steps (algorithms/federated.py) needs in
+    round t: the round's parameters and, for local step h >= 1, the gradients
+    of some workers at their own parameters on their minibatch (t, h), drawn
+    from each worker's stream (tag TAG_LOCAL, keyed by round and step): one
+    batched call per step."""
+
+    def __init__(self, trainer: "Trainer", t: int) -> None:
+        self.trainer, self.t = trainer, t
+        self.theta = trainer.theta                                         # [d]
+
+    def grad(self, h: int, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """thetas [m, d] of workers ``rows`` [m] -> gradients [m, d]."""
+        w, b = self.trainer.world, self.trainer.world.scenario.batch_size
+        streams = self.trainer.streams
+        rounds = torch.full_like(rows, self.t)
+        local = streams.randint_at(TAG_LOCAL, rows, rounds, w.shards.size[rows], b, sub=h)   # [m, b]
+        idx = torch.gather(w.shards.index[rows], 1, local)
+        masks = masks_at(w.model, streams, rows, rounds, b, sub=h, tag_offset=TAG_LOCAL)
+        return self.trainer.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)
 
 
 def make_protocol(scn: Scenario, env: simpy.Environment, net: Network, d: int, summable: bool):

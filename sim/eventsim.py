@@ -53,7 +53,7 @@ from algorithms.base import Context
 
 from .engine import Counters, RunResult, World, evaluate, link_rows, straggler_times
 from .errors import ConfigError
-from .grads import GradFn, streams_tag
+from .grads import GradFn, masks_at
 from .network import Network
 from .rng import TAG_BATCH, WorkerStreams
 from .wire import Message
@@ -119,13 +119,7 @@ class LazyGrads:
         steps = torch.tensor([j.step for j in jobs], dtype=torch.int64, device=dev)       # [m]
         local = self.streams.randint_at(TAG_BATCH, workers, steps, w.shards.size[workers], scn.batch_size)
         idx = torch.gather(w.shards.index[workers], 1, local)                             # [m, b]
-        masks = {}
-        for i, (name, mod) in enumerate(sorted(w.model.dropouts.items())):               # as grads.dropout_masks
-            if mod.p == 0.0:
-                continue
-            bits = self.streams.bits_at(streams_tag(i), workers, steps, (scn.batch_size, *mod.feature_shape))
-            u = (bits >> 8).to(torch.float32) * (1.0 / 2**24)
-            masks[name] = (u >= mod.p).to(torch.float32) / (1.0 - mod.p)
+        masks = masks_at(w.model, self.streams, workers, steps, scn.batch_size)
         thetas = torch.stack([j.theta for j in jobs])                                     # [m, d]
         grads = self.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)            # [m, d]
         for j, g in zip(jobs, grads):
@@ -142,7 +136,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     if why:
         raise ConfigError(why, field="algorithms")
     n, d, dev = world.n, world.model.d, world.device
-    alg = cfg.build(Context(d=d, n=n, blocks=world.model.blocks, device=dev))
+    alg = cfg.build(Context(d=d, n=n, blocks=world.model.blocks, device=dev,
+                            shard_sizes=tuple(int(x) for x in world.shards.size.tolist())))
     env = simpy.Environment()
     net = Network(env, world.graph, scn.network.sharing)
     server = scn.network.topology.server_names()[0]

@@ -103,5 +103,18 @@ def dropout_masks(model: FlatModel, streams: WorkerStreams, round: int, batch: i
     return out
 
 
+def masks_at(model: FlatModel, streams: WorkerStreams, workers: torch.Tensor, rounds: torch.Tensor,
+             batch: int, sub: int | None = None, tag_offset: int = 0) -> dict[str, torch.Tensor]:
+    """As :func:`dropout_masks`, for rows of (worker, round[, sub]) pairs: [m, batch, *feature_shape]."""
+    out = {}
+    for i, (name, mod) in enumerate(sorted(model.dropouts.items())):
+        if mod.p == 0.0:
+            continue
+        bits = streams.bits_at(streams_tag(i) + tag_offset, workers, rounds, (batch, *mod.feature_shape), sub)
+        u = (bits >> 8).to(torch.float32) * (1.0 / 2**24)
+        out[name] = (u >= mod.p).to(torch.float32) / (1.0 - mod.p)
+    return out
+
+
 def streams_tag(layer: int) -> int:
     return TAG_DROPOUT + 1000 * layer

@@ -29,6 +29,8 @@ TAG_BATCH = 1
 TAG_DROPOUT = 2
 TAG_COMPRESS = 3
 TAG_STRAGGLER = 4
+TAG_SAMPLE = 5          # client sampling (algorithms/federated.py)
+TAG_LOCAL = 6           # minibatches of local steps h >= 1 (sim/engine.py LocalSteps)
 
 
 def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -77,10 +79,12 @@ class WorkerStreams:
         h = _absorb(_absorb(k, tag), round)
         return hash32(h ^ j)
 
-    def bits_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    def bits_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, shape: tuple[int, ...],
+                sub: int | None = None) -> torch.Tensor:
         """Row r is ``bits(tag, rounds[r], shape)[workers[r]]``: the draws of
         (worker, round) pairs in one call, shape [m, *shape] (event-driven
-        runs, where workers are at different steps)."""
+        runs, where workers are at different steps).  ``sub``: a further
+        counter word absorbed after the round (local step h of a round)."""
         numel = 1
         for s in shape:
             numel *= s
@@ -90,12 +94,14 @@ class WorkerStreams:
         k = self.keys[workers.to(self.device)].view(m, *([1] * len(shape)))
         r = rounds.to(device=self.device, dtype=torch.int64).view(m, *([1] * len(shape)))
         h = _absorb(_absorb(k, tag), r)
+        if sub is not None:
+            h = _absorb(h, sub)
         return hash32(h ^ j)
 
     def randint_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, high: torch.Tensor,
-                   count: int) -> torch.Tensor:
+                   count: int, sub: int | None = None) -> torch.Tensor:
         """Row r is ``randint(tag, rounds[r], high, count)[workers[r]]``; ``high`` [m]."""
-        b = self.bits_at(tag, workers, rounds, (count,))
+        b = self.bits_at(tag, workers, rounds, (count,), sub)
         return (b * high.view(-1, 1).to(torch.int64)) >> 32
 
     def uniform(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:

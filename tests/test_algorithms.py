@@ -50,7 +50,21 @@ ALGORITHM_EXAMPLES = {
     "sketched_amsgrad_ga": {"lr": 0.05, "rows": 3, "cols": 80, "k": 25, "P": 2},
     "powersgd": {"lr": 0.5, "rank": 2, "momentum": 0.5},
     "async_sgd": {"lr": 0.5, "staleness_lr": True},
+    "fedavg": {"local_lr": 0.5, "local_steps": 2, "compressor": {"kind": "topk", "ratio": 0.25}},
+    "local_sgd": {"lr": 0.5, "local_steps": 3},
 }
+
+
+class QuadraticLocal:
+    """``local`` for algorithms with local steps on the quadratic problem."""
+
+    def __init__(self, grads, theta):
+        self.grads, self.theta = grads, theta
+
+    def grad(self, h, thetas, rows):
+        full = torch.zeros(N, thetas.shape[1])
+        full[rows] = thetas
+        return self.grads(full)[rows]
 
 
 def test_every_algorithm_has_an_example():
@@ -97,7 +111,8 @@ def test_algorithm_decreases_loss_on_a_convex_task(kind):
         assert loss(theta) < 0.5 * start
         return
     for t in range(200):
-        up, state = alg.worker_encode(state, grads(theta), t, streams, aux_grad=grads)
+        kw = {"local": QuadraticLocal(grads, theta)} if getattr(alg, "wants_local_steps", False) else {}
+        up, state = alg.worker_encode(state, grads(theta), t, streams, aux_grad=grads, **kw)
         assert up.payload.nbytes.shape == (N,)
         if hasattr(alg, "second_round"):
             _, state = alg.second_round(state, arrived, t)
