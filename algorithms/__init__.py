@@ -391,9 +391,11 @@ ALGORITHMS.add("powersgd", PowerSgdConfig)
 
 
 # Asynchronous SGD (event-driven, sim/eventsim.py): algorithms/asynchronous.py.
-from .asynchronous import AsyncSgdConfig  # noqa: E402
+from .asynchronous import AsyncSgdConfig, FedAsyncConfig, FedBuffConfig  # noqa: E402
 
 ALGORITHMS.add("async_sgd", AsyncSgdConfig)
+ALGORITHMS.add("fedbuff", FedBuffConfig)
+ALGORITHMS.add("fedasync", FedAsyncConfig)
 
 
 # FedAvg / FedAdam / FedAMS and local SGD (local steps, client sampling): algorithms/federated.py.

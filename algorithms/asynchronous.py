@@ -33,6 +33,7 @@ refuses them with a message).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -68,11 +69,15 @@ class AsyncSgd:
         eta = self.lr(version // self.n) / self.n
         return eta / max(1, staleness) if self.staleness_lr else eta
 
-    def apply(self, state: None, theta: torch.Tensor, grad: torch.Tensor, staleness: int,
-              version: int) -> tuple[torch.Tensor, None, float]:
-        """One arrival: theta [d], grad [d] -> new theta, state, the step size used."""
+    local_steps: ClassVar[int] = 0          # the message is a gradient at the snapshot
+    concurrency: ClassVar[None] = None      # every worker computes all the time
+    reply_at_once: ClassVar[bool] = True    # the new parameters go back as soon as the gradient is applied
+
+    def receive(self, state: None, theta: torch.Tensor, grad: torch.Tensor, job, staleness: int,
+                version: int) -> tuple[torch.Tensor, None, dict]:
+        """One arrival: theta [d], grad [d] -> new theta, state, what was done."""
         eta = self.step_size(version, staleness)
-        return theta - eta * grad, state, eta
+        return theta - eta * grad, state, {"applied": True, "step_size": eta}
 
     def may_proceed(self, clock: int, slowest: int) -> bool:
         """SSP: may a worker at ``clock`` get new parameters while the slowest is at ``slowest``?"""
@@ -95,3 +100,154 @@ class AsyncSgdConfig(AlgorithmConfig):
 
     def build(self, ctx: Context) -> AsyncSgd:
         return AsyncSgd(self.label, self.lr_at, ctx.n, ctx.d, self.staleness_lr, self.max_staleness)
+
+
+# --- FedBuff and FedAsync: local steps, then a buffered or a mixing server ------------
+
+@dataclass(frozen=True)
+class FedBuffState:
+    total: torch.Tensor | None      # [d] the sum of the buffered Delta_i
+    count: int                      # messages in the buffer
+
+
+@dataclass(frozen=True)
+class FedBuff:
+    """FedBuff (Nguyen et al., AISTATS 2022, "Federated Learning with Buffered
+    Asynchronous Aggregation", Algorithm 1): at most C clients train at once,
+    each H local SGD steps from the model it received (Delta_i = theta_snap -
+    theta_i^(H)); the server adds each arriving Delta_i to a buffer and, when
+    K are in, steps theta <- theta - lr * (1/K) sum Delta_i (version + 1) and
+    empties the buffer.  A client whose message was processed is replaced by
+    one drawn uniformly from the idle clients (itself included), which gets
+    the current model.  Replies of one instant go out after every arrival of
+    that instant was processed, so with K = C = n and equal clients every
+    client starts from the flushed model: synchronous FedAvg (a test checks
+    it).  Staleness weights (the paper's 1/sqrt(1 + tau)) with
+    ``staleness_weight: sqrt``; none by default."""
+
+    name: str
+    lr: Any
+    n: int
+    d: int
+    local_steps: int
+    local_lr: Any
+    buffer: int               # K
+    concurrency: int | None   # C (None: n)
+    staleness_weight: str
+    reply_at_once: ClassVar[bool] = False
+
+    @property
+    def upload_bytes(self) -> int:
+        return VALUE_BYTES * self.d          # Delta_i, dense
+
+    @property
+    def reply_bytes(self) -> int:
+        return VALUE_BYTES * self.d          # the model
+
+    def init(self, theta: torch.Tensor) -> FedBuffState:
+        return FedBuffState(torch.zeros_like(theta), 0)
+
+    def may_proceed(self, clock: int, slowest: int) -> bool:
+        return True
+
+    def receive(self, s: FedBuffState, theta: torch.Tensor, delta: torch.Tensor, job, staleness: int,
+                version: int) -> tuple[torch.Tensor, FedBuffState, dict]:
+        w = 1.0 / math.sqrt(1.0 + staleness) if self.staleness_weight == "sqrt" else 1.0
+        total, count = s.total + w * delta, s.count + 1
+        if count < self.buffer:
+            return theta, FedBuffState(total, count), {"applied": False, "step_size": 0.0}
+        eta = self.lr(version) / self.buffer
+        return theta - eta * total, FedBuffState(torch.zeros_like(theta), 0), {"applied": True, "step_size": eta}
+
+
+@dataclass(frozen=True)
+class FedAsync:
+    """FedAsync (Xie, Koyejo & Gupta 2019, arXiv:1903.03934, Algorithm 1 and
+    Sec. 5.2): a client trains H local SGD steps from the model it received
+    (version tau) and sends its model x_new; on arrival at version t the
+    server mixes x <- (1 - alpha_t) x + alpha_t x_new with alpha_t = alpha
+    s(t - tau): ``constant`` s = 1; ``polynomial`` s = (t - tau + 1)^-a;
+    ``hinge`` s = 1 if t - tau <= b else 1 / (a (t - tau - b) + 1).  It
+    replies at once with the mixed model.  (The paper's proximal term rho is
+    not modelled: rho = 0.)"""
+
+    name: str
+    alpha: float
+    n: int
+    d: int
+    local_steps: int
+    local_lr: Any
+    staleness_fn: str
+    a: float
+    b: int
+    concurrency: ClassVar[None] = None
+    reply_at_once: ClassVar[bool] = True
+
+    @property
+    def upload_bytes(self) -> int:
+        return VALUE_BYTES * self.d          # the local model
+
+    @property
+    def reply_bytes(self) -> int:
+        return VALUE_BYTES * self.d
+
+    def init(self, theta: torch.Tensor) -> None:
+        return None
+
+    def may_proceed(self, clock: int, slowest: int) -> bool:
+        return True
+
+    def weight(self, staleness: int) -> float:
+        if self.staleness_fn == "polynomial":
+            return (staleness + 1.0) ** (-self.a)
+        if self.staleness_fn == "hinge":
+            return 1.0 if staleness <= self.b else 1.0 / (self.a * (staleness - self.b) + 1.0)
+        return 1.0
+
+    def receive(self, state: None, theta: torch.Tensor, delta: torch.Tensor, job, staleness: int,
+                version: int) -> tuple[torch.Tensor, None, dict]:
+        x_new = job.theta - delta                                   # the client's model
+        alpha = self.alpha * self.weight(staleness)
+        return (1.0 - alpha) * theta + alpha * x_new, state, {"applied": True, "step_size": alpha}
+
+
+class _LocalFields(AlgorithmConfig):
+    local_lr: float = Field(gt=0, description="the clients' local SGD step size")
+    local_steps: int = Field(1, ge=1, le=10_000, description="H local steps per job")
+
+    timing_independent: ClassVar[bool] = False
+    event_driven: ClassVar[bool] = True
+
+    def _local_lr(self):
+        return lambda j: self.local_lr * self.lr_schedule.factor(j)
+
+
+class FedBuffConfig(_LocalFields):
+    """FedBuff (Nguyen et al. 2022): buffered asynchronous aggregation of K
+    client deltas, C clients at once, server step ``lr`` (event-driven)."""
+
+    kind: Literal["fedbuff"] = "fedbuff"
+    lr: float = Field(1.0, gt=0, description="server step size eta_g")
+    buffer: int = Field(ge=1, description="K deltas per server step")
+    concurrency: int | None = Field(None, ge=1, description="C clients training at once (default: all)")
+    staleness_weight: Literal["none", "sqrt"] = "none"
+
+    def build(self, ctx: Context) -> FedBuff:
+        return FedBuff(self.label, self.lr_at, ctx.n, ctx.d, self.local_steps, self._local_lr(), self.buffer,
+                       self.concurrency, self.staleness_weight)
+
+
+class FedAsyncConfig(_LocalFields):
+    """FedAsync (Xie et al. 2019): the server mixes each arriving client model
+    with weight alpha s(staleness) (event-driven)."""
+
+    kind: Literal["fedasync"] = "fedasync"
+    lr: float = Field(1.0, gt=0, description="unused by the mixing rule (alpha is the server's weight)")
+    alpha: float = Field(0.6, gt=0, le=1, description="mixing weight before the staleness function")
+    staleness_fn: Literal["constant", "polynomial", "hinge"] = "constant"
+    a: float = Field(0.5, ge=0, description="polynomial exponent / hinge slope")
+    b: int = Field(4, ge=0, description="hinge: staleness served at full weight")
+
+    def build(self, ctx: Context) -> FedAsync:
+        return FedAsync(self.label, self.alpha, ctx.n, ctx.d, self.local_steps, self._local_lr(),
+                        self.staleness_fn, self.a, self.b)

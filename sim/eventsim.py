@@ -46,6 +46,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import simpy
 import torch
 
@@ -55,7 +56,7 @@ from .engine import Counters, RunResult, World, evaluate, link_rows, straggler_t
 from .errors import ConfigError
 from .grads import GradFn, masks_at
 from .network import Network
-from .rng import TAG_BATCH, WorkerStreams
+from .rng import TAG_BATCH, TAG_LOCAL, WorkerStreams
 from .wire import Message
 
 
@@ -75,23 +76,33 @@ def refusal(scn, cfg) -> str | None:  # also called by sim/config.py, so bad inp
 
 @dataclass
 class Job:
-    """One gradient: fixed when the worker starts computing, computed lazily."""
+    """One worker's computation: fixed when the worker starts, computed lazily."""
 
     worker: int
-    step: int                   # the worker's local step count (its minibatch stream index)
+    step: int                   # the worker's job count (its minibatch stream index)
     version: int                # the server version of ``theta``
-    theta: torch.Tensor         # [d] the parameters it is computed at (never modified in place)
-    grad: torch.Tensor | None = None
+    theta: torch.Tensor         # [d] the parameters it starts from (never modified in place)
+    message: torch.Tensor | None = None   # [d] a gradient (local_steps 0) or Delta = theta - theta^(H)
 
 
 class LazyGrads:
-    """Gradients whose inputs are fixed, evaluated together when the first is needed."""
+    """Computations whose inputs are fixed, evaluated together when the first is needed.
 
-    def __init__(self, world: World, grad_fn: GradFn, streams: WorkerStreams, eager: bool = False) -> None:
+    ``local_steps`` 0: the message is the gradient at the snapshot on
+    minibatch (TAG_BATCH, j).  H >= 1: H local SGD steps with ``local_lr``,
+    step 0 on minibatch (TAG_BATCH, j) and step h on (TAG_LOCAL, j, h), the
+    keys sim/engine.py LocalSteps uses for round j, so a client's j-th job
+    draws what it would draw in round j of a synchronous run; the message
+    is Delta = theta - theta^(H).  All pending jobs advance in lockstep: one
+    batched call per local step."""
+
+    def __init__(self, world: World, grad_fn: GradFn, streams: WorkerStreams, local_steps: int = 0,
+                 local_lr=None, eager: bool = False) -> None:
         if world.model.has_buffers:
             raise ConfigError("event-driven algorithms do not support BatchNorm models yet (the running "
                               "statistics would need a version per worker)", field="model.kind")
         self.world, self.grad_fn, self.streams, self.eager = world, grad_fn, streams, eager
+        self.local_steps, self.local_lr = local_steps, local_lr
         self.pending: list[Job] = []
         self.widths: list[int] = []      # the size of every batched call
 
@@ -101,36 +112,55 @@ class LazyGrads:
             self._evaluate()
 
     def get(self, job: Job) -> torch.Tensor:
-        if job.grad is None:
+        if job.message is None:
             self._evaluate()
-        return job.grad
+        return job.message
 
     @property
     def mean_batch(self) -> float:
         return sum(self.widths) / len(self.widths) if self.widths else 0.0
 
+    def _grads(self, thetas: torch.Tensor, workers: torch.Tensor, steps: torch.Tensor, h: int) -> torch.Tensor:
+        w, b = self.world, self.world.scenario.batch_size
+        tag, sub = (TAG_BATCH, None) if h == 0 else (TAG_LOCAL, h)
+        local = self.streams.randint_at(tag, workers, steps, w.shards.size[workers], b, sub=sub)   # [m, b]
+        idx = torch.gather(w.shards.index[workers], 1, local)
+        masks = masks_at(w.model, self.streams, workers, steps, b, sub=sub, tag_offset=0 if h == 0 else TAG_LOCAL)
+        self.widths.append(int(thetas.shape[0]))
+        return self.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)                  # [m, d]
+
     def _evaluate(self) -> None:
         jobs, self.pending = self.pending, []
         if not jobs:
             return
-        w, scn = self.world, self.world.scenario
-        dev = w.device
+        dev = self.world.device
         workers = torch.tensor([j.worker for j in jobs], dtype=torch.int64, device=dev)   # [m]
         steps = torch.tensor([j.step for j in jobs], dtype=torch.int64, device=dev)       # [m]
-        local = self.streams.randint_at(TAG_BATCH, workers, steps, w.shards.size[workers], scn.batch_size)
-        idx = torch.gather(w.shards.index[workers], 1, local)                             # [m, b]
-        masks = masks_at(w.model, self.streams, workers, steps, scn.batch_size)
-        thetas = torch.stack([j.theta for j in jobs])                                     # [m, d]
-        grads = self.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)            # [m, d]
-        for j, g in zip(jobs, grads):
-            j.grad = g
-        self.widths.append(len(jobs))
+        start = torch.stack([j.theta for j in jobs])                                      # [m, d]
+        if self.local_steps == 0:
+            out = self._grads(start, workers, steps, 0)
+        else:
+            lr = torch.tensor([self.local_lr(j.step) for j in jobs], device=dev).view(-1, 1)
+            th = start
+            for h in range(self.local_steps):                  # lockstep: one batched call per local step
+                th = th - lr * self._grads(th, workers, steps, h)
+            out = start - th
+        for j, m in zip(jobs, out):
+            j.message = m
 
 
 def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda row: None,
                      on_round: Callable[[int, float], None] = lambda r, t: None,
                      on_update: Callable[[dict], None] = lambda row: None, eager: bool = False) -> RunResult:
-    """Train one event-driven algorithm in ``world`` until a stop rule fires."""
+    """Train one event-driven algorithm in ``world`` until a stop rule fires.
+
+    The algorithm (algorithms/asynchronous.py) gives ``local_steps`` and
+    ``local_lr``, ``upload_bytes`` / ``reply_bytes``, ``concurrency`` (how many
+    workers compute at once; None: all), ``reply_at_once`` (answer each
+    arrival as it is processed, or after every arrival of that instant),
+    ``receive(state, theta, message, job, staleness, version) -> (theta,
+    state, {"applied": bool, "step_size": float})`` and ``may_proceed(clock,
+    slowest)`` (bounded staleness)."""
     scn = world.scenario
     why = refusal(scn, cfg)
     if why:
@@ -143,25 +173,31 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     server = scn.network.topology.server_names()[0]
     header = scn.network.header_bytes
     streams = WorkerStreams(world.seed, n, dev)
-    lazy = LazyGrads(world, GradFn(world.model, scn.gradients), streams, eager=eager)
+    H = int(getattr(alg, "local_steps", 0))
+    lazy = LazyGrads(world, GradFn(world.model, scn.gradients), streams, H, getattr(alg, "local_lr", None),
+                     eager=eager)
     result = RunResult(cfg.label, world.seed, model_params=d)
     c = Counters()
     stop = scn.stop
-    s = {"theta": world.model.init_params(world.seed, dev), "version": 0, "state": None}
+    s = {"theta": world.model.init_params(world.seed, dev), "version": 0, "state": None, "messages": 0}
     s["state"] = alg.init(s["theta"])
-    clocks = [0] * n                     # gradients of each worker applied so far
-    held: list[int] = []                 # workers whose reply waits (bounded staleness)
-    reply = [env.event() for _ in range(n)]
+    clocks = [0] * n                     # messages of each worker processed so far
+    held: list[int] = []                 # workers whose next start waits (bounded staleness)
+    start = [env.event() for _ in range(n)]
     mailbox: list[Job] = []
     wake = {"ev": env.event()}
     done = env.event()
-    every, last_version = scn.eval_every * n, stop.max_rounds * n
+    every, last_message = scn.eval_every * n, stop.max_rounds * n
     steps: dict[int, list[float]] = {}
+    C = n if getattr(alg, "concurrency", None) is None else min(int(alg.concurrency), n)
+    pick = np.random.default_rng([world.seed, 0xFEDB])   # the server's client choice (concurrency < n)
+    first = sorted(pick.choice(n, size=C, replace=False).tolist()) if C < n else list(range(n))
+    idle = sorted(set(range(n)) - set(first))
 
     def step_s(i: int, j: int) -> float:
         if j not in steps:                      # the n workers' times of local step j, drawn once
             steps[j] = straggler_times(world, streams, j)
-        return steps[j][i]
+        return steps[j][i] * max(1, H)          # H local steps take H step times
 
     def record() -> dict:
         ev = evaluate(world, s["theta"])
@@ -171,28 +207,43 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         on_row(row)
         return row
 
-    def send_reply(i: int) -> None:
+    def send_params(i: int) -> None:
         theta, version = s["theta"], s["version"]
         msg = Message(server, f"w{i}", "params", version, alg.reply_bytes, header)
         c.bytes_down += msg.nbytes
-        ev, reply[i] = reply[i], env.event()
+        ev = start[i]                           # pending: the worker took the previous one and replaced it
         net.send(msg).callbacks.append(lambda _e: ev.succeed((theta, version)))
 
+    def dispatch(i: int) -> None:
+        """Worker i's message was processed: who computes next, and when."""
+        if C < n:                                # a slot is free: a client drawn from the idle ones
+            idle.append(i)
+            idle.sort()
+            nxt = idle.pop(int(pick.integers(len(idle))))
+            send_params(nxt)
+            return
+        held.append(i)
+        slowest = min(clocks)
+        for k in sorted(held):
+            if alg.may_proceed(clocks[k], slowest):
+                held.remove(k)
+                send_params(k)
+
     def worker(i: int):
-        theta, version, j = s["theta"], 0, 0
+        j = 0
         while True:
+            theta, version = yield start[i]
+            start[i] = env.event()                # where the next assignment will come
             job = Job(i, j, version, theta)
             lazy.add(job)
             yield env.timeout(step_s(i, j))
             msg = Message(f"w{i}", server, "grad", j, alg.upload_bytes, header)
-            answer = reply[i]
             yield net.send(msg)
-            c.uploads += 1                    # counted on delivery: uploads = version + the mailbox
+            c.uploads += 1                    # counted on delivery
             c.bytes_up += msg.nbytes
             mailbox.append(job)
             if not wake["ev"].triggered:
                 wake["ev"].succeed()
-            theta, version = yield answer
             j += 1
 
     def finish(why_diverged: str = "") -> None:
@@ -210,39 +261,43 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
             yield env.timeout(0)             # every arrival of this instant is in the mailbox now
             batch = sorted(mailbox, key=lambda job: job.worker)
             mailbox.clear()
+            answered = []
             for job in batch:
-                g = lazy.get(job)
+                msg = lazy.get(job)
                 tau = s["version"] - job.version
-                s["theta"], s["state"], eta = alg.apply(s["state"], s["theta"], g, tau, s["version"])
-                s["version"] += 1
+                s["theta"], s["state"], info = alg.receive(s["state"], s["theta"], msg, job, tau, s["version"])
+                s["version"] += 1 if info["applied"] else 0
+                s["messages"] += 1
                 clocks[job.worker] += 1
                 on_update({"algorithm": cfg.label, "seed": world.seed, "version": s["version"],
                            "sim_time_s": env.now, "worker": job.worker, "computed_at": job.version,
-                           "staleness": tau, "step_size": eta})
-                on_round(s["version"] // n, env.now)
+                           "staleness": tau, "step_size": info["step_size"]})
+                on_round(s["messages"] // n, env.now)
                 if not bool(torch.isfinite(s["theta"]).all()):
                     record()
                     return finish(f"diverged at version {s['version']}: a parameter is not finite after the update")
-                held.append(job.worker)
-                slowest = min(clocks)
-                for i in sorted(held):
-                    if alg.may_proceed(clocks[i], slowest):
-                        held.remove(i)
-                        send_reply(i)
-                v = s["version"]
-                last = v >= last_version or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
-                if v % every == 0 or last:
+                if alg.reply_at_once:
+                    dispatch(job.worker)
+                else:
+                    answered.append(job.worker)
+                m = s["messages"]
+                last = m >= last_message or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
+                if m % every == 0 or last:
                     row = record()
                     if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
-                        return finish(f"diverged by version {v}: the evaluated loss is not finite")
+                        return finish(f"diverged by version {s['version']}: the evaluated loss is not finite")
                     if stop.on_target and row["test_acc"] >= stop.target_accuracy:
                         return finish()
                 if last:
                     return finish()
+            for i in answered:
+                dispatch(i)
 
     env.process(server_proc())
     for i in range(n):
         env.process(worker(i))
+    for i in first:                              # they hold theta_0 at time 0
+        start[i].succeed((s["theta"], 0))
     try:
         env.run(until=done)
     except RuntimeError as exc:

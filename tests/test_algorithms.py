@@ -52,6 +52,8 @@ ALGORITHM_EXAMPLES = {
     "async_sgd": {"lr": 0.5, "staleness_lr": True},
     "fedavg": {"local_lr": 0.5, "local_steps": 2, "compressor": {"kind": "topk", "ratio": 0.25}},
     "local_sgd": {"lr": 0.5, "local_steps": 3},
+    "fedbuff": {"local_lr": 0.3, "local_steps": 2, "buffer": 2},
+    "fedasync": {"local_lr": 0.3, "local_steps": 2, "staleness_fn": "polynomial"},
 }
 
 
@@ -101,13 +103,21 @@ def test_algorithm_decreases_loss_on_a_convex_task(kind):
     streams = WorkerStreams(0, N)
     start = loss(theta)
     arrived = torch.ones(N, dtype=torch.bool)
-    if getattr(cfg, "event_driven", False):      # one gradient at a time, round robin, one version stale
+    if getattr(cfg, "event_driven", False):      # one message at a time, round robin, one version stale
+        from sim.eventsim import Job
         version, stale = 0, theta
         for t in range(200 * N):
             i = t % N
-            theta, state, eta = alg.apply(state, theta, grads(stale)[i], 1, version)
-            assert eta > 0
-            stale, version = theta, version + 1
+            msg = grads(stale)[i]
+            if alg.local_steps:                  # Delta = theta - theta^(H) of H local steps
+                th = stale.expand(N, D).clone()
+                for _ in range(alg.local_steps):
+                    th = th - alg.local_lr(t // N) * grads(th)
+                msg = stale - th[i]
+            theta, state, info = alg.receive(state, theta, msg, Job(i, t // N, version, stale), 1, version)
+            assert info["step_size"] >= 0
+            if info["applied"]:
+                stale, version = theta, version + 1
         assert loss(theta) < 0.5 * start
         return
     for t in range(200):
@@ -292,7 +302,9 @@ def test_every_algorithm_runs_a_short_scenario(kind, tiny_world):
     cfg = algorithms.ALGORITHMS[kind](name=kind, **ALGORITHM_EXAMPLES[kind])
     res = run_algorithm(tiny_world, cfg)
     assert not res.diverged and not res.stalled
-    per = tiny_world.n if getattr(cfg, "event_driven", False) else 1     # versions: one per gradient
+    per = 1
+    if getattr(cfg, "event_driven", False):      # versions: one per applied message (FedBuff: per K)
+        per = tiny_world.n // getattr(cfg, "buffer", 1)
     assert [r["round"] for r in res.rows] == [0, 3 * per, 6 * per]
     last = res.rows[-1]
     skipped = round(res.skipped_fraction * 6 * tiny_world.n)

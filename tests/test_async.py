@@ -176,3 +176,56 @@ def test_replay_is_refused_for_async(tmp_path):
     from sim.replay import refusal
     scn = load_scenario(TINY, ["algorithms=[{name: a, kind: async_sgd, lr: 0.1}]"])
     assert "not timing-independent" in refusal(scn, scn)
+
+
+# --- FedBuff and FedAsync -------------------------------------------------------
+
+def test_fedbuff_with_k_equal_c_equal_n_is_synchronous_fedavg():
+    """Equal clients arrive together; the buffer of n is flushed once per wave
+    and every client restarts from the flushed model: FedAvg with the same
+    local steps (uniform weights, server step lr)."""
+    w = world(["stop.max_rounds=6"])
+    n = w.n
+    buf, up = run(w, algorithms.ALGORITHMS["fedbuff"](name="b", lr=0.8, local_lr=0.1, local_steps=3, buffer=n))
+    avg = run_algorithm(w, algorithms.ALGORITHMS["fedavg"](name="f", lr=0.8, local_lr=0.1, local_steps=3,
+                                                           weighting="uniform"))
+    assert [u["version"] for u in up] == [k // n + (1 if k % n == n - 1 else 0) for k in range(6 * n)]
+    assert [r["round"] for r in buf.rows] == [r["round"] for r in avg.rows]
+    for a, b in zip(buf.rows, avg.rows):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["test_acc"] == b["test_acc"]
+
+
+def test_fedbuff_with_one_client_at_a_time_is_sequential_in_closed_form():
+    """C = 1: one job in flight; each takes a download, H steps and an upload:
+    arrivals at H s + t, then every t + H s + t (t: one message alone)."""
+    H, step = 2, 0.01
+    w = world(["stop.max_rounds=2", "network.uplink={bandwidth: 1 Gbps, latency: 1 ms}",
+               "network.downlink={bandwidth: 1 Gbps, latency: 1 ms}",
+               "network.server={bandwidth: 1000 Gbps, latency: 0 s}"])
+    _, up = run(w, algorithms.ALGORITHMS["fedbuff"](name="b", local_lr=0.1, local_steps=H, buffer=2,
+                                                    concurrency=1))
+    t = 1e-3 + 8 * (4 * w.model.d + w.scenario.network.header_bytes) / 1e9
+    times = [u["sim_time_s"] for u in up]
+    assert times[0] == pytest.approx(H * step + t, rel=1e-9)
+    for a, b in zip(times, times[1:]):
+        assert b - a == pytest.approx(2 * t + H * step, rel=1e-9)
+    assert len({u["worker"] for u in up}) > 1          # the next client is drawn from the idle ones
+
+
+def test_fedasync_mixes_with_the_staleness_function():
+    cfg = algorithms.ALGORITHMS["fedasync"]
+    poly = cfg(local_lr=0.1, alpha=0.5, staleness_fn="polynomial", a=0.5).build(ctx_small())
+    hinge = cfg(local_lr=0.1, alpha=0.5, staleness_fn="hinge", a=2.0, b=3).build(ctx_small())
+    assert [poly.weight(t) for t in (0, 3, 8)] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert [hinge.weight(t) for t in (0, 3, 4, 6)] == pytest.approx([1.0, 1.0, 1 / 3, 1 / 7])
+    from sim.eventsim import Job
+    theta, snap, delta = torch.full((4,), 2.0), torch.ones(4), torch.full((4,), 0.25)
+    new, _, info = poly.receive(None, theta, delta, Job(0, 0, 0, snap), 3, 3)
+    assert info["step_size"] == pytest.approx(0.25)
+    torch.testing.assert_close(new, 0.75 * theta + 0.25 * (snap - delta))
+
+
+def ctx_small():
+    from algorithms.base import Context
+    return Context(d=4, n=2, blocks=(), device=torch.device("cpu"))
