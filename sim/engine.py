@@ -392,7 +392,7 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
                 record()
                 return
             timing = yield from proto.round(t, plan["sizes"], plan["sending"], plan["step_s"],
-                                            scn.round_timeout, carries=plan["carries"])
+                                            scn.round_timeout, carries=plan["carries"], wait_for=scn.wait_for)
             arrived = timing.arrived
             c.round += 1
             c.uploads += timing.uploads

@@ -162,6 +162,9 @@ class ParameterServer:
         env = self.env
 
         def computed(_ev) -> None:
+            if out.get("interrupted"):     # K-sync moved on: this work is dropped, nothing is sent
+                finished()
+                return
             if not self.failures.up_through(i, self.round_start, env.now):
                 out["lost"][i] = env.now   # crashed before it could send
                 finished()
@@ -175,7 +178,7 @@ class ParameterServer:
                 left[0] -= 1
                 if left[0] == 0:
                     out["done"][i] = env.now
-                    finished()
+                    finished(True)
             for ev in evs:
                 ev.callbacks.append(delivered)
 
@@ -194,30 +197,46 @@ class ParameterServer:
         return slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
 
     def round(self, t: int, sizes: list[list[int]], active: list[bool], step_s: list[float],
-              timeout_s: float | None, carries: list[bool] | None = None):
+              timeout_s: float | None, carries: list[bool] | None = None, wait_for: int | None = None):
         """SimPy generator: returns RoundTiming once every active worker's
-        upload arrived, crashed, or the deadline passed.  ``sizes`` from
-        :meth:`sizes`; ``carries[i]`` False: worker i's message is a skip
-        notice (not counted as an upload)."""
+        upload arrived, crashed, or the deadline passed, or (``wait_for`` K,
+        K-sync) once K uploads arrived.  Uploads after the round ended are
+        dropped (they still cross the network).  ``sizes`` from :meth:`sizes`;
+        ``carries[i]`` False: worker i's message is a skip notice (not counted
+        as an upload)."""
         out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}}
         wait = self.env.event()
         pending = [sum(1 for a in active if a)]
+        got = [0]
 
-        def finished() -> None:
+        def finished(ok: bool = False) -> None:
             pending[0] -= 1
-            if pending[0] == 0:
+            got[0] += ok
+            if not wait.triggered and (pending[0] == 0 or (wait_for is not None and got[0] >= wait_for)):
                 wait.succeed()
         if pending[0] == 0:
             wait.succeed()
         for i in range(self.n):
             if active[i]:
                 self._worker(i, t, sizes[i], step_s[i], out, finished)
+        if wait_for is not None:    # the round ends at the K-th arrival; later ones are late
+            yield wait
+            end = self.env.now
+            # Dutta et al. 2018: the other workers are interrupted; one still computing
+            # sends nothing, an upload already on the wire completes and is dropped
+            out["interrupted"] = True
+            arrived = sorted((out["done"][i], i) for i in out["done"])[:wait_for]
+            keep = {i for _, i in arrived}
+            out["done"] = {i: v for i, v in out["done"].items() if i in keep}
+            return self._timing(out, step_s, carries, end)
         if timeout_s is not None:
             deadline = self.round_start + timeout_s
             yield wait | self.env.timeout(max(deadline - self.env.now, 0.0))
         else:
             yield wait
-        end = self.env.now
+        return self._timing(out, step_s, carries, self.env.now)
+
+    def _timing(self, out: dict, step_s: list[float], carries, end: float) -> RoundTiming:
         arrived = [i in out["done"] and out["done"][i] <= end for i in range(self.n)]
         timing = RoundTiming(arrived)
         timing.messages_up = len(out["sent_bytes"]) * len(self.servers)
