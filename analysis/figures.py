@@ -783,3 +783,65 @@ def plot_phases_vs_axis(ph: pd.DataFrame, axis: Axis, algorithms: list[str], pat
     fig.suptitle(_wrap(f"{title}: critical path of a round against {axis.what}" +
                        (f"\n({note})" if note else ""), width * cols + 1.2, 11), fontsize=11)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- event-driven runs
+
+def plot_staleness(updates: pd.DataFrame, path: Path, title: str) -> Path:
+    """Share of the applied messages at each staleness (versions between the
+    parameters a message was computed at and the version it was applied to),
+    one bar group per algorithm, all seeds pooled (updates.csv)."""
+    algs = list(dict.fromkeys(updates["algorithm"]))
+    colors = palette(algs)
+    top = int(updates["staleness"].max()) if len(updates) else 0
+    fig = _figure(7.5, 4.0)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(algs))
+    for k, a in enumerate(algs):
+        s = updates.loc[updates["algorithm"] == a, "staleness"].astype(int)
+        share = s.value_counts(normalize=True).reindex(range(top + 1), fill_value=0.0)
+        ax.bar(np.arange(top + 1) + (k - (len(algs) - 1) / 2) * width, share.values, width=width,
+               color=colors[a], label=f"{a} (mean {s.mean():.2f})")
+    ax.set_xlabel("staleness (server versions)")
+    ax.set_ylabel("share of the messages")
+    ax.set_title(_wrap(f"{title}: staleness of the applied messages", 5.6, 10), fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+TIMELINE_PHASES = (("download", "params_sent_s", "compute_start_s", "download_s"),
+                   ("compute", "compute_start_s", "upload_start_s", "compute_s"),
+                   ("upload", "upload_start_s", "sim_time_s", "upload_s"))
+
+
+def plot_timeline(updates: pd.DataFrame, path: Path, title: str, first_s: float | None = None) -> Path:
+    """Gantt chart per worker: download, compute and upload intervals (idle is
+    the blank between them) over the first ``first_s`` simulated seconds
+    (default: the span of the first 3 n messages), one panel per algorithm,
+    the first seed (updates.csv)."""
+    algs = list(dict.fromkeys(updates["algorithm"]))
+    seed = sorted(updates["seed"].unique())[0]
+    df = updates[updates["seed"] == seed]
+    n = int(df["worker"].max()) + 1
+    if first_s is None:
+        first_s = float(df.sort_values("sim_time_s")["sim_time_s"].iloc[min(len(df) - 1, 3 * n - 1)])
+    scale, unit = _time_unit(first_s)
+    fig = _figure(7.5, 1.2 + 0.9 * len(algs) * max(1.0, n / 6))
+    axes = fig.subplots(len(algs), 1, squeeze=False)[:, 0]
+    for ax, a in zip(axes, algs):
+        rows = df[(df["algorithm"] == a) & (df["params_sent_s"] < first_s)]
+        for label, lo, hi, color in TIMELINE_PHASES:
+            for w, g in rows.groupby("worker"):
+                spans = [(scale * x, scale * (min(y, first_s) - x)) for x, y in zip(g[lo], g[hi]) if x < first_s]
+                ax.broken_barh(spans, (w - 0.4, 0.8), color=PHASE_COLORS[color], label=label if w == 0 else None)
+        ax.set_xlim(0, scale * first_s)
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_yticks(range(n))
+        ax.set_ylabel("worker")
+        ax.set_title(a, fontsize=9)
+    axes[-1].set_xlabel(f"simulated time ({unit})")
+    handles = [Patch(color=PHASE_COLORS[c], label=label) for label, _, _, c in TIMELINE_PHASES]
+    fig.legend(handles=handles + [Patch(facecolor="white", edgecolor="grey", label="idle")],
+               loc="outside lower center", fontsize=8, ncols=4)
+    fig.suptitle(_wrap(f"{title}: what each worker does (seed {seed})", 5.6, 10), fontsize=10)
+    return _save(fig, path)

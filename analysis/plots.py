@@ -13,11 +13,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .figures import figure_title, plot_accuracy
+from .figures import figure_title, plot_accuracy, plot_staleness, plot_timeline
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write time_to_accuracy.png and accuracy_vs_bytes.png into ``run_dir``."""
+    """Write time_to_accuracy.png and accuracy_vs_bytes.png into ``run_dir``,
+    and for event-driven algorithms (rows in updates.csv) staleness.png and
+    timeline.png."""
     run_dir = Path(run_dir)
     df = pd.read_csv(run_dir / "metrics.csv", dtype={"algorithm": str})
     target = None
@@ -29,5 +31,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     scenario = run_dir / "scenario.yaml"
     name = (yaml.safe_load(scenario.read_text()) or {}).get("name") if scenario.is_file() else None
     title = figure_title(str(name or run_dir.name), df["seed"].dropna().unique())
-    return [plot_accuracy(df, "time", target, run_dir / "time_to_accuracy.png", title),
-            plot_accuracy(df, "bytes", target, run_dir / "accuracy_vs_bytes.png", title)]
+    out = [plot_accuracy(df, "time", target, run_dir / "time_to_accuracy.png", title),
+           plot_accuracy(df, "bytes", target, run_dir / "accuracy_vs_bytes.png", title)]
+    updates = run_dir / "updates.csv"
+    if updates.exists():
+        up = pd.read_csv(updates, dtype={"algorithm": str})
+        if len(up):
+            out += [plot_staleness(up, run_dir / "staleness.png", title),
+                    plot_timeline(up, run_dir / "timeline.png", title)]
+    return out

@@ -350,7 +350,30 @@ def _run_report(folder: Path, baseline: str | None) -> list[Path]:
                ("Critical path of a round (the worker whose upload completed last), mean seconds per "
                 "round over the rounds of each seed, then over seeds."), "", _phase_markdown(ph, []), "",
                _image(p, "Phase breakdown of a round per algorithm.")]
+    md += _event_driven_markdown(folder, title, written)
     return [*written, _write(folder, md)]
+
+
+def _event_driven_markdown(folder: Path, title: str, written: list[Path]) -> list[str]:
+    """Staleness and the per-worker timeline of event-driven algorithms (updates.csv)."""
+    path = folder / "updates.csv"
+    if not path.exists():
+        return []
+    up = pd.read_csv(path, dtype={"algorithm": str})
+    if not len(up):
+        return []
+    stats = up.groupby("algorithm", sort=False).agg(
+        messages=("staleness", "size"), mean_staleness=("staleness", "mean"),
+        max_staleness=("staleness", "max"), versions=("version", "max")).reset_index()
+    a = figures.plot_staleness(up, folder / "staleness.png", title)
+    b = figures.plot_timeline(up, folder / "timeline.png", title)
+    written += [a, b]
+    return ["", "## Event-driven algorithms", "",
+            ("Per message processed by the server (updates.csv, all seeds): staleness = the server version "
+             "it was applied to minus the version it was computed at."), "", md_table(stats), "",
+            _image(a, "Share of the messages at each staleness."),
+            _image(b, "What each worker does over the first simulated seconds: download, compute, upload; "
+                      "blank: idle (waiting for the server or for the slowest worker).")]
 
 
 def _seeds_of(*frames: pd.DataFrame) -> list[int]:

@@ -83,6 +83,9 @@ class Job:
     version: int                # the server version of ``theta``
     theta: torch.Tensor         # [d] the parameters it starts from (never modified in place)
     message: torch.Tensor | None = None   # [d] a gradient (local_steps 0) or Delta = theta - theta^(H)
+    params_sent_s: float = 0.0            # when its parameters left the server (0: held from the start)
+    compute_start_s: float = 0.0
+    upload_start_s: float = 0.0
 
 
 class LazyGrads:
@@ -211,8 +214,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         theta, version = s["theta"], s["version"]
         msg = Message(server, f"w{i}", "params", version, alg.reply_bytes, header)
         c.bytes_down += msg.nbytes
-        ev = start[i]                           # pending: the worker took the previous one and replaced it
-        net.send(msg).callbacks.append(lambda _e: ev.succeed((theta, version)))
+        ev, sent = start[i], env.now            # pending: the worker took the previous one and replaced it
+        net.send(msg).callbacks.append(lambda _e: ev.succeed((theta, version, sent)))
 
     def dispatch(i: int) -> None:
         """Worker i's message was processed: who computes next, and when."""
@@ -232,11 +235,12 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     def worker(i: int):
         j = 0
         while True:
-            theta, version = yield start[i]
+            theta, version, sent = yield start[i]
             start[i] = env.event()                # where the next assignment will come
-            job = Job(i, j, version, theta)
+            job = Job(i, j, version, theta, params_sent_s=sent, compute_start_s=env.now)
             lazy.add(job)
             yield env.timeout(step_s(i, j))
+            job.upload_start_s = env.now
             msg = Message(f"w{i}", server, "grad", j, alg.upload_bytes, header)
             yield net.send(msg)
             c.uploads += 1                    # counted on delivery
@@ -271,7 +275,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 clocks[job.worker] += 1
                 on_update({"algorithm": cfg.label, "seed": world.seed, "version": s["version"],
                            "sim_time_s": env.now, "worker": job.worker, "computed_at": job.version,
-                           "staleness": tau, "step_size": info["step_size"]})
+                           "staleness": tau, "step_size": info["step_size"], "params_sent_s": job.params_sent_s,
+                           "compute_start_s": job.compute_start_s, "upload_start_s": job.upload_start_s})
                 on_round(s["messages"] // n, env.now)
                 if not bool(torch.isfinite(s["theta"]).all()):
                     record()
@@ -297,7 +302,7 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     for i in range(n):
         env.process(worker(i))
     for i in first:                              # they hold theta_0 at time 0
-        start[i].succeed((s["theta"], 0))
+        start[i].succeed((s["theta"], 0, 0.0))
     try:
         env.run(until=done)
     except RuntimeError as exc:

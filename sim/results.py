@@ -34,8 +34,11 @@ LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "lat
 DIAGNOSTIC_COLUMNS = ["algorithm", "seed", "round", "quantity", "value"]
 # Event-driven algorithms (sim/eventsim.py): one row per applied gradient, keyed by
 # the server version it produced.  Empty (the header only) for synchronous ones.
+# sim_time_s: when the server processed it; params_sent_s / compute_start_s /
+# upload_start_s: when the worker's parameters left the server, when it began
+# computing (they arrived) and when it began uploading (the Gantt figure).
 UPDATE_COLUMNS = ["algorithm", "seed", "version", "sim_time_s", "worker", "computed_at", "staleness",
-                  "step_size"]
+                  "step_size", "params_sent_s", "compute_start_s", "upload_start_s"]
 RESULT_COLUMNS = {"metrics": METRICS_COLUMNS, "summary": SUMMARY_COLUMNS, "phases": PHASE_COLUMNS,
                   "links": LINK_COLUMNS, "diagnostics": DIAGNOSTIC_COLUMNS, "updates": UPDATE_COLUMNS}
 
