@@ -113,11 +113,24 @@ class AlgorithmConfig(BaseModel):
     name: str | None = Field(None, description="label in results and plots (default: kind)")
     lr: float = Field(gt=0, description="learning rate")
     lr_schedule: ScheduleConfig = Field(default_factory=Constant, description="lr_t = lr * factor(t)")
+    wait_for: int | None = Field(
+        None, ge=1, description="K-sync (Dutta et al. 2018): the synchronous server proceeds with the first K "
+                                "uploads of a round; the other workers are interrupted, their work dropped")
 
     # False for an algorithm whose math depends on when messages arrive
     # (asynchronous updates, deadlines inside the algorithm): trace replay
     # (sim/replay.py) refuses it.  Every registered algorithm is synchronous.
     timing_independent: ClassVar[bool] = True
+
+    @property
+    def timing_dependent_why(self) -> str | None:
+        """Why this entry's math depends on timing (replay refuses it), or None."""
+        if not self.timing_independent:
+            return f"algorithm {self.label!r} is not timing-independent (its updates depend on arrival times)"
+        if self.wait_for is not None:
+            return (f"algorithm {self.label!r} has wait_for: the first K uploads are kept, which ones depends "
+                    "on timing")
+        return None
 
     @property
     def label(self) -> str:

@@ -149,9 +149,6 @@ class Scenario(Strict):
     round_timeout: PositiveDuration | None = Field(
         None, description="a synchronous server stops waiting this long after it broadcast; "
                           "later uploads count as missing for that round")
-    wait_for: int | None = Field(
-        None, ge=1, description="K-sync (Dutta et al. 2018): a synchronous server proceeds with the first K "
-                                "uploads of a round; later ones are dropped")
     failures: list[WorkerFailure] = Field(default_factory=list, description="worker crashes (and rejoins)")
     algorithms: list[AlgorithmEntry] = Field(min_length=1)
 
@@ -195,11 +192,17 @@ class Scenario(Strict):
                 why = refusal(self, a)
                 if why:
                     raise ValueError(why)
-        if self.wait_for is not None and self.wait_for > self.workers:
-            raise ValueError(f"wait_for: {self.wait_for} uploads a round from {self.workers} workers; allowed: "
-                             f"1 .. workers = {self.workers}")
-        if self.network.topology.collective == "ring" and (self.failures or self.round_timeout or self.wait_for):
-            raise ValueError("network.topology: failures, round_timeout and wait_for need a parameter-server topology "
+        for a in self.algorithms:
+            if a.wait_for is None:
+                continue
+            if a.wait_for > self.workers:
+                raise ValueError(f"algorithms: {a.label}: wait_for: {a.wait_for} uploads a round from "
+                                 f"{self.workers} workers; allowed: 1 .. workers = {self.workers}")
+            if getattr(a, "event_driven", False) or self.network.topology.collective == "ring":
+                raise ValueError(f"algorithms: {a.label}: wait_for needs a synchronous algorithm on a "
+                                 "parameter-server topology (star, hierarchical, graph)")
+        if self.network.topology.collective == "ring" and (self.failures or self.round_timeout):
+            raise ValueError("network.topology: failures and round_timeout need a parameter-server topology "
                              "(star, hierarchical, graph); a ring has no server to drop workers")
         return self
 

@@ -341,14 +341,14 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     if record is not None:
         source = record(source)
     return simulate(world.scenario, env, net, proto, source, cfg.label, world.seed, world.model.d,
-                    on_row, on_round, on_phase, on_diag)
+                    on_row, on_round, on_phase, on_diag, wait_for=cfg.wait_for)
 
 
 def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source, label: str, seed: int,
              d: int, on_row: Callable[[dict], None] = lambda row: None,
              on_round: Callable[[int, float], None] = lambda r, t: None,
              on_phase: Callable[[dict], None] = lambda row: None,
-             on_diag: Callable[[dict], None] = lambda row: None) -> RunResult:
+             on_diag: Callable[[dict], None] = lambda row: None, wait_for: int | None = None) -> RunResult:
     """The SimPy side of a run: rounds, evaluations and stop rules, asking
     ``source`` (a :class:`Trainer`, or a replayed trace) for the math.
 
@@ -392,7 +392,7 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
                 record()
                 return
             timing = yield from proto.round(t, plan["sizes"], plan["sending"], plan["step_s"],
-                                            scn.round_timeout, carries=plan["carries"], wait_for=scn.wait_for)
+                                            scn.round_timeout, carries=plan["carries"], wait_for=wait_for)
             arrived = timing.arrived
             c.round += 1
             c.uploads += timing.uploads

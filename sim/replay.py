@@ -14,7 +14,8 @@ Replay is refused, with the reason, when timing can change the math:
 
 * a field outside ``network`` differs (data, model, algorithms, seeds, compute...);
 * the topology's protocol changes (parameter server vs ring, the set of servers);
-* ``round_timeout`` or ``wait_for`` (late workers are dropped: who arrives depends on timing);
+* ``round_timeout``, or an algorithm with ``wait_for`` (late workers are dropped: who arrives
+  depends on timing);
 * ``failures`` (who takes part depends on the clock);
 * an algorithm that declares ``timing_independent = False`` (asynchronous);
 * at run time: ``stop.max_sim_time`` ends the run at a round the trace did not
@@ -72,13 +73,12 @@ def refusal(recorded: Scenario, new: Scenario) -> str | None:
                 f"{tb.collective} with servers {tb.server_names()}); the messages would be cut differently")
     if recorded.round_timeout is not None:
         return "round_timeout drops late workers: which uploads arrive depends on timing, so the math does too"
-    if recorded.wait_for is not None:
-        return "wait_for keeps the first K uploads: which ones depends on timing, so the math does too"
     if recorded.failures:
         return "failures: which workers take part depends on the simulated clock"
     for cfg in recorded.algorithms:
-        if not cfg.timing_independent:
-            return f"algorithm {cfg.label!r} is not timing-independent (its updates depend on arrival times)"
+        why = cfg.timing_dependent_why
+        if why:
+            return why
     return None
 
 

@@ -237,13 +237,13 @@ def test_ksync_with_k_equal_n_is_sync_and_with_k_less_keeps_the_first_k(tmp_path
     base = ["compute={kind: fixed, step_time: 10 ms, speed: [1, 0.5, 0.25, 0.2]}", "stop.max_rounds=4",
             "network.uplink={bandwidth: 1 Gbps, latency: 1 ms}", "network.downlink={bandwidth: 1 Gbps, latency: 1 ms}",
             "network.server={bandwidth: 1000 Gbps, latency: 0 s}"]
-    sgd = algorithms.ALGORITHMS["sgd"](name="s", lr=0.1)
-    full = run_algorithm(world(base), sgd)
-    same = run_algorithm(world([*base, "wait_for=4"]), sgd)
+    sgd = lambda k=None: algorithms.ALGORITHMS["sgd"](name="s", lr=0.1, wait_for=k)  # noqa: E731
+    w = world(base)
+    full = run_algorithm(w, sgd())
+    same = run_algorithm(w, sgd(4))
     assert same.rows == full.rows
     phases = []
-    w = world([*base, "wait_for=2"])
-    k2 = run_algorithm(w, sgd, on_phase=phases.append)
+    k2 = run_algorithm(w, sgd(2), on_phase=phases.append)
     t = 1e-3 + 8 * (4 * w.model.d + w.scenario.network.header_bytes) / 1e9
     assert [p["arrived"] for p in phases] == [2, 2, 2, 2]
     assert phases[0]["end_s"] == pytest.approx(0.02 + t, rel=1e-9)       # the 2nd fastest: 20 ms + upload
@@ -256,7 +256,10 @@ def test_ksync_with_k_equal_n_is_sync_and_with_k_less_keeps_the_first_k(tmp_path
 
 def test_wait_for_is_refused_by_replay_and_bounded_by_the_workers(capsys, tmp_path):
     from sim.replay import refusal
-    scn = load_scenario(TINY, ["wait_for=2"])
+    scn = load_scenario(TINY, ["algorithms=[{name: k, kind: sgd, lr: 0.1, wait_for: 2}]"])
     assert "wait_for" in refusal(scn, scn)
-    code = run_sim.main(["run", str(TINY), "--set", "wait_for=9", "--out", str(tmp_path / "o")])
-    assert code == 2 and "allowed: 1 .. workers = 4" in capsys.readouterr().err
+    for algs, words in (("[{name: k, kind: sgd, lr: 0.1, wait_for: 9}]", "allowed: 1 .. workers = 4"),
+                        ("[{name: k, kind: async_sgd, lr: 0.1, wait_for: 2}]", "needs a synchronous algorithm")):
+        code = run_sim.main(["run", str(TINY), "--set", f"algorithms={algs}", "--out", str(tmp_path / "o")])
+        assert code == 2 and words in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
