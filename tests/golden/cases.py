@@ -1,0 +1,46 @@
+"""Golden files: short versions of the quickstart and paper scenarios whose
+metrics.csv must stay byte-identical when the engine changes (issue 13: the
+synchronous algorithms keep their exact results).
+
+    python tests/golden/cases.py            # rewrite the golden files (only on purpose!)
+
+The files were written by commit 4e48801 (before the event-driven engine);
+tests/test_golden.py runs the same cases and compares the bytes.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+CASES = {
+    "quickstart": ("scenarios/quickstart.yaml", ["stop.max_rounds=30", "eval_every=10"]),
+    "sasg_mnist": ("scenarios/papers/sasg_mnist.yaml", ["seeds=[1]", "stop.max_rounds=30", "eval_every=10"]),
+    "comp_ams_ef": ("scenarios/papers/comp_ams_ef.yaml", ["model.kind=mlp", "model.hidden=[64]",
+                                                          "stop.max_rounds=20", "eval_every=10"]),
+    "comp_ams_speedup": ("scenarios/papers/comp_ams_speedup.yaml", ["model.kind=mlp", "model.hidden=[64]",
+                                                                    "workers=4", "stop.max_rounds=20"]),
+    "sketched_amsgrad": ("scenarios/papers/sketched_amsgrad.yaml", ["model.hidden=[32]", "stop.max_rounds=6",
+                                                                    "eval_every=3"]),
+}
+
+
+def run_case(name: str, out: Path) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from sim.config import load_scenario
+    from sim.engine import build_world
+    from sim.runner import execute
+    scenario, overrides = CASES[name]
+    scn = load_scenario(ROOT / scenario, overrides)
+    execute(scn, {s: build_world(scn, s) for s in scn.run_seeds}, out, quiet=True, plots=False)
+    return out / "metrics.csv"
+
+
+if __name__ == "__main__":
+    import tempfile
+    for name in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            (HERE / f"{name}.metrics.csv").write_bytes(run_case(name, Path(tmp)).read_bytes())
+            print(f"wrote {name}.metrics.csv")
