@@ -1,0 +1,102 @@
+"""Event-driven engine benchmark (issue 13): host time per applied gradient,
+asynchronous SGD (sim/eventsim.py) against the synchronous engine, the mean
+width of the lazy batched gradient calls, and peak memory.
+
+The scenario: MNIST-5k, MLP 784-512-10, batch 32 per worker, a 1 Gbps / 5 ms
+star, fixed 10 ms compute steps with per-worker speeds spread over
+[0.5, 1] (so arrivals interleave), n = 32 and n = 100 workers.  ``sync`` is
+``sgd`` for R rounds (R n gradients), ``async`` is ``async_sgd`` for the same
+R n gradients (stop.max_rounds counts n gradients each for event-driven
+algorithms).  No evaluation in between (eval_every = R).  Every
+(engine, n) runs in its own fresh process (``--one``), so that its peak
+resident memory (ru_maxrss) is its own; host time is perf_counter around
+``run_algorithm`` only (world building excluded), best of ``--repeat``.
+
+    .venv/bin/python bench/bench_async.py [--rounds 30] [--repeat 3] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def overrides(n: int, rounds: int) -> list[str]:
+    speeds = [round(0.5 + 0.5 * i / max(1, n - 1), 4) for i in range(n)]
+    return [f"workers={n}", "model.hidden=[512]", "data.partition={kind: iid}",
+            f"compute={{kind: fixed, step_time: 10 ms, speed: {speeds}}}", f"stop.max_rounds={rounds}",
+            f"eval_every={rounds}", "stop.on_target=false", "stop.max_sim_time=null"]
+
+
+def one(engine: str, n: int, rounds: int, repeat: int) -> dict:
+    import torch
+
+    import algorithms
+    from sim.config import load_scenario
+    from sim.engine import build_world, run_algorithm
+    scn = load_scenario(ROOT / "scenarios" / "quickstart.yaml", overrides(n, rounds))
+    world = build_world(scn, 0)
+    cfg = algorithms.ALGORITHMS["sgd" if engine == "sync" else "async_sgd"](name=engine, lr=0.1)
+    best, batch = float("inf"), 0.0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = run_algorithm(world, cfg)
+        best = min(best, time.perf_counter() - t0)
+        batch = res.mean_batch
+    grads = rounds * n
+    return {"engine": engine, "n": n, "rounds": rounds, "gradients": grads, "host_s": best,
+            "host_ms_per_gradient": 1e3 * best / grads, "mean_batch": batch if engine == "async" else n,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json")
+    p.add_argument("--one", nargs=2, metavar=("ENGINE", "N"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(one(a.one[0], int(a.one[1]), a.rounds, a.repeat)))
+        return
+    rows = []
+    for n in (32, 100):
+        for engine in ("sync", "async"):
+            out = subprocess.run([sys.executable, __file__, "--one", engine, str(n), "--rounds", str(a.rounds),
+                                  "--repeat", str(a.repeat)], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).parent)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = rows[-1]
+            print(f"n={n:4d} {engine:5s}: {r['host_ms_per_gradient']:.3f} ms per gradient, "
+                  f"mean batch {r['mean_batch']:.1f}, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    ratios = {n: next(r for r in rows if r["n"] == n and r["engine"] == "async")["host_ms_per_gradient"] /
+              next(r for r in rows if r["n"] == n and r["engine"] == "sync")["host_ms_per_gradient"]
+              for n in (32, 100)}
+    load = os.getloadavg()
+    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+                          "load_before": load},
+              "rows": rows, "async_over_sync": ratios}
+    print("| n | engine | host ms per gradient | mean batch width | peak RSS (MB) |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['n']} | {r['engine']} | {r['host_ms_per_gradient']:.3f} | {r['mean_batch']:.1f} | "
+              f"{r['peak_rss_mb']:.0f} |")
+    print("\nasync / sync host time per gradient: " + ", ".join(f"n = {n}: {v:.2f}x" for n, v in ratios.items()))
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
