@@ -37,9 +37,10 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import VALUE_BYTES, AlgorithmConfig, Context
+from .compressors import Compressor, CompressorConfig, ErrorFeedback, NoneConfig
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,35 @@ class AsyncSgd:
     d: int
     staleness_lr: bool
     max_staleness: int | None
+    compressor: Compressor | None = None    # None: dense gradients
+    error_feedback: bool = False
     summable: bool = False
+
+    # --- the workers' side: compression with error feedback -------------------------
+    @property
+    def fixed_size(self) -> bool:
+        """Is every upload 4 d bytes whatever the gradient (no compressor)?"""
+        return self.compressor is None
+
+    def init_workers(self, n: int, d: int, device) -> torch.Tensor | None:
+        """Each worker's error-feedback memory, [n, d] (None without EF)."""
+        return torch.zeros(n, d, device=device) if self.error_feedback else None
+
+    def encode(self, errors: torch.Tensor | None, grads: torch.Tensor, workers: torch.Tensor, streams
+               ) -> tuple[torch.Tensor | None, torch.Tensor, list[int]]:
+        """Rows of gradients [m, d] of ``workers`` [m] (at most one row per worker)
+        -> (new memories, what the server decodes [m, d], payload bytes [m]):
+        p = g + e_i, sent C(p), e_i <- p - D(C(p)) (the compressor's formula
+        gives the bytes).  ``streams``: sim.rng.RowStreams for the rows."""
+        if self.compressor is None:
+            return errors, grads, [self.upload_bytes] * int(grads.shape[0])
+        if errors is None:
+            payload = self.compressor.compress(grads, streams=streams, round=0)
+            return None, self.compressor.decompress(payload), [int(b) for b in payload.nbytes.tolist()]
+        payload, decoded, err = ErrorFeedback(self.compressor).step(grads, errors[workers], streams=streams, round=0)
+        errors = errors.clone()
+        errors[workers] = err
+        return errors, decoded, [int(b) for b in payload.nbytes.tolist()]
 
     @property
     def upload_bytes(self) -> int:
@@ -94,12 +123,23 @@ class AsyncSgdConfig(AlgorithmConfig):
     staleness_lr: bool = Field(False, description="divide the step by max(1, staleness) (Zhang et al. 2016)")
     max_staleness: int | None = Field(None, ge=0, description="SSP bound s: a worker more than s applied "
                                                               "gradients ahead of the slowest waits (0: sync)")
+    compressor: CompressorConfig = Field(default_factory=NoneConfig, description="applied to each gradient")
+    error_feedback: bool = Field(True, description="keep e_i = p - D(C(p)) on each worker (with a compressor)")
 
     timing_independent: ClassVar[bool] = False
     event_driven: ClassVar[bool] = True
 
+    @model_validator(mode="after")
+    def _per_worker_draws(self) -> "AsyncSgdConfig":
+        if getattr(self.compressor, "shared_seed", False):
+            raise ValueError("compressor: randomk with shared_seed draws one mask per round; an asynchronous "
+                             "run has no rounds (allowed: shared_seed: false)")
+        return self
+
     def build(self, ctx: Context) -> AsyncSgd:
-        return AsyncSgd(self.label, self.lr_at, ctx.n, ctx.d, self.staleness_lr, self.max_staleness)
+        comp = None if self.compressor.kind == "none" else self.compressor.build(ctx)
+        return AsyncSgd(self.label, self.lr_at, ctx.n, ctx.d, self.staleness_lr, self.max_staleness, comp,
+                        self.error_feedback and comp is not None)
 
 
 # --- FedBuff and FedAsync: local steps, then a buffered or a mixing server ------------

@@ -34,9 +34,16 @@ same scenario evaluate after the same amounts of work.  ``updates.csv`` has
 one row per applied gradient: its worker, the version it was computed at, its
 staleness and the step size used.
 
+Compression (``async_sgd`` with a compressor): each gradient goes through
+the compressor with the worker's error feedback when it is evaluated (rows of
+one batch are distinct workers, one computation in flight each), with each
+row's random draws from its worker's stream at its step (sim/rng.py
+RowStreams); the upload's size is the compressor's formula for that message,
+so a compressed upload forces the evaluation when it is sent.
+
 Not modelled yet for event-driven algorithms (refused with a message, before
-anything is written): failures, round_timeout, rings and sharded servers,
-BatchNorm models.  No trace is written: the math depends on timing, so a
+anything is written): failures, round_timeout, wait_for, rings and sharded
+servers, BatchNorm models.  No trace is written: the math depends on timing, so a
 replay under another network would be wrong (sim/replay.py refuses these
 algorithms by ``timing_independent = False``).
 """
@@ -56,7 +63,7 @@ from .engine import Counters, RunResult, World, evaluate, link_rows, straggler_t
 from .errors import ConfigError
 from .grads import GradFn, masks_at
 from .network import Network
-from .rng import TAG_BATCH, TAG_LOCAL, WorkerStreams
+from .rng import TAG_BATCH, TAG_LOCAL, RowStreams, WorkerStreams
 from .wire import Message
 
 
@@ -83,6 +90,7 @@ class Job:
     version: int                # the server version of ``theta``
     theta: torch.Tensor         # [d] the parameters it starts from (never modified in place)
     message: torch.Tensor | None = None   # [d] a gradient (local_steps 0) or Delta = theta - theta^(H)
+    nbytes: int | None = None             # its upload's payload bytes, once encoded
     params_sent_s: float = 0.0            # when its parameters left the server (0: held from the start)
     compute_start_s: float = 0.0
     upload_start_s: float = 0.0
@@ -100,7 +108,7 @@ class LazyGrads:
     batched call per local step."""
 
     def __init__(self, world: World, grad_fn: GradFn, streams: WorkerStreams, local_steps: int = 0,
-                 local_lr=None, eager: bool = False) -> None:
+                 local_lr=None, eager: bool = False, alg=None) -> None:
         if world.model.has_buffers:
             raise ConfigError("event-driven algorithms do not support BatchNorm models yet (the running "
                               "statistics would need a version per worker)", field="model.kind")
@@ -108,6 +116,15 @@ class LazyGrads:
         self.local_steps, self.local_lr = local_steps, local_lr
         self.pending: list[Job] = []
         self.widths: list[int] = []      # the size of every batched call
+        # the workers' compression with error feedback (async_sgd with a compressor), batched too
+        self.alg = alg if alg is not None and hasattr(alg, "encode") else None
+        self.errors = self.alg.init_workers(world.n, world.model.d, world.device) if self.alg else None
+
+    def nbytes(self, job: Job) -> int:
+        """The payload bytes of ``job``'s upload (evaluates it, with every pending job, if needed)."""
+        if job.message is None:
+            self._evaluate()
+        return job.nbytes
 
     def add(self, job: Job) -> None:
         self.pending.append(job)
@@ -148,8 +165,12 @@ class LazyGrads:
             for h in range(self.local_steps):                  # lockstep: one batched call per local step
                 th = th - lr * self._grads(th, workers, steps, h)
             out = start - th
-        for j, m in zip(jobs, out):
-            j.message = m
+        sizes = [None] * len(jobs)
+        if self.alg is not None:                 # rows are distinct workers: one job in flight each
+            self.errors, out, sizes = self.alg.encode(self.errors, out, workers, RowStreams(self.streams, workers,
+                                                                                            steps))
+        for j, m, b in zip(jobs, out, sizes):
+            j.message, j.nbytes = m, b
 
 
 def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda row: None,
@@ -178,7 +199,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     streams = WorkerStreams(world.seed, n, dev)
     H = int(getattr(alg, "local_steps", 0))
     lazy = LazyGrads(world, GradFn(world.model, scn.gradients), streams, H, getattr(alg, "local_lr", None),
-                     eager=eager)
+                     eager=eager, alg=alg)
+    fixed = getattr(alg, "fixed_size", True)    # else an upload's size needs its encoded message
     result = RunResult(cfg.label, world.seed, model_params=d)
     c = Counters()
     stop = scn.stop
@@ -241,7 +263,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
             lazy.add(job)
             yield env.timeout(step_s(i, j))
             job.upload_start_s = env.now
-            msg = Message(f"w{i}", server, "grad", j, alg.upload_bytes, header)
+            size = alg.upload_bytes if fixed else lazy.nbytes(job)
+            msg = Message(f"w{i}", server, "grad", j, size, header)
             yield net.send(msg)
             c.uploads += 1                    # counted on delivery
             c.bytes_up += msg.nbytes

@@ -57,6 +57,23 @@ def _absorb(h: torch.Tensor, word) -> torch.Tensor:
     return hash32(h ^ (word & _MASK32 if isinstance(word, torch.Tensor) else (int(word) & _MASK32)))
 
 
+class RowStreams:
+    """The WorkerStreams interface over rows of (worker, step) pairs: row r draws
+    what ``workers[r]``'s stream draws for ``steps[r]``, whatever ``round`` the
+    caller passes (compressors called by the event-driven engine, where the
+    rows are at different steps)."""
+
+    def __init__(self, streams: "WorkerStreams", workers: torch.Tensor, steps: torch.Tensor) -> None:
+        self.streams, self.workers, self.steps = streams, workers, steps
+        self.seed, self.device, self.n = streams.seed, streams.device, int(workers.shape[0])
+
+    def bits(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.streams.bits_at(tag, self.workers, self.steps, shape)
+
+    def uniform(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return (self.bits(tag, round, shape) >> 8).to(torch.float32) * (1.0 / 2**24)
+
+
 class WorkerStreams:
     """Seeded random streams for n workers; every method is batched over workers."""
 

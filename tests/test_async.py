@@ -263,3 +263,31 @@ def test_wait_for_is_refused_by_replay_and_bounded_by_the_workers(capsys, tmp_pa
         code = run_sim.main(["run", str(TINY), "--set", f"algorithms={algs}", "--out", str(tmp_path / "o")])
         assert code == 2 and words in capsys.readouterr().err
         assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("comp", [{"kind": "topk", "ratio": 0.1}, {"kind": "qsgd", "s": 4},
+                                  {"kind": "scaled_sign"}])
+def test_compressed_async_sgd_lazy_equals_one_at_a_time_and_bytes_are_the_formula(comp):
+    """Error feedback per worker, batched over the rows of a lazy batch, with each
+    row's draws from its own worker's stream at its step: the same trajectory and
+    the same bytes as compressing every gradient alone when it is fixed."""
+    from algorithms.base import Context
+    w = world(["compute={kind: fixed, step_time: 10 ms, speed: [1, 0.7, 0.45, 0.3]}", "stop.max_rounds=6",
+               "eval_every=3"])
+    cfg = async_cfg(compressor=comp)
+    lazy, up_lazy = run(w, cfg)
+    eager, up_eager = run(w, cfg, eager=True)
+    assert up_lazy == up_eager and [r["test_loss"] for r in lazy.rows] == [r["test_loss"] for r in eager.rows]
+    assert lazy.mean_batch > 1.2
+    comp_obj = cfg.build(Context(d=w.model.d, n=w.n, blocks=w.model.blocks, device=w.device)).compressor
+    payload = comp_obj.compress(torch.randn(1, w.model.d), streams=WorkerStreams(0, 1), round=0)
+    hdr = w.scenario.network.header_bytes
+    per_msg = int(payload.nbytes[0]) + hdr
+    assert lazy.rows[-1]["bytes_up"] == lazy.rows[-1]["uploads"] * per_msg
+    dense, _ = run(w, async_cfg())
+    assert lazy.rows[-1]["bytes_up"] < dense.rows[-1]["bytes_up"]
+
+
+def test_shared_seed_randomk_is_refused_for_async():
+    with pytest.raises(ValueError, match="no rounds"):
+        async_cfg(compressor={"kind": "randomk", "ratio": 0.1, "shared_seed": True})
