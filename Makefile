@@ -31,7 +31,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The CPU-scale paper reproductions and results/papers/report.md (sim/papers.py).
+# The CPU-scale paper reproductions and results/papers/report.md (sim/study/papers.py).
 papers: $(STAMP)
 	$(BIN)/python run_sim.py papers --workers 2
 

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="fewer seeds and rounds: checks the pipeline in minutes (default --out results/papers-quick)")
     pp.add_argument("--workers", type=int, default=1, help="points run in parallel (local processes)")
     pp.add_argument("--out", help="folder (default: results/papers, or results/papers-quick)")
-    pp.add_argument("--only", nargs="+", metavar="NAME", help="these reproductions only (see sim/papers.py)")
+    pp.add_argument("--only", nargs="+", metavar="NAME", help="these reproductions only (see sim/study/papers.py)")
     pp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp = sub.add_parser("replay", help="re-time a recorded run under another network (no gradients)")
     rp.add_argument("run_dir")
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def default_out(parent: Path) -> Path:
     """A fresh timestamped folder under ``parent`` (names are validated, so it
-    stays inside: no "..", no separators, sim/config.py NAME_PATTERN)."""
+    stays inside: no "..", no separators, sim/study/config.py NAME_PATTERN)."""
     return parent / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
@@ -90,9 +90,9 @@ def check_out(out: Path, overwrite: bool, file: str) -> None:
 
 def cmd_list() -> int:
     import algorithms
-    from sim.compute import COMPUTE_MODELS
-    from sim.data import DATASETS, PARTITIONS
-    from sim.models import MODELS
+    from sim.learn.compute import COMPUTE_MODELS
+    from sim.learn.data import DATASETS, PARTITIONS
+    from sim.learn.models import MODELS
     from topologies import TOPOLOGIES
     for title, reg in [("datasets", DATASETS), ("partitions", PARTITIONS), ("models", MODELS),
                        ("algorithms", algorithms.ALGORITHMS), ("compressors", algorithms.COMPRESSORS),
@@ -102,7 +102,7 @@ def cmd_list() -> int:
 
 
 def cmd_validate(args) -> int:
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
     from sim.errors import ConfigError, DataError
     scn = load_scenario(args.scenario, args.set)
@@ -121,10 +121,10 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     from analysis.tables import time_to_target_table
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
     from sim.errors import ConfigError
-    from sim.runner import execute
+    from sim.study.runner import execute
 
     # 1. Scenario: read, override, validate (nothing is written before this passes).
     scn = load_scenario(args.scenario, args.set)
@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         raise exc.with_file(args.scenario)
 
-    # 3-5. Results folder, training, plots (sim/runner.py; sweeps use the same).
+    # 3-5. Results folder, training, plots (sim/study/runner.py; sweeps use the same).
     status, summaries = execute(scn, worlds, out, quiet=args.quiet)
     if summaries:
         print(time_to_target_table(summaries))
@@ -145,22 +145,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from sim.sweep import run_sweep
+    from sim.study.sweep import run_sweep
     return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet,
                      address=args.address)
 
 
 def cmd_papers(args) -> int:
-    from sim.papers import run_papers
+    from sim.study.papers import run_papers
     return run_papers(args.out, quick=args.quick, workers=args.workers, only=args.only, quiet=args.quiet)
 
 
 def cmd_replay(args) -> int:
     from analysis.tables import time_to_target_table
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.errors import ConfigError
-    from sim.replay import replay_run
-    from sim.trace import ReplayUnavailable
+    from sim.study.replay import replay_run
+    from sim.study.trace import ReplayUnavailable
 
     run_dir = Path(args.run_dir)
     scenario = run_dir / "scenario.yaml"
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     from sim.alloc import reuse_freed_memory
     reuse_freed_memory()  # large [n, d] tensors reused, not re-faulted (sim/alloc.py)
     from sim.errors import ConfigError, OutputError, os_reason
-    from sim.signals import sigterm_interrupts
+    from sim.study.signals import sigterm_interrupts
     try:
         with sigterm_interrupts():       # `kill PID` stops like Ctrl-C: what was written is kept
             return COMMANDS[args.command](args)

@@ -70,7 +70,7 @@ class AsyncSgd:
         """Rows of gradients [m, d] of ``workers`` [m] (at most one row per worker)
         -> (new memories, what the server decodes [m, d], payload bytes [m]):
         p = g + e_i, sent C(p), e_i <- p - D(C(p)) (the compressor's formula
-        gives the bytes).  ``streams``: sim.rng.RowStreams for the rows."""
+        gives the bytes).  ``streams``: sim.learn.rng.RowStreams for the rows."""
         if self.compressor is None:
             return errors, grads, [self.upload_bytes] * int(grads.shape[0])
         if errors is None:

@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Mapping, Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 from .schedules import Constant, ScheduleConfig
 
@@ -119,7 +119,7 @@ class AlgorithmConfig(BaseModel):
 
     # False for an algorithm whose math depends on when messages arrive
     # (asynchronous updates, deadlines inside the algorithm): trace replay
-    # (sim/replay.py) refuses it.  Every registered algorithm is synchronous.
+    # (sim/study/replay.py) refuses it.  Every registered algorithm is synchronous.
     timing_independent: ClassVar[bool] = True
 
     @property

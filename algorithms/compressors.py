@@ -57,7 +57,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.registry import Registry
-from sim.rng import TAG_COMPRESS, WorkerStreams
+from sim.learn.rng import TAG_COMPRESS, WorkerStreams
 
 from .base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 

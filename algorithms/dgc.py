@@ -74,7 +74,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from sim.rng import WorkerStreams
+from sim.learn.rng import WorkerStreams
 
 from .base import VALUE_BYTES, AlgorithmConfig, Context, Downlink, Upload
 from .compressors import IndexBits, LayerTopK, TopK, _index_bits_field, layer_bounds, sparse_bytes

@@ -46,7 +46,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from sim.rng import TAG_SAMPLE, WorkerStreams
+from sim.learn.rng import TAG_SAMPLE, WorkerStreams
 
 from .base import AlgorithmConfig, Context, Downlink, Upload
 from .compressors import Compressor, CompressorConfig, ErrorFeedback, NoneConfig

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from sim.rng import WorkerStreams
+from sim.learn.rng import WorkerStreams
 
 from .base import Downlink, INDEX_BYTES, Payload, Upload, VALUE_BYTES
 from .ps import ParameterServer, keep_rows, update_bytes

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from sim.rng import WorkerStreams
+from sim.learn.rng import WorkerStreams
 
 from .base import Downlink, Upload
 from .compressors import Sign, sign_bytes

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 from .base import VALUE_BYTES, Downlink, Payload, Upload
 from .optim import Adam, AmsGradState

@@ -50,7 +50,7 @@ Wire sizes (float32, 4 bytes; D = the sum of the 1-D block sizes):
 
 Ring topology: the paper's two all-reduce phases (Algorithm 1, "ALL-REDUCE"
 of P, then of Q): the round's upload is the all-reduce of P and the dense
-vectors, the second round (sim/protocols.py Ring.exchange) the all-reduce of
+vectors, the second round (sim/net/protocols.py Ring.exchange) the all-reduce of
 Q; every worker orthogonalises the reduced P itself, so the request (P_hat)
 is not sent and nothing is broadcast.  The math is the same as on a server.
 """
@@ -63,8 +63,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 from .base import VALUE_BYTES, AlgorithmConfig, Context, Downlink, Payload, Upload
 

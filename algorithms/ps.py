@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from sim.rng import WorkerStreams
+from sim.learn.rng import WorkerStreams
 
 from .base import INDEX_BYTES, VALUE_BYTES, Downlink, Upload
 from .compressors import Compressor, ErrorFeedback

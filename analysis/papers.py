@@ -3,8 +3,8 @@
     write_report(OUT, quick=False) -> path        # run_sim.py papers writes it after the runs
 
 Every number comes from the sweep folders under OUT (one per reproduction,
-sim/papers.py): a point counts only when its row in sweep_summary.csv is
-``done`` (its done marker matches its scenario, sim/sweep.py), and the
+sim/study/papers.py): a point counts only when its row in sweep_summary.csv is
+``done`` (its done marker matches its scenario, sim/study/sweep.py), and the
 table says how many seeds that is.  Intervals are 95% Student-t intervals
 over the seeds, mean ± t(0.975, k−1)·s/√k (analysis/report.py
 ``t_interval``); ratios against a baseline are taken per seed (both methods
@@ -316,7 +316,7 @@ def recall_lines(st: Study) -> list[str]:
 
 def write_report(out: str | Path, reproductions, quick: bool = False) -> Path:
     """report.md in ``out`` from the sweep folders of ``reproductions``
-    (sim/papers.py REPRODUCTIONS entries)."""
+    (sim/study/papers.py REPRODUCTIONS entries)."""
     out = Path(out)
     md = ["# Paper reproductions", "",
           ("**Quick mode** (`--quick`): fewer seeds and rounds, a check that the pipeline runs; "

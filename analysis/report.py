@@ -41,7 +41,7 @@ import yaml
 from scipy import stats
 
 from sim.errors import ConfigError
-from sim.results import SUMMARY_COLUMNS
+from sim.study.results import SUMMARY_COLUMNS
 
 from . import figures
 from .figures import PHASES, Axis, parse_axis

@@ -43,7 +43,7 @@ def one(engine: str, n: int, rounds: int, repeat: int) -> dict:
     import torch
 
     import algorithms
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world, run_algorithm
     scn = load_scenario(ROOT / "scenarios" / "quickstart.yaml", overrides(n, rounds))
     world = build_world(scn, 0)

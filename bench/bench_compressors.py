@@ -20,8 +20,8 @@ import torch
 import algorithms
 from algorithms.base import Context
 from algorithms.compressors import ErrorFeedback
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 EXAMPLES = {  # a setting per kind at about 1% density or 1 bit per entry
     "none": {}, "topk": {"ratio": 0.01}, "randomk": {"ratio": 0.01}, "threshold": {"tau": 2.58},

@@ -23,7 +23,7 @@ batch_size = b, a fixed number of rounds, evaluation only at the first and
 last round.  Host time is accumulated inside GradFn.__call__, evaluate(),
 the algorithm's worker_encode (compression, error feedback) and
 server_update (aggregation, optimizer), and every method of the classes in
-sim.network and sim.protocols (the simulated network and the round protocol:
+sim.net.network and sim.net.protocols (the simulated network and the round protocol:
 sends, rate recomputation, wake-ups, the per-worker SimPy processes); the rest
 ("other") is minibatch sampling, dropout masks, finiteness checks,
 straggler draws, buffer merging and the SimPy event loop itself.
@@ -56,12 +56,12 @@ if str(ROOT) not in sys.path:
 import torch
 
 import algorithms  # noqa: F401  (its classes are timed)
-import sim.network  # noqa: F401  (its classes are timed)
+import sim.net.network  # noqa: F401  (its classes are timed)
 from sim import engine
-from sim.config import load_scenario
-from sim.data import load_dataset
-from sim.grads import GradFn
-from sim.models import MlpConfig, build_model
+from sim.study.config import load_scenario
+from sim.learn.data import load_dataset
+from sim.learn.grads import GradFn
+from sim.learn.models import MlpConfig, build_model
 
 SCENARIO = ROOT / "scenarios" / "quickstart.yaml"
 
@@ -347,8 +347,8 @@ def install_timers(timers: Timers) -> tuple[Callable[[], None], list[str]]:
 
     Found by name rather than listed, so that it keeps working while the
     engine grows: worker_encode / server_update of every class in the
-    ``algorithms`` package; every method of every class in sim.network and
-    sim.protocols (SimPy processes included: each resumption is timed)."""
+    ``algorithms`` package; every method of every class in sim.net.network and
+    sim.net.protocols (SimPy processes included: each resumption is timed)."""
     saved: list = []
     wrapped: list[str] = []
 
@@ -364,7 +364,7 @@ def install_timers(timers: Timers) -> tuple[Callable[[], None], list[str]]:
             if inspect.isfunction(vars(cls).get(name)):
                 _patch(saved, cls, name, timers.wrap(category, vars(cls)[name]))
                 wrapped.append(f"{cls.__module__}.{cls.__qualname__}.{name} -> {category}")
-    for cls in _classes_defining(("sim.network", "sim.protocols"), None):
+    for cls in _classes_defining(("sim.net.network", "sim.net.protocols"), None):
         for name, fn in list(vars(cls).items()):
             if inspect.isfunction(fn) and not (name.startswith("__") and name.endswith("__")):
                 _patch(saved, cls, name, timers.wrap("network", fn))

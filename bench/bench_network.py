@@ -18,8 +18,8 @@ Two variants of the upload:
 
 Three simulators of the same messages:
 
-  fair      sim.network.Network(env, graph, "fair")  (max-min fluid sharing)
-  fifo      sim.network.Network(env, graph, "fifo")  (pipelined, one message
+  fair      sim.net.network.Network(env, graph, "fair")  (max-min fluid sharing)
+  fifo      sim.net.network.Network(env, graph, "fifo")  (pipelined, one message
             at a time per link)
   baseline  plain SimPy: one process per message, holding a
             simpy.Resource(capacity=1) per link in turn (store and forward:
@@ -77,8 +77,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import simpy  # noqa: E402
 
-from sim.network import Network  # noqa: E402
-from sim.wire import HEADER_BYTES, Message  # noqa: E402
+from sim.net.network import Network  # noqa: E402
+from sim.net.wire import HEADER_BYTES, Message  # noqa: E402
 from topologies import TOPOLOGIES  # noqa: E402
 
 PAYLOAD_BYTES = 407_050 * 4          # dense float32 gradient of the MLP 784-512-10
@@ -194,7 +194,7 @@ def one_round(env: simpy.Environment, upload, broadcast, n: int, stagger_s: floa
 
 
 class NetworkRound:
-    """sim.network.Network (fair or fifo), one environment for all rounds."""
+    """sim.net.network.Network (fair or fifo), one environment for all rounds."""
 
     def __init__(self, n: int, sharing: str, setup: Setup) -> None:
         self.n = n

@@ -8,13 +8,13 @@ by uplink latencies (0.1 ms .. 200 ms, log-spaced): ``--grid 10`` gives
 10 x 10 = 100 points.
 
   full    per point what a sweep does without replay (``replay: off``):
-          sim.sweep.run_point (load the scenario, build the world: data,
+          sim.study.sweep.run_point (load the scenario, build the world: data,
           shards, model; train with the network; write the results folder).
           ``--full-points K`` times K points spread over the grid (all
           points by default); the per-point figure is their median.
   replay  the source point is trained once (its cost is reported and
           amortised over the grid); every point is then
-          sim.replay.replay_run from the source's trace (load the trace,
+          sim.study.replay.replay_run from the source's trace (load the trace,
           build the graph, simulate the network, write the results folder).
 
 Both write the same files (no plots: a sweep makes its figures once, with
@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sim.alloc import reuse_freed_memory  # noqa: E402
-from sim.config import load_scenario  # noqa: E402
-from sim.replay import replay_run  # noqa: E402
-from sim.sweep import run_point  # noqa: E402
+from sim.study.config import load_scenario  # noqa: E402
+from sim.study.replay import replay_run  # noqa: E402
+from sim.study.sweep import run_point  # noqa: E402
 from sim.units import format as fmt  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "quickstart.yaml"

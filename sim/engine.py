@@ -27,15 +27,15 @@ import algorithms
 from algorithms.base import Context
 from algorithms.ps import update_bytes
 
-from .config import Scenario
-from .data import Dataset, Shards, load_dataset, make_shards, partition
-from .errors import ConfigError
-from .grads import GradFn, dropout_masks, masks_at
-from .memory import allocation_failed, check_fits
-from .models import FlatModel, build_model, merge_buffers
-from .network import Network
-from .protocols import Failures, ParameterServer, Ring
-from .rng import TAG_BATCH, TAG_LOCAL, TAG_STRAGGLER, WorkerStreams
+from sim.study.config import Scenario
+from sim.learn.data import Dataset, Shards, load_dataset, make_shards, partition
+from sim.errors import ConfigError
+from sim.learn.grads import GradFn, dropout_masks, masks_at
+from sim.learn.memory import allocation_failed, check_fits
+from sim.learn.models import FlatModel, build_model, merge_buffers
+from sim.net.network import Network
+from sim.net.protocols import Failures, ParameterServer, Ring
+from sim.learn.rng import TAG_BATCH, TAG_LOCAL, TAG_STRAGGLER, WorkerStreams
 
 EVAL_CHUNK = 2048          # samples per evaluation forward pass
 TRAIN_EVAL_SAMPLES = 2048  # train loss is measured on this fixed subset of the training set
@@ -193,8 +193,8 @@ class Trainer:
     """The math of one algorithm in one world: real gradients, real updates.
 
     :func:`simulate` asks it, in order, for what the network must carry; every
-    answer is plain data (lists, numbers), so a :class:`sim.trace.Recorder`
-    can write it down and a :class:`sim.trace.Replayer` can give it back
+    answer is plain data (lists, numbers), so a :class:`sim.study.trace.Recorder`
+    can write it down and a :class:`sim.study.trace.Replayer` can give it back
     without computing anything (exact trace replay).
 
         evaluate(t)              -> {"train_loss", "test_loss", "test_acc"}
@@ -329,10 +329,10 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     ``on_diag`` each round's diagnostics rows (diagnostics.csv); ``on_update``
     each applied gradient of an event-driven algorithm (updates.csv);
     ``on_round(round, sim_time_s)`` drives progress.  ``record``: a callable
-    wrapping the trainer (``sim.trace.Recorder``) to write the run's trace.
+    wrapping the trainer (``sim.study.trace.Recorder``) to write the run's trace.
     """
     if getattr(cfg, "event_driven", False):          # timing decides the math: sim/eventsim.py
-        from .eventsim import run_event_driven
+        from sim.eventsim import run_event_driven
         return run_event_driven(world, cfg, on_row=on_row, on_round=on_round, on_update=on_update)
     env = simpy.Environment()
     net = Network(env, world.graph, world.scenario.network.sharing)
@@ -465,7 +465,7 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
 
 def _lone_transfer_s(net: Network, src: str, dst: str, nbytes: int) -> tuple[float, float]:
     """(seconds, path latency) for one message alone on its path:
-    latency + 8 * bytes / bottleneck (sim/network.py's closed form)."""
+    latency + 8 * bytes / bottleneck (sim/net/network.py's closed form)."""
     path = net.route(src, dst)
     lat = sum(link.latency_s for link in path)
     bw = min(link.bandwidth_bps for link in path)

@@ -54,7 +54,7 @@ def refuse_file_out(out, file: str) -> None:
 class OutputError(Exception):
     """Results could not be written (a read-only folder, a full disk): the CLI
     prints one line naming the path and the errno and exits 1.  What was
-    written before stays whole (sim/results.py writes whole lines)."""
+    written before stays whole (sim/study/results.py writes whole lines)."""
 
     def __init__(self, path, exc: OSError) -> None:
         self.path = str(path)

@@ -37,14 +37,14 @@ staleness and the step size used.
 Compression (``async_sgd`` with a compressor): each gradient goes through
 the compressor with the worker's error feedback when it is evaluated (rows of
 one batch are distinct workers, one computation in flight each), with each
-row's random draws from its worker's stream at its step (sim/rng.py
+row's random draws from its worker's stream at its step (sim/learn/rng.py
 RowStreams); the upload's size is the compressor's formula for that message,
 so a compressed upload forces the evaluation when it is sent.
 
 Not modelled yet for event-driven algorithms (refused with a message, before
 anything is written): failures, round_timeout, wait_for, rings and sharded
 servers, BatchNorm models.  No trace is written: the math depends on timing, so a
-replay under another network would be wrong (sim/replay.py refuses these
+replay under another network would be wrong (sim/study/replay.py refuses these
 algorithms by ``timing_independent = False``).
 """
 from __future__ import annotations
@@ -59,16 +59,16 @@ import torch
 
 from algorithms.base import Context
 
-from .engine import Counters, RunResult, World, evaluate, link_rows, straggler_times
-from .errors import ConfigError
-from .grads import GradFn, masks_at
-from .network import Network
-from .rng import TAG_BATCH, TAG_LOCAL, RowStreams, WorkerStreams
-from .wire import Message
+from sim.engine import Counters, RunResult, World, evaluate, link_rows, straggler_times
+from sim.errors import ConfigError
+from sim.learn.grads import GradFn, masks_at
+from sim.net.network import Network
+from sim.learn.rng import TAG_BATCH, TAG_LOCAL, RowStreams, WorkerStreams
+from sim.net.wire import Message
 
 
 
-def refusal(scn, cfg) -> str | None:  # also called by sim/config.py, so bad input is refused up front
+def refusal(scn, cfg) -> str | None:  # also called by sim/study/config.py, so bad input is refused up front
     """Why an event-driven algorithm cannot run this scenario yet, or None."""
     topo = scn.network.topology
     if topo.collective == "ring" or len(topo.server_names()) != 1:

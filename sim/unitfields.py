@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, PlainSerializer
 
-from . import units
+from sim import units
 
 
 def _parser(kind: str):

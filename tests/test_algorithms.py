@@ -10,8 +10,8 @@ import algorithms
 from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context
 from algorithms.compressors import TopKConfig
 from algorithms.ps import mean_over_arrived, update_bytes
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 N, D = 4, 103
 
@@ -289,7 +289,7 @@ def test_onebit_adam_warmup_is_dense_adam_without_bias_correction_then_compresse
 def tiny_world():
     from pathlib import Path
 
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
     tiny = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
     scn = load_scenario(tiny, ["stop.max_rounds=6", "eval_every=3", "stop.on_target=false"])

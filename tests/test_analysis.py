@@ -18,7 +18,7 @@ import run_sim
 from analysis import figures, report
 from analysis.plots import plot_run
 from sim.errors import ConfigError
-from sim.results import METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS
+from sim.study.results import METRICS_COLUMNS, PHASE_COLUMNS, SUMMARY_COLUMNS
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"

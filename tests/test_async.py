@@ -13,11 +13,11 @@ import torch
 
 import algorithms
 import run_sim
-from sim.config import load_scenario
+from sim.study.config import load_scenario
 from sim.engine import build_world, run_algorithm
 from sim.errors import ConfigError
 from sim.eventsim import run_event_driven
-from sim.rng import TAG_BATCH, WorkerStreams
+from sim.learn.rng import TAG_BATCH, WorkerStreams
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 # equal workers, fixed compute, no stragglers: the timing is exact
@@ -173,7 +173,7 @@ def test_unsupported_settings_are_bad_input_and_write_nothing(tmp_path, capsys, 
 
 
 def test_replay_is_refused_for_async(tmp_path):
-    from sim.replay import refusal
+    from sim.study.replay import refusal
     scn = load_scenario(TINY, ["algorithms=[{name: a, kind: async_sgd, lr: 0.1}]"])
     assert "not timing-independent" in refusal(scn, scn)
 
@@ -255,7 +255,7 @@ def test_ksync_with_k_equal_n_is_sync_and_with_k_less_keeps_the_first_k(tmp_path
 
 
 def test_wait_for_is_refused_by_replay_and_bounded_by_the_workers(capsys, tmp_path):
-    from sim.replay import refusal
+    from sim.study.replay import refusal
     scn = load_scenario(TINY, ["algorithms=[{name: k, kind: sgd, lr: 0.1, wait_for: 2}]"])
     assert "wait_for" in refusal(scn, scn)
     for algs, words in (("[{name: k, kind: sgd, lr: 0.1, wait_for: 9}]", "allowed: 1 .. workers = 4"),

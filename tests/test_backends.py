@@ -1,4 +1,4 @@
-"""Execution backends (sim/backends.py): the local backend (in process and in
+"""Execution backends (sim/study/backends.py): the local backend (in process and in
 spawned processes) and Ray (one private local instance for the whole module)
 write the same files and report the same results; failures become results; an
 interruption stops the local workers (and reports them) and cancels Ray tasks."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.backends import Job, resources, run_jobs
+from sim.study.backends import Job, resources, run_jobs
 from sim.errors import ConfigError
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
@@ -36,12 +36,12 @@ def raising_job(out_dir: str) -> dict:
 
 
 def point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dict:
-    """A sweep point (sim.sweep.run_point, whichever of its two signatures is there)."""
+    """A sweep point (sim.study.sweep.run_point, whichever of its two signatures is there)."""
     import inspect
-    import sim.sweep
-    if "out" in inspect.signature(sim.sweep.run_point).parameters:    # run_point(base, overrides, out, quiet)
-        return sim.sweep.run_point(base, overrides, out_dir, quiet)
-    return sim.sweep.run_point(base, overrides, quiet, out_dir=out_dir)
+    import sim.study.sweep
+    if "out" in inspect.signature(sim.study.sweep.run_point).parameters:    # run_point(base, overrides, out, quiet)
+        return sim.study.sweep.run_point(base, overrides, out_dir, quiet)
+    return sim.study.sweep.run_point(base, overrides, quiet, out_dir=out_dir)
 
 
 def beating_job(name: str, seconds: float, beats: str, out_dir: str) -> dict:
@@ -179,7 +179,7 @@ def test_bad_backend_or_workers():
 
 def test_resources(monkeypatch, tiny_dict):
     import torch
-    from sim.config import validate
+    from sim.study.config import validate
     scn = validate(tiny_dict, "tiny.yaml")                  # device: cpu
     assert resources(scn) == (1.0, 0.0)
     assert resources(scn.model_copy(update={"device": "cuda"})) == (1.0, 1.0)
@@ -266,7 +266,7 @@ def test_local_workers_are_interrupted_and_reported(tmp_path):
 def test_ray_cancels_unfinished_tasks_when_interrupted(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     import logging
-    from sim.backends import _driver_pythonpath
+    from sim.study.backends import _driver_pythonpath
     assert not ray.is_initialized()
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 ** 2,
              log_to_driver=False, logging_level=logging.ERROR,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.results import LineFile
+from sim.study.results import LineFile
 
 from test_cli import TINY, cli, read_csv
 
@@ -179,9 +179,9 @@ def test_yaml_11_booleans_are_words_where_words_are_allowed(tmp_path, tiny_text)
     """`on_target: no` still reads as False (a bool field); a word field sees the word."""
     p = tmp_path / "s.yaml"
     p.write_text(tiny_text.replace("stop: {target_accuracy: 0.5,", "stop: {on_target: no, target_accuracy: 0.5,"))
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     assert load_scenario(p).stop.on_target is False
-    from sim.config import read_yaml
+    from sim.study.config import read_yaml
     q = tmp_path / "q.yaml"
     q.write_text("replay: off\na: on\nb: yes\nc: true\nd: False\n")
     assert read_yaml(q) == {"replay": "off", "a": "on", "b": "yes", "c": True, "d": False}
@@ -334,14 +334,14 @@ def test_a_full_disk_at_the_first_write_names_the_path_and_errno(tmp_path):
 def test_a_read_only_folder_names_the_path_and_errno(tmp_path, monkeypatch):
     """The folder refuses new files (EROFS): one line, exit 1.  Root ignores
     mode bits, so the refusal is the kernel's answer made by a patched os.open."""
-    import sim.results
+    import sim.study.results
     real = os.open
 
     def read_only(path, flags, *a):
         if str(path).startswith(str(tmp_path / "ro")) and flags & os.O_CREAT:
             raise OSError(errno.EROFS, "Read-only file system", str(path))
         return real(path, flags, *a)
-    monkeypatch.setattr(sim.results.os, "open", read_only)
+    monkeypatch.setattr(sim.study.results.os, "open", read_only)
     out = tmp_path / "ro"
     out.mkdir()
     expect_bad(["run", TINY, "--out", out, "--quiet", *FAST], f"cannot write {out / 'scenario.yaml'}",

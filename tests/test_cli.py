@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import run_sim
-from sim.config import load_scenario
+from sim.study.config import load_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "scenarios"

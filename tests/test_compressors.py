@@ -15,8 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 import algorithms
 from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 from algorithms.compressors import CompressorConfig, ErrorFeedback, TopKConfig
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 N, D = 4, 103
 

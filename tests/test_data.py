@@ -1,4 +1,4 @@
-"""Tests for sim/data.py: data set loaders, partitions and the shard layout."""
+"""Tests for sim/learn/data.py: data set loaders, partitions and the shard layout."""
 from __future__ import annotations
 
 import gzip
@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import data
-from sim.data import (
+from sim.learn import data
+from sim.learn.data import (
     CIFAR,
     DATASETS,
     MNIST_MEAN,

@@ -12,7 +12,7 @@ import algorithms
 import test_algorithms as ta
 from algorithms.base import Context
 from algorithms.dgc import DgcConfig, warmup_density
-from sim.rng import WorkerStreams
+from sim.learn.rng import WorkerStreams
 
 DGC_EXAMPLE = {"lr": 0.5, "density": 0.25, "warmup_rounds": 20}
 
@@ -231,7 +231,7 @@ def test_conformance_convex_task(monkeypatch):
 def test_conformance_short_scenario(monkeypatch):
     from pathlib import Path
 
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
     tiny = Path(ta.__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
     world = build_world(load_scenario(tiny, ["stop.max_rounds=6", "eval_every=3", "stop.on_target=false"]), 0)

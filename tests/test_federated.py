@@ -11,10 +11,10 @@ import torch
 import algorithms
 from algorithms.base import Context
 from algorithms.optim import Adam
-from sim.config import load_scenario
+from sim.study.config import load_scenario
 from sim.engine import build_world, run_algorithm
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 SHORT = ["stop.max_rounds=6", "eval_every=2", "stop.on_target=false"]
@@ -109,8 +109,8 @@ def test_client_sampling_is_seeded_from_the_available_and_only_they_send():
 
 def test_fedavg_replays_exactly(tmp_path):
     """Synchronous with local steps: timing-independent, so a trace replay is exact."""
-    from sim.replay import replay_run
-    from sim.runner import execute
+    from sim.study.replay import replay_run
+    from sim.study.runner import execute
     algs = "[{name: f, kind: fedavg, local_lr: 0.1, local_steps: 2, clients_per_round: 2}]"
     scn = load_scenario(TINY, [*SHORT, f"algorithms={algs}"])
     execute(scn, {0: build_world(scn, 0)}, tmp_path / "a", quiet=True, plots=False)

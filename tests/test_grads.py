@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sim.grads import GradFn, dropout_masks
-from sim.models import CnnMnistConfig, LogRegConfig, MlpConfig, build_model
-from sim.rng import WorkerStreams
+from sim.learn.grads import GradFn, dropout_masks
+from sim.learn.models import CnnMnistConfig, LogRegConfig, MlpConfig, build_model
+from sim.learn.rng import WorkerStreams
 
 
 def batch(n, b, shape, classes=10, seed=0):

@@ -8,8 +8,8 @@ import torch
 
 import algorithms
 from algorithms.base import Context
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 N, D = 4, 50
 
@@ -134,7 +134,7 @@ def test_lasg_ps_workers_not_asked_send_and_compute_nothing():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
     p = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
     return build_world(load_scenario(p, ["stop.max_rounds=30", "eval_every=10", "stop.on_target=false"]), 0)

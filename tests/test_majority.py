@@ -12,8 +12,8 @@ from pydantic import ValidationError
 import algorithms
 from algorithms.base import Context
 from algorithms.majority import majority_vote, vote_bytes
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 
 def ctx(n, d) -> Context:

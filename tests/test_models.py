@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from sim import data
-from sim.compute import forward_flops_per_sample
-from sim.data import load_dataset
+from sim.learn import data
+from sim.learn.compute import forward_flops_per_sample
+from sim.learn.data import load_dataset
 from sim.errors import DataError
-from sim.grads import GradFn, dropout_masks
-from sim.models import (
+from sim.learn.grads import GradFn, dropout_masks
+from sim.learn.models import (
     MODELS,
     BatchNorm,
     CnnCifarConfig,
@@ -30,7 +30,7 @@ from sim.models import (
     build_model,
     merge_buffers,
 )
-from sim.rng import WorkerStreams
+from sim.learn.rng import WorkerStreams
 
 # kind -> (config, paper input shape, classes, documented d)
 PAPER = {
@@ -290,7 +290,7 @@ def test_lstm_embedding_padding_row_gets_no_gradient():
 
 
 # --------------------------------------------------------------------------- #
-# IMDB data (sim/data.py, ``imdb``)
+# IMDB data (sim/learn/data.py, ``imdb``)
 # --------------------------------------------------------------------------- #
 
 
@@ -398,7 +398,7 @@ def test_imdb_npz_does_not_run_code(tmp_path):
 
 
 def test_imdb_trains_in_the_engine(tmp_path, tiny_dict):
-    from sim.config import validate
+    from sim.study.config import validate
     from sim.engine import build_world, run_algorithm
     g = np.random.default_rng(0)
     seqs = [list(g.integers(1, 1200, size=g.integers(5, 40))) for _ in range(48)]
@@ -420,8 +420,8 @@ def test_batchnorm_model_trains_in_the_engine_and_keeps_running_stats(tmp_path):
     batch statistics in training, the server's running statistics in evaluation."""
     import yaml
 
-    from sim.config import load_scenario
-    from sim.data import Dataset
+    from sim.study.config import load_scenario
+    from sim.learn.data import Dataset
     from sim.engine import build_world, run_algorithm
 
     g = torch.Generator().manual_seed(0)

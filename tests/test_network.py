@@ -7,8 +7,8 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.network import Flow, Link, Network, max_min_rates
-from sim.wire import Message
+from sim.net.network import Flow, Link, Network, max_min_rates
+from sim.net.wire import Message
 
 
 def line(*hops: tuple[str, str, float, float]) -> nx.DiGraph:
@@ -191,7 +191,7 @@ def test_bytes_delivered_equal_bytes_sent_and_work_conserving(sends):
 
 
 # --- fifo, schedules, down intervals ------------------------------------------
-from sim.schedule import Schedule, read_trace, with_down_intervals  # noqa: E402
+from sim.net.schedule import Schedule, read_trace, with_down_intervals  # noqa: E402
 
 
 @pytest.mark.parametrize("sharing", ["fair", "fifo"])

@@ -14,9 +14,9 @@ from scipy import stats
 
 import run_sim
 from analysis import papers as tables
-from sim import papers
-from sim.config import load_scenario
-from sim.sweep import _override, load_sweep
+from sim.study import papers
+from sim.study.config import load_scenario
+from sim.study.sweep import _override, load_sweep
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 

@@ -9,8 +9,8 @@ import torch
 
 import algorithms
 from algorithms.base import Context
-from sim.models import Block
-from sim.rng import WorkerStreams
+from sim.learn.models import Block
+from sim.learn.rng import WorkerStreams
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 
@@ -82,7 +82,7 @@ def test_conv_shaped_block_is_viewed_as_rows_by_the_rest_and_rank_is_clamped():
 
 def test_bytes_per_round_match_the_formulas():
     """P and the dense vectors up, P_hat down, Q up, Q_bar and the dense vectors down."""
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world, run_algorithm
     world = build_world(load_scenario(TINY, ["stop.max_rounds=3", "eval_every=1", "stop.on_target=false"]), 0)
     n, hdr, r = world.n, world.scenario.network.header_bytes, 2
@@ -109,7 +109,7 @@ def test_ring_runs_two_all_reduce_phases_with_the_same_math_as_a_star(kind, extr
     (or the exact values at the candidates): every worker derives the request
     itself, so the trajectory equals the star's, and each phase moves
     2 (n - 1) (S + n header) bytes (reduce-scatter + all-gather, S per worker)."""
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world, run_algorithm
     base = ["stop.max_rounds=3", "eval_every=1", "stop.on_target=false"]
     cfg = algorithms.ALGORITHMS[kind](name="p", lr=0.05, **extra)

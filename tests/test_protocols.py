@@ -8,8 +8,8 @@ import simpy
 import torch
 
 from algorithms.base import Payload
-from sim.network import Network
-from sim.protocols import Failures, ParameterServer, Ring, slice_bounds, slice_bytes
+from sim.net.network import Network
+from sim.net.protocols import Failures, ParameterServer, Ring, slice_bounds, slice_bytes
 
 
 def ring_graph(n, bw, lat):

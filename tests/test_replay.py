@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 import run_sim
-from sim.config import load_scenario
+from sim.study.config import load_scenario
 from sim.engine import build_world
-from sim.replay import refusal, replay_results, replay_run
-from sim.runner import execute
-from sim.trace import TRACE_FILE, ReplayUnavailable, read_trace
+from sim.study.replay import refusal, replay_results, replay_run
+from sim.study.runner import execute
+from sim.study.trace import TRACE_FILE, ReplayUnavailable, read_trace
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")

@@ -97,7 +97,7 @@ def test_bytes_per_round_match_the_formulas(kind):
     from pathlib import Path
 
     import algorithms
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world, run_algorithm
     tiny = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
     world = build_world(load_scenario(tiny, ["stop.max_rounds=4", "eval_every=1", "stop.on_target=false"]), 0)
@@ -119,7 +119,7 @@ def test_bytes_per_round_match_the_formulas(kind):
 def test_sketched_amsgrad_pa_collision_free_is_exact_top_k_of_the_mean():
     import algorithms
     from algorithms.base import Context
-    from sim.rng import WorkerStreams
+    from sim.learn.rng import WorkerStreams
     n, d, k, lr, b1, b2, eps = 3, 40, 6, 0.05, 0.9, 0.999, 1e-8
     ctx = Context(d=d, n=n, blocks=(), device=torch.device("cpu"))
     alg = algorithms.ALGORITHMS["sketched_amsgrad_pa"](lr=lr, rows=1, cols=d, k=k, P=d // k + 1).build(ctx)
@@ -156,7 +156,7 @@ def test_sketched_amsgrad_ga_second_moment_by_hand_over_two_rounds():
     v_2 = beta2^2 eps everywhere, plus (1 - beta2) * 4 at coordinate 2."""
     import algorithms
     from algorithms.base import Context
-    from sim.rng import WorkerStreams
+    from sim.learn.rng import WorkerStreams
     n, d, b2, eps = 2, 4, 0.5, 1e-8
     ctx = Context(d=d, n=n, blocks=(), device=torch.device("cpu"))
     alg = algorithms.ALGORITHMS["sketched_amsgrad_ga"](lr=0.1, rows=1, cols=d, k=1, P=4, beta2=b2,
@@ -189,7 +189,7 @@ def test_recall_diagnostics_against_a_direct_computation(kind):
     candidate, so the update recall is exactly 1 while the sketch's is not."""
     import algorithms
     from algorithms.base import Context
-    from sim.rng import WorkerStreams
+    from sim.learn.rng import WorkerStreams
     n, d, k = 3, 500, 10
     ctx = Context(d=d, n=n, blocks=(), device=torch.device("cpu"))
     for P, want_update in ((d // k, 1.0), (2, None)):
@@ -237,9 +237,9 @@ def test_recall_diagnostics_against_a_direct_computation(kind):
 def test_diagnostics_file_is_written_and_empty_for_other_algorithms(tmp_path):
     import csv
 
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
-    from sim.runner import execute
+    from sim.study.runner import execute
     tiny = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
     algs = "[{name: sk, kind: sketched_amsgrad_pa, lr: 0.01, rows: 3, cols: 100, k: 20, P: 4}, {name: sgd, kind: sgd, lr: 0.1}]"
     scn = load_scenario(tiny, ["stop.max_rounds=5", "stop.on_target=false", f"algorithms={algs}"])

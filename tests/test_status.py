@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sim.config import load_scenario
+from sim.study.config import load_scenario
 from sim.engine import build_world, run_algorithm, summarize
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"

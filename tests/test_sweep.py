@@ -9,7 +9,7 @@ import yaml
 
 import run_sim
 from sim.errors import ConfigError
-from sim.sweep import load_sweep
+from sim.study.sweep import load_sweep
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 
@@ -212,7 +212,7 @@ def test_replays_are_stale_when_their_source_is_rerun_and_old_markers_count_as_s
 
 
 def test_summary_shows_results_only_under_the_point_they_belong_to(tmp_path):
-    from sim.sweep import write_sweep_summary
+    from sim.study.sweep import write_sweep_summary
     out = tmp_path / "out"
     p = sweep_file(tmp_path, axes={"network.uplink.bandwidth": ["100 Mbps", "1 Gbps"]})
     assert run_sim.main(["sweep", str(p), "--out", str(out), "--quiet"]) == 0
@@ -251,7 +251,7 @@ def test_unknown_axis_or_set_key_exits_2_naming_the_nearest_fields(tmp_path, cap
 
 
 def test_valid_field_paths():
-    from sim.fields import check_key, is_valid
+    from sim.study.fields import check_key, is_valid
     for key in ["seed", "seeds", "seeds.1", "algorithms", "algorithms.0", "algorithms.0.lr",
                 "algorithms.2.compressor.ratio", "network.uplink.bandwidth", "network.uplink.bandwidth.median",
                 "network.topology", "network.topology.servers", "stop.max_rounds", "stop", "model.hidden.0",

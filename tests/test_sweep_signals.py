@@ -188,7 +188,7 @@ def test_kill_9_of_the_driver_leaves_no_worker_behind(tmp_path, start):
 def test_a_worker_exits_when_its_parent_dies_without_pdeathsig(tmp_path):
     """The polling half of the parent-death check (kill -9 above mostly exercises PR_SET_PDEATHSIG)."""
     pidfile = tmp_path / "grandchild.pid"
-    grandchild = (f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r}); import sim.backends as b; "
+    grandchild = (f"import os, sys, time; sys.path.insert(0, {str(ROOT)!r}); import sim.study.backends as b; "
                   f"b.sys.platform = 'no-prctl'; b._exit_with_parent(os.getppid()); "
                   f"open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
     middle = (f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "

@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from sim.config import load_scenario
+from sim.study.config import load_scenario
 from sim.engine import build_graph, build_world, run_algorithm
 from sim.errors import ConfigError
 

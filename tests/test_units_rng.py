@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sim import units
-from sim.rng import WorkerStreams, hash32
+from sim.learn.rng import WorkerStreams, hash32
 
 
 @pytest.mark.parametrize("text,kind,value", [

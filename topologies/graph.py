@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from sim.errors import ConfigError
-from sim.inputs import SHA256_PATTERN, pin
+from sim.study.inputs import SHA256_PATTERN, pin
 
 from . import TOPOLOGIES, worker_name
 from .spec import LinkSpec, link_attrs
@@ -53,7 +53,7 @@ class GraphTopology(BaseModel):
         return server_names(self.servers)
 
     def load_files(self, base: Path) -> None:
-        """Pin the GraphML file (absolute path and hash, sim/inputs.py) and read the edges' traces."""
+        """Pin the GraphML file (absolute path and hash, sim/study/inputs.py) and read the edges' traces."""
         self._base = base
         if self.graphml is not None:
             path, digest = pin(self.graphml, base, self.graphml_sha256, "network.topology.graphml", "GraphML file")

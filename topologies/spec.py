@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
-from sim.inputs import SHA256_PATTERN, pin
-from sim.schedule import Schedule, read_trace, with_down_intervals
+from sim.study.inputs import SHA256_PATTERN, pin
+from sim.net.schedule import Schedule, read_trace, with_down_intervals
 from sim.unitfields import Bandwidth, BandwidthOrZero, Duration, PositiveDuration
 
 
@@ -155,7 +155,7 @@ class LinkSpec(Strict):
 
     def load_trace(self, base: Path, field: str) -> None:
         """Read the trace file (relative to the scenario's folder); errors name the
-        line.  The path becomes absolute and its hash is recorded (sim/inputs.py)."""
+        line.  The path becomes absolute and its hash is recorded (sim/study/inputs.py)."""
         if self.trace is not None:
             path, digest = pin(self.trace, base, self.trace_sha256, field, "bandwidth trace (CSV)")
             self._trace_points = read_trace(path, field)

@@ -29,9 +29,9 @@ CASES = {
 
 def run_case(name: str, out: Path) -> Path:
     sys.path.insert(0, str(ROOT))
-    from sim.config import load_scenario
+    from sim.study.config import load_scenario
     from sim.engine import build_world
-    from sim.runner import execute
+    from sim.study.runner import execute
     scenario, overrides = CASES[name]
     scn = load_scenario(ROOT / scenario, overrides)
     execute(scn, {s: build_world(scn, s) for s in scn.run_seeds}, out, quiet=True, plots=False)

@@ -5,7 +5,7 @@ timing, only its clock does.  :class:`Recorder` wraps the engine's
 :class:`sim.engine.Trainer` and writes each of its answers to
 ``RUN_DIR/trace.jsonl``; :class:`Replayer` gives the same answers back, in
 the same order, without computing a gradient, so :func:`sim.engine.simulate`
-re-times the run under another network exactly (sim/replay.py).
+re-times the run under another network exactly (sim/study/replay.py).
 
 One JSON object per line.  A segment per algorithm and seed:
 
@@ -35,7 +35,7 @@ import math
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import os_reason
+from sim.errors import os_reason
 
 TRACE_FILE = "trace.jsonl"
 TRACE_VERSION = 1

@@ -10,15 +10,15 @@ BatchNorm (models with ``model.has_buffers``): inside the vmap every worker's
 minibatch is a separate call, so each worker normalises over its own
 minibatch, as it would on its own machine.  Pass the server's running
 statistics as ``buffers`` and GradFn also returns each worker's updated
-statistics ``[n, ...]``; :func:`sim.models.merge_buffers` turns them into the
+statistics ``[n, ...]``; :func:`sim.learn.models.merge_buffers` turns them into the
 server's next set.
 """
 from __future__ import annotations
 
 import torch
 
-from .models import Buffers, FlatModel
-from .rng import TAG_DROPOUT, WorkerStreams
+from sim.learn.models import Buffers, FlatModel
+from sim.learn.rng import TAG_DROPOUT, WorkerStreams
 
 
 class GradFn:

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import Scenario
-from .engine import World, run_algorithm, summarize
-from .progress import Progress
-from .errors import OutputError
-from .results import RESULT_COLUMNS, CsvAppender, LineFile, write_text
-from .trace import TRACE_FILE, Recorder
+from sim.study.config import Scenario
+from sim.engine import World, run_algorithm, summarize
+from sim.study.progress import Progress
+from sim.errors import OutputError
+from sim.study.results import RESULT_COLUMNS, CsvAppender, LineFile, write_text
+from sim.study.trace import TRACE_FILE, Recorder
 
 EXIT_INTERRUPTED = 130
 

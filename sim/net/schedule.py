@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def read_trace(path: str | Path, field: str) -> tuple[list[float], list[float]]:
     if not p.is_file():
         raise ConfigError(f"trace file {str(p)!r} not found", field=field)
     times, bws = [], []
-    from .yamlfile import read_text
+    from sim.study.yamlfile import read_text
     try:
         text = read_text(p, "CSV file with columns time_s,bandwidth_bps")
     except ConfigError as exc:

@@ -9,7 +9,7 @@ is reported as ``{"status": "failed", "error": "<Type>: <message>"}`` and the
 other jobs go on, on every backend.
 
 Interruption: a job that returns ``{"status": "interrupted"}`` (a sweep point
-that caught Ctrl-C, see sim/runner.py) or a ``KeyboardInterrupt`` in the
+that caught Ctrl-C, see sim/study/runner.py) or a ``KeyboardInterrupt`` in the
 driver (Ctrl-C; the sweep turns SIGTERM into one) stops the whole run: no job
 is started any more, the running ones are stopped (below), each of them is
 reported to ``on_done`` (``interrupted``, or whatever it returned if it
@@ -111,7 +111,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 RAY_MISSING = ("--backend ray needs Ray, an optional extra: pip install '.[ray]' "
@@ -423,7 +423,7 @@ def _ray_error(exc: BaseException) -> dict:
     if "No module named" in text or isinstance(cause, ImportError):
         first = text.splitlines()[0] if text else ""
         res["error"] = (f"{type(cause).__name__}: {first} (the Ray node cannot import the job's code: install "
-                        f"the same commsim there, see sim/backends.py)\n{text}")
+                        f"the same commsim there, see sim/study/backends.py)\n{text}")
     return res
 
 

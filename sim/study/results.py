@@ -16,7 +16,7 @@ import io
 import os
 from pathlib import Path
 
-from .errors import OutputError
+from sim.errors import OutputError
 
 METRICS_COLUMNS = ["algorithm", "seed", "round", "sim_time_s", "uploads", "bytes_up", "bytes_down",
                    "train_loss", "test_loss", "test_acc"]

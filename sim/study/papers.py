@@ -6,7 +6,7 @@
 Each reproduction is a sweep file in ``scenarios/papers/reproduce/`` whose
 points are the seeds (and, for the speed-up, the worker counts) of one CPU-scale
 paper scenario in ``scenarios/papers/``.  They run one after another into
-``OUT/<name>/`` through the sweep machinery (sim/sweep.py: ``--workers``
+``OUT/<name>/`` through the sweep machinery (sim/study/sweep.py: ``--workers``
 processes, resume by scenario hash, Ctrl-C keeps what finished), then
 ``OUT/report.md`` puts each table beside the paper's numbers with 95%
 intervals (analysis/papers.py).  Running the same command again resumes:
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .registry import Registry
+from sim.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPRODUCE = ROOT / "scenarios" / "papers" / "reproduce"
 EXIT_INTERRUPTED = 130
 
@@ -93,8 +93,8 @@ def run_papers(out: str | None, quick: bool = False, workers: int = 1, only: lis
     for bad input (an unknown name: nothing is written)."""
     from analysis.papers import write_report
 
-    from .errors import ConfigError
-    from .sweep import run_sweep
+    from sim.errors import ConfigError
+    from sim.study.sweep import run_sweep
     known = [r.name for r in ORDER]
     names = only or known
     for n in names:

@@ -5,7 +5,7 @@
 For a synchronous algorithm the math of every round (gradients, skips,
 message sizes, compute demands) is fixed by the data, the model, the
 algorithm and the seed; the network only decides *when* things arrive.  A
-run's trace (sim/trace.py) holds everything the network carried;
+run's trace (sim/study/trace.py) holds everything the network carried;
 :func:`replay_run` feeds it through the same :func:`sim.engine.simulate`
 under the new network, computing no gradient, and writes the same results
 files a full run would (metrics, summary, phases, links, diagnostics), byte for byte.
@@ -29,13 +29,13 @@ from pathlib import Path
 import simpy
 import yaml
 
-from . import yamlfile
-from .config import Scenario, load_network_files, validate
-from .errors import ConfigError
-from .engine import build_graph, make_protocol, simulate, summarize
-from .network import Network
-from .results import RESULT_COLUMNS, write_csv
-from .trace import TRACE_FILE, Replayer, ReplayUnavailable, TraceError, read_trace
+from sim.study import yamlfile
+from sim.study.config import Scenario, load_network_files, validate
+from sim.errors import ConfigError
+from sim.engine import build_graph, make_protocol, simulate, summarize
+from sim.net.network import Network
+from sim.study.results import RESULT_COLUMNS, write_csv
+from sim.study.trace import TRACE_FILE, Replayer, ReplayUnavailable, TraceError, read_trace
 
 REPLAY_FILE = "replay.yaml"   # in a replayed folder: where its trace lives
 
@@ -148,8 +148,8 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
 def replay_run(source_dir: str | Path, scn: Scenario, out: str | Path, plots: bool = True) -> list[dict]:
     """Replay into ``out`` (scenario.yaml, the five CSVs, replay.yaml, plots);
     returns the summary rows.  Nothing is written when the replay is refused."""
-    from .results import write_text
-    from .runner import make_out_dir, write_scenario
+    from sim.study.results import write_text
+    from sim.study.runner import make_out_dir, write_scenario
     src = trace_source(source_dir)
     rows = replay_results(src, scn)
     out = Path(out)

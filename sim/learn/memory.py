@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from .errors import ConfigError
+from sim.errors import ConfigError
 
 FLOAT32_BYTES = 4
 

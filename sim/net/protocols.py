@@ -19,8 +19,8 @@ import numpy as np
 import simpy
 import torch
 
-from .network import Network
-from .wire import Message
+from sim.net.network import Network
+from sim.net.wire import Message
 
 INF = float("inf")
 

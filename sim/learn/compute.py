@@ -22,9 +22,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import FlatModel
-from .registry import Registry
-from .unitfields import Duration
+from sim.learn.models import FlatModel
+from sim.registry import Registry
+from sim.unitfields import Duration
 from topologies.spec import _dists, per_worker, per_worker_type
 
 SpeedDist = _dists(PositiveFloat, "Speed")

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, os_reason
+from sim.errors import ConfigError, os_reason
 
 MAX_YAML_BYTES = 16 * 1024 ** 2   # a scenario or sweep file larger than this is not one a person wrote
 

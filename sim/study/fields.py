@@ -2,7 +2,7 @@
 ``set:`` keys before anything runs.
 
 ``check_key("network.uplink.bandwith")`` returns why a key names no field of
-:class:`sim.config.Scenario` (with the nearest valid paths) or ``None`` when it
+:class:`sim.study.config.Scenario` (with the nearest valid paths) or ``None`` when it
 does.  The schema is walked from the pydantic models (``model_fields`` and each
 field's annotation):
 
@@ -107,7 +107,7 @@ def _step(types_: list[Any], segment: str) -> list[Any]:
 
 
 def _root() -> list[Any]:
-    from .config import Scenario
+    from sim.study.config import Scenario
     return [Scenario]
 
 

@@ -7,7 +7,7 @@ in one flat vector ``theta`` of length d and are passed in with
 
 Dropout draws no random numbers itself: :class:`MaskDropout` multiplies by a
 mask passed in as a buffer, drawn by the caller from each worker's own stream
-(sim/rng.py).  With no mask passed it is the identity (evaluation mode).
+(sim/learn/rng.py).  With no mask passed it is the identity (evaluation mode).
 
 Batch normalisation (:class:`BatchNorm`, used by the ResNets) is functional
 too.  Its running statistics are not stored in the template but passed in and
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .registry import Registry
+from sim.registry import Registry
 
 MODELS: Registry = Registry("model")  # kind -> pydantic config class with .build()
 
@@ -281,7 +281,7 @@ class LSTMClassifier(nn.Module):
         self.mask_padding = mask_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_floating_point():   # e.g. the all-zeros input of the FLOP counter (sim/compute.py)
+        if x.is_floating_point():   # e.g. the all-zeros input of the FLOP counter (sim/learn/compute.py)
             x = x.long()
         h = self.lstm(self.embedding(x), (x != 0) if self.mask_padding else None)
         return self.fc2(F.relu(self.fc1(h)))

@@ -18,7 +18,7 @@ recorded with its error, the sweep goes on), ``interrupted`` or ``pending``
 
 Checked before anything runs or is written (bad input: exit 2): the sweep
 file itself; every axis and ``set:`` key must name a field of the scenario
-(sim/fields.py; the message names the nearest valid ones); at most
+(sim/study/fields.py; the message names the nearest valid ones); at most
 ``MAX_POINTS`` points; the base scenario must be readable YAML.  A value that
 fails validation is a failed point, not bad input, even if it fails for every
 point.
@@ -39,19 +39,19 @@ are left on disk and never listed.
 Replay: points that differ from an earlier point only in ``network`` fields
 share its learning trajectory.  The earlier point (the *source*) trains in
 full and records a trace; the others are re-timed from it without computing
-a gradient (sim/replay.py), exactly.  Where timing can change the math
+a gradient (sim/study/replay.py), exactly.  Where timing can change the math
 (round_timeout, failures, a topology whose protocol differs, stop.max_sim_time
 reached at another round) the point trains in full and ``replay_note`` in
 sweep_summary.csv says why.  Full points run on the chosen backend
-(sim/backends.py: local processes or Ray); replays run in the driver.  A
+(sim/study/backends.py: local processes or Ray); replays run in the driver.  A
 replayed point's marker also records its source (index, scenario hash and
 the id of the source's own run): when the source is re-run, its replays are
 stale too.
 
 Stopping: Ctrl-C (SIGINT) or SIGTERM stops launching points; running points
-write what they have (sim/runner.py flushes every row) and are marked
+write what they have (sim/study/runner.py flushes every row) and are marked
 ``interrupted`` (no done marker); local worker processes are signalled and
-waited for, Ray tasks are cancelled (sim/backends.py).  Running the same
+waited for, Ray tasks are cancelled (sim/study/backends.py).  Running the same
 command again resumes: interrupted points re-run from scratch, done ones are
 skipped.  One sweep at a time per folder: ``DIR/.lock`` holds the running
 sweep's pid and host; a second sweep on that folder refuses (exit 2, writing
@@ -83,10 +83,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import NAME_PATTERN
-from .errors import ConfigError, refuse_file_out
-from .signals import sigterm_interrupts
-from .results import SUMMARY_COLUMNS
+from sim.study.config import NAME_PATTERN
+from sim.errors import ConfigError, refuse_file_out
+from sim.study.signals import sigterm_interrupts
+from sim.study.results import SUMMARY_COLUMNS
 
 MAX_POINTS = 10_000          # more points than this in one sweep is bad input
 LOCK_FILE = ".lock"          # in the sweep folder while a sweep runs on it
@@ -107,7 +107,7 @@ class SweepSpec(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict, description="overrides for every point")
     replay: Literal["auto", "off"] = Field(
         "auto", description="auto: points that differ from an earlier one only in the network are "
-                            "re-timed from its trace (sim/replay.py); off: every point trains")
+                            "re-timed from its trace (sim/study/replay.py); off: every point trains")
 
     @field_validator("axes")
     @classmethod
@@ -181,8 +181,8 @@ def load_sweep(path: str | Path, changes: dict | None = None) -> tuple[SweepSpec
 
     Raises ConfigError for bad input: a malformed file, an axis or ``set:``
     key that names no field of the scenario, more than MAX_POINTS points."""
-    from .config import problems_error, read_yaml
-    from .fields import check_key
+    from sim.study.config import problems_error, read_yaml
+    from sim.study.fields import check_key
     file = str(path)
     p = Path(path)
     data = read_yaml(p)
@@ -240,10 +240,10 @@ def scenario_hash(scn) -> str:
 def run_point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dict:
     """Run one point fully (training and network) in this process; returns
     {"status": "done"|"failed"|"interrupted", "error": str}."""
-    from .alloc import reuse_freed_memory
-    from .config import load_scenario
-    from .engine import build_world
-    from .runner import execute
+    from sim.alloc import reuse_freed_memory
+    from sim.study.config import load_scenario
+    from sim.engine import build_world
+    from sim.study.runner import execute
     reuse_freed_memory()
     try:
         scn = load_scenario(base, overrides)
@@ -313,7 +313,7 @@ def write_sweep_summary(out: Path, points: list[dict[str, Any]], results: dict[i
 
 def _math_key(scn) -> str:
     """Points with equal keys differ only in the network: one trace serves them all."""
-    from .replay import math_fields
+    from sim.study.replay import math_fields
     return json.dumps(math_fields(scn), sort_keys=True)
 
 
@@ -411,7 +411,7 @@ def _get(d: Any, path: str) -> Any:
 
 def _changes(old: Any, new: dict) -> str:
     """The fields that differ between a point's old scenario.yaml and its scenario now."""
-    from .replay import _diff
+    from sim.study.replay import _diff
     if not isinstance(old, dict):
         return ""
     diff = _diff(old, new)
@@ -528,7 +528,7 @@ class _Sweep:
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
               address: str | None = None, changes: dict | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
-    where only the network does (sim/replay.py), on the chosen backend.
+    where only the network does (sim/study/replay.py), on the chosen backend.
     ``changes``: see :func:`load_sweep`.  Returns the exit code (see the
     module docstring)."""
     with sigterm_interrupts():
@@ -541,9 +541,9 @@ def run_sweep(path: str, out: str | None, backend: str = "local", workers: int =
 
 def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
                changes: dict | None = None) -> int:
-    from .backends import BACKENDS, RAY_MISSING, run_jobs
-    from .config import load_scenario, read_yaml
-    from .replay import refusal
+    from sim.study.backends import BACKENDS, RAY_MISSING, run_jobs
+    from sim.study.config import load_scenario, read_yaml
+    from sim.study.replay import refusal
 
     # 1. Check everything; nothing is written before this passes.
     spec, base, points = load_sweep(path, changes)
@@ -632,9 +632,9 @@ def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, li
                 source_of: dict[int, int], refused: dict[int, str], path: str, run: Any) -> None:
     """Full points on the backend (``run(jobs, on_done)``), then the replays
     here, then the points whose replay was refused at run time."""
-    from .backends import Job, resources
-    from .replay import replay_run
-    from .trace import ReplayUnavailable
+    from sim.study.backends import Job, resources
+    from sim.study.replay import replay_run
+    from sim.study.trace import ReplayUnavailable
 
     def full(ids: list[int], notes: dict[int, str]) -> None:
         if not ids:

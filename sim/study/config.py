@@ -17,11 +17,11 @@ from topologies import TOPOLOGIES
 from topologies.spec import LinkSpec
 from topologies.star import StarTopology
 
-from .compute import ComputeConfig, FlopsCompute
-from . import yamlfile
-from .errors import ConfigError
-from .models import MODELS, MlpConfig
-from .unitfields import Duration, PositiveDuration
+from sim.learn.compute import ComputeConfig, FlopsCompute
+from sim.study import yamlfile
+from sim.errors import ConfigError
+from sim.learn.models import MODELS, MlpConfig
+from sim.unitfields import Duration, PositiveDuration
 
 
 class Strict(BaseModel):
@@ -55,7 +55,7 @@ class DataSpec(Strict):
     @field_validator("dataset")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .data import DATASETS
+        from sim.learn.data import DATASETS
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}")
         return v
@@ -188,7 +188,7 @@ class Scenario(Strict):
                 raise ValueError(f"failures: worker {f.worker} does not exist; allowed: 0 .. {self.workers - 1}")
         for a in self.algorithms:
             if getattr(a, "event_driven", False):
-                from .eventsim import refusal   # noqa: PLC0415 (sim.eventsim imports this module)
+                from sim.eventsim import refusal   # noqa: PLC0415 (sim.eventsim imports this module)
                 why = refusal(self, a)
                 if why:
                     raise ValueError(why)
@@ -308,7 +308,7 @@ def _allowed_tags(loc: list, key: str) -> str:
 def _is_tag(p: str) -> bool:
     if not _TAGS:
         from algorithms import ALGORITHMS, COMPRESSORS
-        from .compute import COMPUTE_MODELS
+        from sim.learn.compute import COMPUTE_MODELS
         for reg in (ALGORITHMS, COMPRESSORS, MODELS, COMPUTE_MODELS):
             _TAGS.update(reg.names())
         _TAGS.update(TOPOLOGIES.names())
@@ -337,7 +337,7 @@ def problems_error(problems: list[tuple[str, str]], file: str) -> ConfigError:
 
 def read_yaml(path: str | Path) -> Any:
     """A YAML file's data; every fault (missing, a folder, unreadable, not UTF-8,
-    malformed, a duplicate key) is a ConfigError naming the file (sim/yamlfile.py)."""
+    malformed, a duplicate key) is a ConfigError naming the file (sim/study/yamlfile.py)."""
     return yamlfile.read(path)
 
 

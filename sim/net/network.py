@@ -18,7 +18,7 @@ Two link-sharing models, chosen by ``network.sharing``:
 In both, a message's last byte arrives one path latency after it has been
 sent, so a lone message takes ``sum(latency_s) + 8 * nbytes / min(bandwidth_bps)``
 under either model (the closed form the tests check).  A link's bandwidth
-may follow a piecewise-constant :class:`~sim.schedule.Schedule` (time-varying
+may follow a piecewise-constant :class:`~sim.net.schedule.Schedule` (time-varying
 links, down intervals); transfers in flight slow down, stall and resume with
 it.  Packets, TCP dynamics and switch buffers are not modelled.
 
@@ -36,8 +36,8 @@ import networkx as nx
 import numpy as np
 import simpy
 
-from .schedule import Schedule
-from .wire import Message
+from sim.net.schedule import Schedule
+from sim.net.wire import Message
 
 # A flow with less than this much sending time left is done (absorbs float
 # rounding in remaining -= rate * dt).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .errors import ConfigError, os_reason
+from sim.errors import ConfigError, os_reason
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 

@@ -1,0 +1,1 @@
+"""The learning side: data, models, per-worker gradients, random streams, compute time, memory."""

@@ -1,0 +1,1 @@
+"""The network: links and sharing, schedules, messages, and the synchronous protocols."""

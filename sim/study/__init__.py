@@ -1,0 +1,1 @@
+"""Studies: scenario files, runs, sweeps, replays, traces, backends, results, progress."""
