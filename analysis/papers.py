@@ -84,6 +84,8 @@ def read_study(folder: str | Path) -> Study | None:
 def _f(x: float, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
+    if abs(x) >= 1e7:
+        return f"{x:.{digits}g}"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     return f"{x:.{digits}g}"
