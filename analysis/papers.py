@@ -10,7 +10,9 @@ over the seeds, mean ± t(0.975, k−1)·s/√k (analysis/report.py
 ``t_interval``); ratios against a baseline are taken per seed (both methods
 ran on the same seed's data and initial weights) and then averaged.
 
-The paper's numbers are quoted with where they come from; a verdict line
+A run that diverged (summary.csv ``diverged``) is listed by seed and round
+in its row and left out of that row's means, never averaged in.  The
+paper's numbers are quoted with where they come from; a verdict line
 under each table says whether the paper's direction and ratio hold here,
 computed from the same numbers (never written by hand).
 """
@@ -117,6 +119,29 @@ def _order(scenario: dict, df: pd.DataFrame) -> list[str]:
     return [n for n in names if n in set(df["algorithm"])] if len(df) else []
 
 
+def _diverged(st: Study) -> dict[str, dict[int, int]]:
+    """algorithm -> {seed: the round it stopped at} for the runs that diverged."""
+    s = st.summary
+    if not len(s) or "diverged" not in s:
+        return {}
+    bad = s[s["diverged"].astype(str) == "True"]
+    out: dict[str, dict[int, int]] = {}
+    for a, seed, rnd in zip(bad["algorithm"], bad["seed"], bad["final_round"]):
+        out.setdefault(str(a), {})[int(seed)] = int(float(rnd))
+    return out
+
+
+def _diverged_cell(bad: dict[int, int]) -> str:
+    return ", ".join(f"seed {k} at round {v}" for k, v in sorted(bad.items())) or "–"
+
+
+def _healthy(metrics: pd.DataFrame, bad: dict[str, dict[int, int]]) -> pd.DataFrame:
+    """metrics without the (algorithm, seed) runs that diverged: they are listed, never averaged."""
+    drop = {(a, s) for a, seeds in bad.items() for s in seeds}
+    keep = [(a, s) not in drop for a, s in zip(metrics["algorithm"], metrics["seed"])]
+    return metrics[keep]
+
+
 def _at_round(metrics: pd.DataFrame, rnd: int) -> pd.Series:
     """train_loss of each (algorithm, seed) at the last evaluation at or before ``rnd``."""
     m = metrics[metrics["round"] <= rnd].sort_values("round")
@@ -213,14 +238,16 @@ def ef_table(st: Study) -> list[str]:
     """comp-ams.txt Sec. 5.1 / Figure 1: with EF, compressed AMSGrad approaches
     full-gradient AMSGrad; without EF it does worse; MVSS (unbiased) loses to
     the EF-corrected biased compressors.  The paper has no table: directions only."""
-    m, s = st.metrics, st.summary
+    s = st.summary
+    bad = _diverged(st)
+    m = _healthy(st.metrics, bad)
     algs = _order(st.scenario, s)
-    last = int(m["round"].max())
+    last = int(st.metrics["round"].max())
     final = m[m["round"] == last].set_index(["algorithm", "seed"])
     rows = []
     for a in algs:
         f = final.loc[a] if a in final.index.get_level_values(0) else pd.DataFrame()
-        rows.append({"method": a, "seeds": len(f),
+        rows.append({"method": a, "seeds (not diverged)": len(f), "diverged": _diverged_cell(bad.get(a, {})),
                      f"test acc. round {last}": ci(f["test_acc"], 3),
                      f"train loss round {last}": ci(f["train_loss"], 2),
                      "MB up": ci(f["bytes_up"] / 1e6, 3)})
@@ -247,10 +274,12 @@ SKETCHING = ("sketched_amsgrad_pa", "sketched_amsgrad_ga", "sketched_sgd")
 def sketch_table(st: Study) -> list[str]:
     """sketched-amsgrad.txt Sec. V / Fig. 1: 'the three sketching methods converge
     faster than other algorithms' in training loss.  No table in the paper."""
-    m, s = st.metrics, st.summary
+    s = st.summary
+    bad = _diverged(st)
+    m = _healthy(st.metrics, bad)
     algs = _order(st.scenario, s)
     kinds = {(a.get("name") or a["kind"]): a["kind"] for a in st.scenario.get("algorithms", [])}
-    last = int(m["round"].max())
+    last = int(st.metrics["round"].max())
     marks = sorted({max(1, last // 12), last // 3, 2 * last // 3, last})
     at = {r: _at_round(m, r) for r in marks}
     final = m[m["round"] == last].set_index(["algorithm", "seed"])
@@ -261,6 +290,7 @@ def sketch_table(st: Study) -> list[str]:
             row[f"train loss round {r}"] = ci(at[r].loc[a] if a in at[r].index.get_level_values(0) else [], 3)
         row[f"test acc. round {last}"] = ci(final.loc[a]["test_acc"] if a in final.index.get_level_values(0)
                                             else [], 3)
+        row["diverged (left out)"] = _diverged_cell(bad.get(a, {}))
         rows.append(row)
     out = [md_table(pd.DataFrame(rows)), ""]
     means = {a: float(at[last].loc[a].mean()) for a in algs if a in at[last].index.get_level_values(0)}

@@ -132,3 +132,20 @@ def test_recall_table_reads_the_diagnostics(tmp_path):
     text = "\n".join(tables.recall_lines(st))
     assert "sk: 5 x 10 sketch, k = 3, P = 2" in text
     assert tables.ci([0.1, 0.2], 2) in text and "| 0.5 [0.5, 0.5] |" in text
+
+
+def test_a_diverged_seed_is_listed_and_left_out_of_the_means():
+    metrics = pd.DataFrame([{"algorithm": a, "seed": s, "round": r, "train_loss": loss, "test_acc": acc,
+                             "bytes_up": 1.0}
+                            for a in ("x", "y") for s in range(3) for r, loss, acc in
+                            ((0, 2.0, 0.1), (10, (1e5 if (a, s) == ("x", 2) else 0.5), 0.9))])
+    summary = pd.DataFrame([{"algorithm": a, "seed": s, "diverged": (a, s) == ("x", 2), "final_round": 10,
+                             "compression_rate": ""} for a in ("x", "y") for s in range(3)])
+    scenario = {"algorithms": [{"name": "x", "kind": "sgd"}, {"name": "y", "kind": "sgd"}]}
+    st = tables.Study(Path("."), pd.DataFrame({"point_status": ["done"]}), summary, metrics, pd.DataFrame(),
+                      scenario)
+    text = tables.sketch_table(st)[0]
+    row = next(line for line in text.splitlines() if line.startswith("| x "))
+    assert "seed 2 at round 10" in row and "1e+05" not in row and "| 0.5 [0.5, 0.5] |" in row
+    ef = tables.ef_table(st)[0]
+    assert "| x | 2 | seed 2 at round 10 |" in ef

@@ -329,7 +329,7 @@ class Ring:
             return slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
         return [[int(b)] for b in payload.nbytes.tolist()]
 
-    def round(self, t: int, sizes: list[list[int]], active, step_s, timeout_s, carries=None):
+    def round(self, t: int, sizes: list[list[int]], active, step_s, timeout_s, carries=None, wait_for=None):
         n = self.n
         if self.summable:
             # reduce-scatter then all-gather: step s, worker i sends chunk (i - s) mod n
