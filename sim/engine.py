@@ -445,12 +445,7 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
             if last:
                 return
 
-    proc = env.process(server())
-    try:
-        env.run(until=proc)
-    except RuntimeError as exc:
-        if "No scheduled events left" not in str(exc):
-            raise
+    if not run_until(env, env.process(server())):
         result.stalled = (f"at simulated time {env.now:.6g} s, round {c.round + 1}: no message can ever "
                           f"be delivered (a link down for good, or every worker crashed) and no "
                           f"round_timeout is set")
@@ -461,6 +456,18 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
     result.server_state_bytes = stats["server_state_bytes"]
     result.compression_rate = stats["compression_rate"]
     return result
+
+
+def run_until(env: simpy.Environment, until) -> bool:
+    """Run the simulation until ``until`` fires; False when no event is left
+    before that (nothing can ever be delivered: the run is stalled)."""
+    try:
+        env.run(until=until)
+    except RuntimeError as exc:
+        if "No scheduled events left" not in str(exc):
+            raise
+        return False
+    return True
 
 
 def _lone_transfer_s(net: Network, src: str, dst: str, nbytes: int) -> tuple[float, float]:

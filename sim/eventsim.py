@@ -59,7 +59,7 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import Counters, RunResult, World, evaluate, link_rows, straggler_times
+from sim.engine import Counters, RunResult, World, evaluate, link_rows, run_until, straggler_times
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn, masks_at
 from sim.net.network import Network
@@ -326,11 +326,7 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         env.process(worker(i))
     for i in first:                              # they hold theta_0 at time 0
         start[i].succeed((s["theta"], 0, 0.0))
-    try:
-        env.run(until=done)
-    except RuntimeError as exc:
-        if "No scheduled events left" not in str(exc):
-            raise
+    if not run_until(env, done):
         result.stalled = (f"at simulated time {env.now:.6g} s, version {s['version']}: no message can ever be "
                           "delivered")
         record()
