@@ -106,7 +106,7 @@ class AsyncSgd:
                 version: int) -> tuple[torch.Tensor, None, dict]:
         """One arrival: theta [d], grad [d] -> new theta, state, what was done."""
         eta = self.step_size(version, staleness)
-        return theta - eta * grad, state, {"applied": True, "step_size": eta}
+        return torch.add(theta, grad, alpha=-eta), state, {"applied": True, "step_size": eta}   # one pass
 
     def may_proceed(self, clock: int, slowest: int) -> bool:
         """SSP: may a worker at ``clock`` get new parameters while the slowest is at ``slowest``?"""

@@ -10,7 +10,8 @@ R n gradients (stop.max_rounds counts n gradients each for event-driven
 algorithms).  No evaluation in between (eval_every = R).  Every
 (engine, n) runs in its own fresh process (``--one``), so that its peak
 resident memory (ru_maxrss) is its own; host time is perf_counter around
-``run_algorithm`` only (world building excluded), best of ``--repeat``.
+``run_algorithm`` only (world building excluded), best of ``--repeat``,
+with freed memory reused as ``run_sim.py`` sets it (sim/alloc.py).
 
     .venv/bin/python bench/bench_async.py [--rounds 30] [--repeat 3] [--json OUT]
 """
@@ -43,7 +44,9 @@ def one(engine: str, n: int, rounds: int, repeat: int) -> dict:
     import torch
 
     import algorithms
+    from sim.alloc import reuse_freed_memory
     from sim.study.config import load_scenario
+    reuse_freed_memory()            # as run_sim.py does for every command
     from sim.engine import build_world, run_algorithm
     scn = load_scenario(ROOT / "scenarios" / "quickstart.yaml", overrides(n, rounds))
     world = build_world(scn, 0)
@@ -71,6 +74,7 @@ def main() -> None:
     if a.one:
         print(json.dumps(one(a.one[0], int(a.one[1]), a.rounds, a.repeat)))
         return
+    load_before = os.getloadavg()
     rows = []
     for n in (32, 100):
         for engine in ("sync", "async"):
@@ -84,9 +88,8 @@ def main() -> None:
     ratios = {n: next(r for r in rows if r["n"] == n and r["engine"] == "async")["host_ms_per_gradient"] /
               next(r for r in rows if r["n"] == n and r["engine"] == "sync")["host_ms_per_gradient"]
               for n in (32, 100)}
-    load = os.getloadavg()
     result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "load_before": load},
+                          "load_before": load_before, "load_after": os.getloadavg()},
               "rows": rows, "async_over_sync": ratios}
     print("| n | engine | host ms per gradient | mean batch width | peak RSS (MB) |")
     print("| ---: | --- | ---: | ---: | ---: |")

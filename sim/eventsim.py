@@ -301,7 +301,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                            "staleness": tau, "step_size": info["step_size"], "params_sent_s": job.params_sent_s,
                            "compute_start_s": job.compute_start_s, "upload_start_s": job.upload_start_s})
                 on_round(s["messages"] // n, env.now)
-                if not bool(torch.isfinite(s["theta"]).all()):
+                # every n messages (as often as the synchronous engine checks: once a round)
+                if s["messages"] % n == 0 and not bool(torch.isfinite(s["theta"]).all()):
                     record()
                     return finish(f"diverged at version {s['version']}: a parameter is not finite after the update")
                 if alg.reply_at_once:
