@@ -41,9 +41,18 @@ row's random draws from its worker's stream at its step (sim/learn/rng.py
 RowStreams); the upload's size is the compressor's formula for that message,
 so a compressed upload forces the evaluation when it is sent.
 
+Failures (``failures:`` crash and rejoin intervals): a worker that is down
+when its parameters arrive, or that crashes while computing, loses that
+work (nothing is sent; the computation is dropped unevaluated); when it is up
+again it pulls the parameters (a params message sent at its rejoin time) and
+goes on; one that never rejoins is never heard from again.  Every worker
+gone for good is a stall.
+
 Not modelled yet for event-driven algorithms (refused with a message, before
-anything is written): failures, round_timeout, wait_for, rings and sharded
-servers, BatchNorm models.  No trace is written: the math depends on timing, so a
+anything is written): round_timeout, wait_for, rings and sharded servers,
+BatchNorm models, and failures together with a compressor (the crashed
+worker's error-feedback memory) or with FedBuff's concurrency < n (the
+server would have to know who is up to draw the next client).  No trace is written: the math depends on timing, so a
 replay under another network would be wrong (sim/study/replay.py refuses these
 algorithms by ``timing_independent = False``).
 """
@@ -59,7 +68,7 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import Counters, RunResult, World, evaluate, link_rows, run_until, straggler_times
+from sim.engine import Counters, RunResult, World, evaluate, failures_of, link_rows, run_until, straggler_times
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn, masks_at
 from sim.net.network import Network
@@ -74,8 +83,12 @@ def refusal(scn, cfg) -> str | None:  # also called by sim/study/config.py, so b
     if topo.collective == "ring" or len(topo.server_names()) != 1:
         return (f"{cfg.label}: an event-driven algorithm needs one parameter server; allowed topologies: "
                 "star (servers: 1), hierarchical, graph")
-    if scn.failures:
-        return f"{cfg.label}: failures are not modelled yet for event-driven algorithms"
+    if scn.failures and getattr(cfg, "concurrency", None) is not None and cfg.concurrency < scn.workers:
+        return (f"{cfg.label}: failures with concurrency < workers are not modelled yet (the server would have "
+                "to know who is up to draw the next client)")
+    if scn.failures and getattr(getattr(cfg, "compressor", None), "kind", "none") != "none":
+        return (f"{cfg.label}: failures with a compressor are not modelled yet (a crashed worker's error-feedback "
+                "memory would need rolling back)")
     if scn.round_timeout is not None:
         return f"{cfg.label}: round_timeout has no meaning for an asynchronous algorithm (it has no rounds)"
     return None
@@ -119,6 +132,11 @@ class LazyGrads:
         # the workers' compression with error feedback (async_sgd with a compressor), batched too
         self.alg = alg if alg is not None and hasattr(alg, "encode") else None
         self.errors = self.alg.init_workers(world.n, world.model.d, world.device) if self.alg else None
+
+    def drop(self, job: Job) -> None:
+        """A computation lost to a crash: never evaluated (when it still can be) or sent."""
+        if job in self.pending:
+            self.pending.remove(job)
 
     def nbytes(self, job: Job) -> int:
         """The payload bytes of ``job``'s upload (evaluates it, with every pending job, if needed)."""
@@ -197,6 +215,7 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     server = scn.network.topology.server_names()[0]
     header = scn.network.header_bytes
     streams = WorkerStreams(world.seed, n, dev)
+    failures = failures_of(scn)
     H = int(getattr(alg, "local_steps", 0))
     lazy = LazyGrads(world, GradFn(world.model, scn.gradients), streams, H, getattr(alg, "local_lr", None),
                      eager=eager, alg=alg)
@@ -254,14 +273,31 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 held.remove(k)
                 send_params(k)
 
+    def rejoin(i: int):
+        """Worker i is down: wait until it is up again (forever if it never is), then pull
+        the parameters (a params message, 4 d bytes) before computing again."""
+        wake = failures.next_up_one(i, env.now)
+        if math.isinf(wake):
+            yield env.event()                     # never: this worker is gone
+        yield env.timeout(wake - env.now)
+        send_params(i)
+
     def worker(i: int):
         j = 0
         while True:
             theta, version, sent = yield start[i]
             start[i] = env.event()                # where the next assignment will come
+            if not failures.up(i, env.now):       # the parameters reached a worker that is down
+                yield from rejoin(i)
+                continue
             job = Job(i, j, version, theta, params_sent_s=sent, compute_start_s=env.now)
             lazy.add(job)
             yield env.timeout(step_s(i, j))
+            if not failures.up_through(i, job.compute_start_s, env.now):   # crashed while computing
+                lazy.drop(job)
+                j += 1
+                yield from rejoin(i)
+                continue
             job.upload_start_s = env.now
             size = alg.upload_bytes if fixed else lazy.nbytes(job)
             msg = Message(f"w{i}", server, "grad", j, size, header)

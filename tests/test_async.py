@@ -165,8 +165,11 @@ def test_same_seed_same_files(tmp_path):
 ])
 def test_unsupported_settings_are_bad_input_and_write_nothing(tmp_path, capsys, override, words):
     out = tmp_path / "out"
-    code = run_sim.main(["run", str(TINY), "--out", str(out), "--set",
-                         "algorithms=[{name: a, kind: async_sgd, lr: 0.1}]", "--set", override])
+    algs = "[{name: a, kind: async_sgd, lr: 0.1}]"
+    if override.startswith("failures"):          # failures are modelled, but not with these two
+        algs = ("[{name: a, kind: fedbuff, local_lr: 0.1, buffer: 2, concurrency: 2}, "
+                "{name: b, kind: async_sgd, lr: 0.1, compressor: {kind: topk, ratio: 0.1}}]")
+    code = run_sim.main(["run", str(TINY), "--out", str(out), "--set", f"algorithms={algs}", "--set", override])
     assert code == 2
     assert words in capsys.readouterr().err
     assert not out.exists()
@@ -291,3 +294,35 @@ def test_compressed_async_sgd_lazy_equals_one_at_a_time_and_bytes_are_the_formul
 def test_shared_seed_randomk_is_refused_for_async():
     with pytest.raises(ValueError, match="no rounds"):
         async_cfg(compressor={"kind": "randomk", "ratio": 0.1, "shared_seed": True})
+
+
+
+def test_a_crashed_worker_loses_its_computation_and_pulls_the_parameters_when_it_rejoins():
+    """Worker 0 crashes at 25 ms (mid-computation of its third step) and rejoins at
+    100 ms: the step it was computing never arrives, nothing of it starts while it is
+    down, and after the rejoin it starts from parameters sent at the rejoin time."""
+    crash, back = 0.025, 0.1
+    w = world(["stop.max_rounds=12", "network.uplink={bandwidth: 100 Gbps, latency: 0 s}",
+               "network.downlink={bandwidth: 100 Gbps, latency: 0 s}",
+               "network.server={bandwidth: 1000 Gbps, latency: 0 s}",
+               f"failures=[{{worker: 0, crash_at: {crash} s, rejoin_at: {back} s}}]"])
+    res, up = run(w, async_cfg())
+    mine = [u for u in up if u["worker"] == 0]
+    assert all(not (crash <= u["compute_start_s"] < back) for u in mine)
+    assert all(u["upload_start_s"] <= crash or u["compute_start_s"] >= back for u in mine)
+    after = [u for u in mine if u["compute_start_s"] >= back]
+    assert after and after[0]["params_sent_s"] == pytest.approx(back)
+    assert len([u for u in mine if u["upload_start_s"] <= crash]) == 2      # steps at 10 and 20 ms
+    others = [u for u in up if u["worker"] == 1]
+    assert len(others) > len(mine)
+    # never rejoining: it is never heard from again, the others go on
+    w = world(["stop.max_rounds=6", f"failures=[{{worker: 0, crash_at: {crash} s}}]"])
+    res, up = run(w, async_cfg())
+    assert max(u["sim_time_s"] for u in up if u["worker"] == 0) < crash + 0.02
+    assert not res.stalled and res.rows[-1]["round"] == 6 * w.n
+
+
+def test_every_worker_gone_is_a_stall_with_the_reason():
+    w = world(["stop.max_rounds=6", "failures=" + str([{"worker": i, "crash_at": "5 ms"} for i in range(4)])])
+    res, up = run(w, async_cfg())
+    assert res.stalled and "no message can ever be delivered" in res.stalled and up == []

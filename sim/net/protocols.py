@@ -90,14 +90,15 @@ class Failures:
 
     def next_up(self, n: int, t: float) -> float:
         """The earliest time >= t at which some worker of 0..n-1 is up (inf: none ever is)."""
-        best = math.inf
-        for i in range(n):
-            at = t
-            for a, b in sorted(self.intervals.get(i, ())):
-                if a <= at < b:
-                    at = b
-            best = min(best, at)
-        return best
+        return min((self.next_up_one(i, t) for i in range(n)), default=math.inf)
+
+    def next_up_one(self, i: int, t: float) -> float:
+        """The earliest time >= t at which worker i is up (inf: never again)."""
+        at = t
+        for a, b in sorted(self.intervals.get(i, ())):
+            if a <= at < b:
+                at = b
+        return at
 
     def up_through(self, i: int, t0: float, t1: float) -> bool:
         """Up for the whole of [t0, t1]."""
