@@ -119,7 +119,7 @@ class AlgorithmConfig(BaseModel):
 
     # False for an algorithm whose math depends on when messages arrive
     # (asynchronous updates, deadlines inside the algorithm): trace replay
-    # (sim/study/replay.py) refuses it.  Every registered algorithm is synchronous.
+    # (sim/study/replay.py) refuses it: async_sgd, fedbuff and fedasync (event-driven, sim/eventsim.py).
     timing_independent: ClassVar[bool] = True
 
     @property
