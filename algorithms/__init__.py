@@ -5,7 +5,7 @@ discriminated union the scenario schema validates ``algorithms:`` against.
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -33,6 +33,7 @@ class SgdConfig(AlgorithmConfig):
     the server averages and steps."""
 
     kind: Literal["sgd"] = "sgd"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
 
     def build(self, ctx: Context) -> ParameterServer:
         return ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n)
@@ -43,6 +44,7 @@ class MomentumSgdConfig(AlgorithmConfig):
     """Dense SGD with heavy-ball (or Nesterov) momentum on the server."""
 
     kind: Literal["momentum_sgd"] = "momentum_sgd"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
 
@@ -62,6 +64,7 @@ class AmsGradConfig(_AdamFields):
     """Dense AMSGrad on the server (comp-ams.txt Algorithm 1 with eps inside the root)."""
 
     kind: Literal["amsgrad"] = "amsgrad"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
 
     def build(self, ctx: Context) -> ParameterServer:
         return ParameterServer(self.label, _none(ctx), AmsGrad(self.lr_at, self.beta1, self.beta2, self.eps),
@@ -73,6 +76,7 @@ class AdamConfig(_AdamFields):
     """Dense Adam on the server (Kingma & Ba 2015, bias-corrected, eps outside the root)."""
 
     kind: Literal["adam"] = "adam"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
 
     def build(self, ctx: Context) -> ParameterServer:
         return ParameterServer(self.label, _none(ctx), Adam(self.lr_at, self.beta1, self.beta2, self.eps),
@@ -86,6 +90,7 @@ class TopKEfSgdConfig(AlgorithmConfig):
     applies lr, which equals the "p = lr g + e" form for a constant lr."""
 
     kind: Literal["topk_ef_sgd"] = "topk_ef_sgd"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
     ratio: float = Field(0.01, gt=0, le=1, description="fraction of coordinates kept, in (0, 1]")
     error_feedback: bool = True
 
@@ -102,6 +107,7 @@ class CompAmsConfig(_AdamFields):
     paper's curves without EF."""
 
     kind: Literal["comp_ams"] = "comp_ams"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
     compressor: CompressorConfig = Field(default_factory=lambda: TopKConfig(ratio=0.01))
     error_feedback: bool = True
 
@@ -117,6 +123,7 @@ class QAdamConfig(_AdamFields):
     m / (sqrt(v) + eps) with EF; the server averages and steps by lr."""
 
     kind: Literal["qadam"] = "qadam"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
     compressor: CompressorConfig = Field(default_factory=lambda: TopKConfig(ratio=0.01))
     error_feedback: bool = True
 
@@ -135,6 +142,7 @@ class EfficientAdamConfig(_AdamFields):
     published Algorithm 1 as we read it (unverified against the full text)."""
 
     kind: Literal["efficient_adam"] = "efficient_adam"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
     compressor: CompressorConfig = Field(default_factory=lambda: TopKConfig(ratio=0.01))
     server_compressor: CompressorConfig | None = Field(
         None, description="compressor for the broadcast (default: the same as the workers')")
@@ -154,6 +162,7 @@ class DistEfSgdConfig(AlgorithmConfig):
     plain EF-SGD); blocks are the layers; wire d bits + 32 bits per block each way."""
 
     kind: Literal["dist_ef_sgd"] = "dist_ef_sgd"
+    late_apply: ClassVar[bool] = True        # a ParameterServer round (algorithms/ps.py)
     momentum: float = Field(0.0, ge=0, lt=1)
 
     def build(self, ctx: Context) -> ParameterServer:

@@ -9,7 +9,7 @@ simulated network between the calls.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Literal, Mapping, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -116,6 +116,11 @@ class AlgorithmConfig(BaseModel):
     wait_for: int | None = Field(
         None, ge=1, description="K-sync (Dutta et al. 2018): the synchronous server proceeds with the first K "
                                 "uploads of a round; the other workers are interrupted, their work dropped")
+    late: Literal["apply"] | None = Field(
+        None, description="with round_timeout or wait_for: uploads that miss a round are applied in the next one, "
+                          "one round stale (default: dropped; K-sync then interrupts the late workers)")
+    # The parameter-server algorithms (algorithms/ps.py) can apply late uploads; set on their configs.
+    late_apply: ClassVar[bool] = False
 
     # False for an algorithm whose math depends on when messages arrive
     # (asynchronous updates, deadlines inside the algorithm): trace replay

@@ -30,6 +30,7 @@ class PSState:
     local: Any = None                     # worker-side optimizer state ([n, d] tensors), or None
     server_error: torch.Tensor | None = None   # [d] server error-feedback memory (two-way schemes)
     decoded: torch.Tensor | None = None   # [n, d] decoded uploads of this round (server side)
+    previous: torch.Tensor | None = None  # [n, d] last round's decoded uploads (keep_late: late ones count next round)
 
 
 def update_bytes(delta: torch.Tensor) -> int:
@@ -111,6 +112,7 @@ class ParameterServer:
     lr: Any = None                             # lr(t), for EF rescaling (dist-EF-SGD)
     rescale_error: bool = False                # e <- (lr_{t-1} / lr_t) e before adding (Zheng et al. 2019)
     seed: int = 0
+    keep_late: bool = False                    # late: apply (the engine sets it): keep last round's uploads
 
     @property
     def summable(self) -> bool:
@@ -146,8 +148,19 @@ class ParameterServer:
         return Upload(payload, sends), replace(state, error=error, local=local, decoded=decoded)
 
     def server_update(self, state: PSState, theta: torch.Tensor, upload: Upload,
-                      arrived: torch.Tensor, round: int) -> tuple[torch.Tensor, Downlink, PSState]:
-        g_bar = mean_over_arrived(state.decoded, arrived.to(theta.device))
+                      arrived: torch.Tensor, round: int, late: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, Downlink, PSState]:
+        """``late`` [n] bool (with ``keep_late``): workers whose upload of the
+        previous round arrived during this one; their previous messages join
+        the mean, one round stale: g_bar = (sum_arrived D_i + sum_late D_i^prev)
+        / (|arrived| + |late|)."""
+        if late is not None and state.previous is not None and bool(late.any()):
+            w_now = arrived.to(theta.device).to(theta.dtype)
+            w_late = late.to(theta.device).to(theta.dtype)
+            g_bar = (w_now @ state.decoded + w_late @ state.previous) / (w_now.sum() + w_late.sum())
+        else:
+            g_bar = mean_over_arrived(state.decoded, arrived.to(theta.device))
+        previous = state.decoded if self.keep_late else None
         delta, opt = self.optimizer.update(g_bar, state.opt, round)
         server_error = state.server_error
         if self.down_compressor is None:
@@ -166,7 +179,8 @@ class ParameterServer:
                 dec = self.down_compressor.decompress(payload)
             delta = -dec.view(-1)
             down = Downlink(int(payload.nbytes[0]), "update")
-        return theta + delta, down, replace(state, opt=opt, server_error=server_error, decoded=None)
+        return theta + delta, down, replace(state, opt=opt, server_error=server_error, decoded=None,
+                                            previous=previous)
 
 
 def _keep_tree(active, new, old):

@@ -14,6 +14,7 @@ from the network and compute models, never from the host clock.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -212,6 +213,8 @@ class Trainer:
         self.proto = None   # set by run_algorithm once the protocol exists (it slices payloads)
         self.alg = cfg.build(Context(d=world.model.d, n=world.n, blocks=world.model.blocks, device=dev,
                                      shard_sizes=tuple(int(s) for s in world.shards.size.tolist())))
+        if cfg.late == "apply":            # keep last round's uploads (algorithms/ps.py)
+            self.alg = dataclasses.replace(self.alg, keep_late=True)
         self.streams = WorkerStreams(world.seed, world.n, dev)
         self.grad_fn = GradFn(world.model, scn.gradients)
         self.theta = world.model.init_params(world.seed, dev)                   # [d]
@@ -269,15 +272,18 @@ class Trainer:
         ask, self.state = self.alg.second_round(self.state, torch.tensor(arrived, dtype=torch.bool), t)
         return None if ask is None else [int(ask[0]), int(ask[1])]
 
-    def update(self, t: int, arrived: list[bool]) -> dict:
+    def update(self, t: int, arrived: list[bool], late: list[bool] | None = None) -> dict:
         arr = torch.tensor(arrived, dtype=torch.bool)
-        self.theta, down, self.state = self.alg.server_update(self.state, self.theta, self.upload, arr, t)
+        kw = {} if late is None else {"late": torch.tensor(late, dtype=torch.bool)}
+        self.theta, down, self.state = self.alg.server_update(self.state, self.theta, self.upload, arr, t, **kw)
         self.buffers = merge_buffers(self.buffers, self.new_buffers, arr)
         bounds = getattr(self.proto, "bounds", [(0, self.world.model.d)])
         out = {"down": [int(b) for b in down.slice_bytes(bounds, update_bytes)],
                "finite": bool(torch.isfinite(self.theta).all())}
         if hasattr(self.alg, "diagnostics"):          # read-only: the math is already done
             out["diag"] = {k: float(v) for k, v in self.alg.diagnostics(self.state).items()}
+        if late is not None:                           # late: apply, how many stale uploads joined this round
+            out["diag"] = {**out.get("diag", {}), "late_applied": float(sum(late))}
         return out
 
     def stats(self) -> dict:
@@ -341,14 +347,15 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     if record is not None:
         source = record(source)
     return simulate(world.scenario, env, net, proto, source, cfg.label, world.seed, world.model.d,
-                    on_row, on_round, on_phase, on_diag, wait_for=cfg.wait_for)
+                    on_row, on_round, on_phase, on_diag, wait_for=cfg.wait_for, keep_late=cfg.late == "apply")
 
 
 def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source, label: str, seed: int,
              d: int, on_row: Callable[[dict], None] = lambda row: None,
              on_round: Callable[[int, float], None] = lambda r, t: None,
              on_phase: Callable[[dict], None] = lambda row: None,
-             on_diag: Callable[[dict], None] = lambda row: None, wait_for: int | None = None) -> RunResult:
+             on_diag: Callable[[dict], None] = lambda row: None, wait_for: int | None = None,
+             keep_late: bool = False) -> RunResult:
     """The SimPy side of a run: rounds, evaluations and stop rules, asking
     ``source`` (a :class:`Trainer`, or a replayed trace) for the math.
 
@@ -392,7 +399,8 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
                 record()
                 return
             timing = yield from proto.round(t, plan["sizes"], plan["sending"], plan["step_s"],
-                                            scn.round_timeout, carries=plan["carries"], wait_for=wait_for)
+                                            scn.round_timeout, carries=plan["carries"], wait_for=wait_for,
+                                            keep_late=keep_late)
             arrived = timing.arrived
             c.round += 1
             c.uploads += timing.uploads
@@ -410,7 +418,7 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
                         c.bytes_up += ex["bytes_up"]
                         timing.phase["exchange_s"] = env.now - t0
                         timing.phase["end_s"] = env.now
-                upd = source.update(t, arrived)
+                upd = source.update(t, arrived) if timing.late is None else source.update(t, arrived, timing.late)
                 finite = upd["finite"]
                 for quantity, value in upd.get("diag", {}).items():
                     on_diag({"algorithm": label, "seed": seed, "round": t, "quantity": quantity, "value": value})

@@ -326,3 +326,66 @@ def test_every_worker_gone_is_a_stall_with_the_reason():
     w = world(["stop.max_rounds=6", "failures=" + str([{"worker": i, "crash_at": "5 ms"} for i in range(4)])])
     res, up = run(w, async_cfg())
     assert res.stalled and "no message can ever be delivered" in res.stalled and up == []
+
+
+# --- late: apply ------------------------------------------------------------------
+
+def test_late_uploads_join_the_next_rounds_mean():
+    """algorithms/ps.py: with late workers, g_bar = (sum_arrived D_i + sum_late D_i^prev) / (|A| + |L|)."""
+    from algorithms.base import Context
+    ctx = Context(d=3, n=3, blocks=(), device=torch.device("cpu"))
+    alg = algorithms.ALGORITHMS["sgd"](lr=1.0).build(ctx)
+    import dataclasses
+    alg = dataclasses.replace(alg, keep_late=True)
+    state = alg.init(torch.zeros(3))
+    g1 = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 4.0]])
+    up, state = alg.worker_encode(state, g1, 0, WorkerStreams(0, 3))
+    theta, _, state = alg.server_update(state, torch.zeros(3), up, torch.tensor([True, True, False]), 0,
+                                        late=torch.tensor([False, False, False]))
+    torch.testing.assert_close(theta, -torch.tensor([0.5, 1.0, 0.0]))
+    g2 = torch.full((3, 3), 8.0)
+    up, state = alg.worker_encode(state, g2, 1, WorkerStreams(0, 3))
+    new, _, _ = alg.server_update(state, theta, up, torch.tensor([True, True, False]), 1,
+                                  late=torch.tensor([False, False, True]))
+    torch.testing.assert_close(new, theta - (8.0 + 8.0 + torch.tensor([0, 0, 4.0])) / 3)   # worker 2's round 0
+
+
+def test_round_timeout_with_late_apply_counts_the_straggler_one_round_late():
+    """Worker 3 computes 20 ms, the others 10 ms; round_timeout 15 ms drops its upload
+    from every round; with late: apply it joins the next round's mean instead."""
+    base = ["compute={kind: fixed, step_time: 10 ms, speed: [1, 1, 1, 0.5]}", "stop.max_rounds=6",
+            "eval_every=1", "round_timeout=15 ms", "network.uplink={bandwidth: 100 Gbps, latency: 0.1 ms}",
+            "network.downlink={bandwidth: 100 Gbps, latency: 0.1 ms}",
+            "network.server={bandwidth: 1000 Gbps, latency: 0 s}"]
+    w = world(base)
+    drop, diag, phases = [], [], []
+    res_drop = run_algorithm(w, algorithms.ALGORITHMS["sgd"](name="s", lr=0.1), on_phase=drop.append)
+    res = run_algorithm(w, algorithms.ALGORITHMS["sgd"](name="s", lr=0.1, late="apply"), on_phase=phases.append,
+                        on_diag=diag.append)
+    assert [p["arrived"] for p in drop] == [3] * 6 and [p["arrived"] for p in phases] == [3] * 6
+    assert [d["value"] for d in diag if d["quantity"] == "late_applied"] == [0.0] + [1.0] * 5
+    assert res.rows[1] == res_drop.rows[1]                      # round 0: nothing late yet
+    assert res.rows[-1]["train_loss"] != res_drop.rows[-1]["train_loss"]
+
+
+def test_ksync_with_late_apply_does_not_interrupt_and_applies_the_late_ones():
+    base = ["compute={kind: fixed, step_time: 10 ms, speed: [1, 1, 1, 0.8]}", "stop.max_rounds=4",
+            "network.uplink={bandwidth: 100 Gbps, latency: 0.1 ms}",
+            "network.downlink={bandwidth: 100 Gbps, latency: 0.1 ms}",
+            "network.server={bandwidth: 1000 Gbps, latency: 0 s}"]
+    w = world(base)
+    diag = []
+    interrupted = run_algorithm(w, algorithms.ALGORITHMS["sgd"](name="s", lr=0.1, wait_for=3))
+    res = run_algorithm(w, algorithms.ALGORITHMS["sgd"](name="s", lr=0.1, wait_for=3, late="apply"),
+                        on_diag=diag.append)
+    assert sum(d["value"] for d in diag if d["quantity"] == "late_applied") >= 2
+    assert res.rows[-1]["bytes_up"] > interrupted.rows[-1]["bytes_up"]     # the late uploads were sent
+
+
+@pytest.mark.parametrize("algs, words", [
+    ("[{name: a, kind: sgd, lr: 0.1, late: apply}]", "with wait_for or round_timeout"),
+    ("[{name: a, kind: powersgd, lr: 0.1, wait_for: 2, late: apply}]", "needs a parameter-server algorithm"),
+])
+def test_late_apply_is_refused_where_it_has_no_meaning(tmp_path, capsys, algs, words):
+    code = run_sim.main(["run", str(TINY), "--out", str(tmp_path / "o"), "--set", f"algorithms={algs}"])
+    assert code == 2 and words in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -75,6 +75,7 @@ class RoundTiming:
     bytes_up: int = 0
     uploads: int = 0                 # messages carrying gradient information
     phase: dict = field(default_factory=dict)
+    late: list[bool] | None = None   # keep_late: the previous round's uploads that arrived during this one
 
 
 @dataclass
@@ -122,6 +123,7 @@ class ParameterServer:
         self.synced_at = [0.0] * n                            # when its last broadcast was sent
         self.round_start = 0.0
         self.bytes_down = 0
+        self._late_sent: list[tuple[int, bool]] = []   # (bytes, carries) sent after their round ended
 
     def wait_for_rejoin(self):
         """SimPy generator for a round in which no worker is up: waits until the
@@ -173,6 +175,9 @@ class ParameterServer:
             evs = [self.net.send(Message(self.workers[i], s, "grad", t, sizes[j], self.header))
                    for j, s in enumerate(self.servers)]
             out["sent_bytes"][i] = sum(sizes) + self.header * len(self.servers)
+            if out.get("closed"):          # sent after its round ended: counted with the next round
+                carry = out["carries"] is None or out["carries"][i]
+                self._late_sent.append((out["sent_bytes"][i], carry))
             left = [len(evs)]
 
             def delivered(_ev) -> None:
@@ -198,14 +203,17 @@ class ParameterServer:
         return slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
 
     def round(self, t: int, sizes: list[list[int]], active: list[bool], step_s: list[float],
-              timeout_s: float | None, carries: list[bool] | None = None, wait_for: int | None = None):
+              timeout_s: float | None, carries: list[bool] | None = None, wait_for: int | None = None,
+              keep_late: bool = False):
         """SimPy generator: returns RoundTiming once every active worker's
         upload arrived, crashed, or the deadline passed, or (``wait_for`` K,
         K-sync) once K uploads arrived.  Uploads after the round ended are
         dropped (they still cross the network).  ``sizes`` from :meth:`sizes`;
         ``carries[i]`` False: worker i's message is a skip notice (not counted
-        as an upload)."""
-        out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}}
+        as an upload).  ``keep_late`` (late: apply): late workers are not
+        interrupted, and ``RoundTiming.late`` lists the workers whose upload of
+        the previous round arrived after it ended and by the end of this one."""
+        out = {"ready": {}, "done": {}, "lost": {}, "sent_bytes": {}, "carries": carries}
         wait = self.env.event()
         pending = [sum(1 for a in active if a)]
         got = [0]
@@ -225,17 +233,34 @@ class ParameterServer:
             end = self.env.now
             # Dutta et al. 2018: the other workers are interrupted; one still computing
             # sends nothing, an upload already on the wire completes and is dropped
-            out["interrupted"] = True
+            out["interrupted"] = not keep_late
             arrived = sorted((out["done"][i], i) for i in out["done"])[:wait_for]
             keep = {i for _, i in arrived}
+            late_ones = {i: v for i, v in out["done"].items() if i not in keep}
             out["done"] = {i: v for i, v in out["done"].items() if i in keep}
-            return self._timing(out, step_s, carries, end)
+            out["done_late"] = late_ones          # arrived with the K-th, but not among the first K
+            return self._late(self._timing(out, step_s, carries, end), out, end, keep_late)
         if timeout_s is not None:
             deadline = self.round_start + timeout_s
             yield wait | self.env.timeout(max(deadline - self.env.now, 0.0))
         else:
             yield wait
-        return self._timing(out, step_s, carries, self.env.now)
+        return self._late(self._timing(out, step_s, carries, self.env.now), out, self.env.now, keep_late)
+
+    def _late(self, timing: RoundTiming, out: dict, end: float, keep_late: bool) -> RoundTiming:
+        """Which of the previous round's late uploads arrived by ``end`` (keep_late)."""
+        if not keep_late:
+            return timing
+        prev = getattr(self, "_prev", None)
+        late = [False] * self.n
+        if prev is not None:
+            p_out, p_end, p_arrived = prev
+            done = {**p_out.get("done_late", {}), **p_out["done"]}   # late deliveries keep landing here
+            late = [not p_arrived[i] and i in done and p_end < done[i] <= end or
+                    (not p_arrived[i] and done.get(i) == p_end) for i in range(self.n)]
+        timing.late = late
+        self._prev = (out, end, list(timing.arrived))
+        return timing
 
     def _timing(self, out: dict, step_s: list[float], carries, end: float) -> RoundTiming:
         arrived = [i in out["done"] and out["done"][i] <= end for i in range(self.n)]
@@ -244,6 +269,12 @@ class ParameterServer:
         timing.bytes_up = sum(out["sent_bytes"].values())
         senders = out["sent_bytes"]
         timing.uploads = len(self.servers) * sum(1 for i in senders if carries is None or carries[i])
+        # uploads of earlier rounds sent after those rounds ended (round_timeout, late: apply)
+        late, self._late_sent = self._late_sent, []
+        timing.messages_up += len(late) * len(self.servers)
+        timing.bytes_up += sum(b for b, _ in late)
+        timing.uploads += len(self.servers) * sum(1 for _, c in late if c)
+        out["closed"] = True
         timing.phase = self._phases(out, step_s, end, arrived)
         return timing
 
@@ -330,7 +361,8 @@ class Ring:
             return slice_bytes(payload.tensors, payload.nbytes, self.d, self.bounds)
         return [[int(b)] for b in payload.nbytes.tolist()]
 
-    def round(self, t: int, sizes: list[list[int]], active, step_s, timeout_s, carries=None, wait_for=None):
+    def round(self, t: int, sizes: list[list[int]], active, step_s, timeout_s, carries=None, wait_for=None,
+              keep_late=False):
         n = self.n
         if self.summable:
             # reduce-scatter then all-gather: step s, worker i sends chunk (i - s) mod n

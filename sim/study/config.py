@@ -193,6 +193,10 @@ class Scenario(Strict):
                 if why:
                     raise ValueError(why)
         for a in self.algorithms:
+            if a.late == "apply" and not (a.late_apply and (a.wait_for is not None or self.round_timeout)):
+                raise ValueError(f"algorithms: {a.label}: late: apply needs a parameter-server algorithm (sgd, "
+                                 "momentum_sgd, adam, amsgrad, topk_ef_sgd, comp_ams, qadam, efficient_adam, "
+                                 "dist_ef_sgd) with wait_for or round_timeout")
             if a.wait_for is None:
                 continue
             if a.wait_for > self.workers:

@@ -99,8 +99,8 @@ class Recorder:
         self._write({"e": "second_round", "t": t, "in": bits(arrived), "out": out})
         return out
 
-    def update(self, t: int, arrived: list[bool]) -> dict:
-        out = self.inner.update(t, arrived)
+    def update(self, t: int, arrived: list[bool], late: list[bool] | None = None) -> dict:
+        out = self.inner.update(t, arrived) if late is None else self.inner.update(t, arrived, late)
         self._write({"e": "update", "t": t, "in": bits(arrived), "out": out})
         return out
 
