@@ -293,6 +293,23 @@ class Trainer:
                 "compression_rate": alg.compression_rate(d) if hasattr(alg, "compression_rate") else ""}
 
 
+def grads_at(world: World, grad_fn: GradFn, streams: WorkerStreams, thetas: torch.Tensor,
+             workers: torch.Tensor, rounds: torch.Tensor, h: int = 0) -> torch.Tensor:
+    """Gradients of rows of (worker, round, local step h) at their own parameters,
+    thetas [m, d] -> [m, d], one batched call.  The minibatch and dropout keys:
+    h = 0 draws what round ``rounds[r]`` of the synchronous engine draws
+    (TAG_BATCH, the round); h >= 1 draws (TAG_LOCAL, the round, h).  The
+    synchronous local steps (LocalSteps) and the event-driven jobs
+    (sim/eventsim.py) share these keys, which is what makes FedBuff with
+    K = C = n equal FedAvg."""
+    b = world.scenario.batch_size
+    tag, sub = (TAG_BATCH, None) if h == 0 else (TAG_LOCAL, h)
+    local = streams.randint_at(tag, workers, rounds, world.shards.size[workers], b, sub=sub)   # [m, b]
+    idx = torch.gather(world.shards.index[workers], 1, local)
+    masks = masks_at(world.model, streams, workers, rounds, b, sub=sub, tag_offset=0 if h == 0 else TAG_LOCAL)
+    return grad_fn.at(thetas, world.x_train[idx], world.y_train[idx], masks)
+
+
 class LocalSteps:
     """What an algorithm with local steps (algorithms/federated.py) needs in
     round t: the round's parameters and, for local step h >= 1, the gradients
@@ -305,14 +322,9 @@ class LocalSteps:
         self.theta = trainer.theta                                         # [d]
 
     def grad(self, h: int, thetas: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """thetas [m, d] of workers ``rows`` [m] -> gradients [m, d]."""
-        w, b = self.trainer.world, self.trainer.world.scenario.batch_size
-        streams = self.trainer.streams
-        rounds = torch.full_like(rows, self.t)
-        local = streams.randint_at(TAG_LOCAL, rows, rounds, w.shards.size[rows], b, sub=h)   # [m, b]
-        idx = torch.gather(w.shards.index[rows], 1, local)
-        masks = masks_at(w.model, streams, rows, rounds, b, sub=h, tag_offset=TAG_LOCAL)
-        return self.trainer.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)
+        """thetas [m, d] of workers ``rows`` [m] -> gradients [m, d] (h >= 1)."""
+        tr = self.trainer
+        return grads_at(tr.world, tr.grad_fn, tr.streams, thetas, rows, torch.full_like(rows, self.t), h)
 
 
 def make_protocol(scn: Scenario, env: simpy.Environment, net: Network, d: int, summable: bool):

@@ -68,11 +68,12 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import Counters, RunResult, World, evaluate, failures_of, link_rows, run_until, straggler_times
+from sim.engine import (Counters, RunResult, World, evaluate, failures_of, grads_at, link_rows, run_until,
+                        straggler_times)
 from sim.errors import ConfigError
-from sim.learn.grads import GradFn, masks_at
+from sim.learn.grads import GradFn
 from sim.net.network import Network
-from sim.learn.rng import TAG_BATCH, TAG_LOCAL, RowStreams, WorkerStreams
+from sim.learn.rng import RowStreams, WorkerStreams
 from sim.net.wire import Message
 
 
@@ -159,13 +160,8 @@ class LazyGrads:
         return sum(self.widths) / len(self.widths) if self.widths else 0.0
 
     def _grads(self, thetas: torch.Tensor, workers: torch.Tensor, steps: torch.Tensor, h: int) -> torch.Tensor:
-        w, b = self.world, self.world.scenario.batch_size
-        tag, sub = (TAG_BATCH, None) if h == 0 else (TAG_LOCAL, h)
-        local = self.streams.randint_at(tag, workers, steps, w.shards.size[workers], b, sub=sub)   # [m, b]
-        idx = torch.gather(w.shards.index[workers], 1, local)
-        masks = masks_at(w.model, self.streams, workers, steps, b, sub=sub, tag_offset=0 if h == 0 else TAG_LOCAL)
         self.widths.append(int(thetas.shape[0]))
-        return self.grad_fn.at(thetas, w.x_train[idx], w.y_train[idx], masks)                  # [m, d]
+        return grads_at(self.world, self.grad_fn, self.streams, thetas, workers, steps, h)         # [m, d]
 
     def _evaluate(self) -> None:
         jobs, self.pending = self.pending, []

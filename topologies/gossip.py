@@ -121,23 +121,22 @@ def metropolis_hastings(g: nx.Graph) -> np.ndarray:
     return w
 
 
-def uniform(g: nx.Graph) -> np.ndarray:
-    n = g.number_of_nodes()
+def _spread(n: int, neighbours) -> np.ndarray:
+    """Row i: weight 1 / (|N(i)| + 1) on i and each of ``neighbours(i)``."""
     w = np.zeros((n, n))
     for i in range(n):
-        nb = [i, *g.neighbors(i)]
+        nb = [i, *neighbours(i)]
         w[i, nb] = 1.0 / len(nb)
     return w
 
 
+def uniform(g: nx.Graph) -> np.ndarray:
+    return _spread(g.number_of_nodes(), g.neighbors)
+
+
 def push_sum(g: nx.DiGraph) -> np.ndarray:
     """Column-stochastic P: column i spreads worker i's mass over itself and its out-neighbours."""
-    n = g.number_of_nodes()
-    p = np.zeros((n, n))
-    for i in range(n):
-        out = [i, *g.successors(i)]
-        p[out, i] = 1.0 / len(out)
-    return p
+    return _spread(g.number_of_nodes(), g.successors).T
 
 
 def check_doubly_stochastic(w: np.ndarray, what: str = "mixing matrix") -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from sim.learn.models import Buffers, FlatModel
-from sim.learn.rng import TAG_DROPOUT, WorkerStreams
+from sim.learn.rng import TAG_DROPOUT, WorkerStreams, to_uniform
 
 
 class GradFn:
@@ -93,14 +93,10 @@ class GradFn:
 
 def dropout_masks(model: FlatModel, streams: WorkerStreams, round: int, batch: int) -> dict[str, torch.Tensor]:
     """Inverted-dropout masks for every MaskDropout layer: keep / (1 - p),
-    [n, batch, *feature_shape], drawn from each worker's own stream."""
-    out = {}
-    for i, (name, mod) in enumerate(sorted(model.dropouts.items())):
-        if mod.p == 0.0:
-            continue
-        u = streams.uniform(streams_tag(i), round, (batch, *mod.feature_shape))
-        out[name] = (u >= mod.p).to(torch.float32) / (1.0 - mod.p)
-    return out
+    [n, batch, *feature_shape], drawn from each worker's own stream (every
+    worker's row of :func:`masks_at` at ``round``)."""
+    workers = torch.arange(streams.n, device=streams.device)
+    return masks_at(model, streams, workers, torch.full_like(workers, round), batch)
 
 
 def masks_at(model: FlatModel, streams: WorkerStreams, workers: torch.Tensor, rounds: torch.Tensor,
@@ -110,8 +106,8 @@ def masks_at(model: FlatModel, streams: WorkerStreams, workers: torch.Tensor, ro
     for i, (name, mod) in enumerate(sorted(model.dropouts.items())):
         if mod.p == 0.0:
             continue
-        bits = streams.bits_at(streams_tag(i) + tag_offset, workers, rounds, (batch, *mod.feature_shape), sub)
-        u = (bits >> 8).to(torch.float32) * (1.0 / 2**24)
+        u = to_uniform(streams.bits_at(streams_tag(i) + tag_offset, workers, rounds, (batch, *mod.feature_shape),
+                                       sub))
         out[name] = (u >= mod.p).to(torch.float32) / (1.0 - mod.p)
     return out
 

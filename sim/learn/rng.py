@@ -71,7 +71,13 @@ class RowStreams:
         return self.streams.bits_at(tag, self.workers, self.steps, shape)
 
     def uniform(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
-        return (self.bits(tag, round, shape) >> 8).to(torch.float32) * (1.0 / 2**24)
+        return to_uniform(self.bits(tag, round, shape))
+
+
+def to_uniform(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit draws -> uniform floats in [0, 1), float32 (24 random bits, so every
+    value is exact in float32 and 1.0 never occurs)."""
+    return (bits >> 8).to(torch.float32) * (1.0 / 2**24)
 
 
 class WorkerStreams:
@@ -122,9 +128,8 @@ class WorkerStreams:
         return (b * high.view(-1, 1).to(torch.int64)) >> 32
 
     def uniform(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
-        """Uniform floats in [0, 1), shape [n, *shape], float32 (24 random
-        bits, so every value is exact in float32 and 1.0 never occurs)."""
-        return (self.bits(tag, round, shape) >> 8).to(torch.float32) * (1.0 / 2**24)
+        """Uniform floats in [0, 1), shape [n, *shape] (:func:`to_uniform`)."""
+        return to_uniform(self.bits(tag, round, shape))
 
     def randint(self, tag: int, round: int, high: torch.Tensor, count: int) -> torch.Tensor:
         """For each worker i, ``count`` integers uniform in [0, high[i]) (with

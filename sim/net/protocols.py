@@ -254,10 +254,11 @@ class ParameterServer:
         prev = getattr(self, "_prev", None)
         late = [False] * self.n
         if prev is not None:
-            p_out, p_end, p_arrived = prev
+            p_out, _, p_arrived = prev
             done = {**p_out.get("done_late", {}), **p_out["done"]}   # late deliveries keep landing here
-            late = [not p_arrived[i] and i in done and p_end < done[i] <= end or
-                    (not p_arrived[i] and done.get(i) == p_end) for i in range(self.n)]
+            # not counted last round, delivered by now (a delivery by the last end that was not
+            # counted is a K-sync tie beyond K)
+            late = [not p_arrived[i] and done.get(i, math.inf) <= end for i in range(self.n)]
         timing.late = late
         self._prev = (out, end, list(timing.arrived))
         return timing
