@@ -414,6 +414,15 @@ ALGORITHMS.add("fedavg", FedAvgConfig)
 ALGORITHMS.add("local_sgd", LocalSgdConfig)
 
 
+# Decentralized training over a communication graph (sim/gossip.py): algorithms/gossip.py.
+from .gossip import AdPsgdConfig, ChocoSgdConfig, DpsgdConfig, SgpConfig  # noqa: E402
+
+ALGORITHMS.add("dpsgd", DpsgdConfig)
+ALGORITHMS.add("choco_sgd", ChocoSgdConfig)
+ALGORITHMS.add("sgp", SgpConfig)
+ALGORITHMS.add("ad_psgd", AdPsgdConfig)
+
+
 AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]
 
 __all__ = ["ALGORITHMS", "COMPRESSORS", "AlgorithmEntry", "AlgorithmConfig", "Context"]

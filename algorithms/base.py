@@ -34,6 +34,7 @@ class Context:
     blocks: tuple[Block, ...]       # layer layout of theta (for per-layer compressors)
     device: torch.device
     shard_sizes: tuple[int, ...] | None = None   # [n] training samples per worker (federated weights)
+    seed: int = 0                   # the run's seed (seeded communication graphs, algorithms/gossip.py)
 
 
 @dataclass(frozen=True)

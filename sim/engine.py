@@ -175,6 +175,7 @@ class RunResult:
     server_state_bytes: int = 0     # server memory for stored worker messages (skip rules)
     compression_rate: float | str = ""   # the paper's formula, for algorithms that define one (sketching)
     mean_batch: float = 0.0         # event-driven runs: mean width of the batched gradient calls
+    spectral_gap: float | str = ""  # decentralized runs: 1 - |lambda_2| of the mixing matrix (sim/gossip.py)
 
 
 MAX_EMPTY_ROUNDS = 10  # consecutive rounds in which no upload arrives before the run is declared stalled
@@ -349,6 +350,9 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     ``on_round(round, sim_time_s)`` drives progress.  ``record``: a callable
     wrapping the trainer (``sim.study.trace.Recorder``) to write the run's trace.
     """
+    if getattr(cfg, "decentralized", False):         # gossip over a communication graph: sim/gossip.py
+        from sim.gossip import run_gossip
+        return run_gossip(world, cfg, on_row=on_row, on_round=on_round, on_phase=on_phase, on_update=on_update)
     if getattr(cfg, "event_driven", False):          # timing decides the math: sim/eventsim.py
         from sim.eventsim import run_event_driven
         return run_event_driven(world, cfg, on_row=on_row, on_round=on_round, on_update=on_update)
@@ -570,6 +574,6 @@ def summarize(result: RunResult, target: float) -> dict:
         "final_test_acc": last.get("test_acc", ""), "final_sim_time_s": last.get("sim_time_s", ""),
         "final_round": last.get("round", ""), "diverged": result.diverged,
         "skipped_fraction": result.skipped_fraction, "server_state_bytes": result.server_state_bytes,
-        "compression_rate": result.compression_rate,
+        "compression_rate": result.compression_rate, "spectral_gap": result.spectral_gap,
         "status": "diverged" if result.diverged else ("stalled" if result.stalled else "done"),
     }

@@ -54,6 +54,10 @@ ALGORITHM_EXAMPLES = {
     "local_sgd": {"lr": 0.5, "local_steps": 3},
     "fedbuff": {"local_lr": 0.3, "local_steps": 2, "buffer": 2},
     "fedasync": {"local_lr": 0.3, "local_steps": 2, "staleness_fn": "polynomial"},
+    "dpsgd": {"lr": 0.5, "local_steps": 2},
+    "choco_sgd": {"lr": 0.5, "gamma": 0.5, "compressor": {"kind": "topk", "ratio": 0.25}},
+    "sgp": {"lr": 0.5},
+    "ad_psgd": {"lr": 0.5},
 }
 
 
@@ -103,6 +107,21 @@ def test_algorithm_decreases_loss_on_a_convex_task(kind):
     streams = WorkerStreams(0, N)
     start = loss(theta)
     arrived = torch.ones(N, dtype=torch.bool)
+    if getattr(cfg, "decentralized", False):     # every worker its own model; the averaged model's loss
+        state = alg.init(theta)
+        pairs = torch.Generator().manual_seed(1)
+        for t in range(200 if hasattr(alg, "round") else 200 * N):   # ad_psgd: N steps a round
+            if hasattr(alg, "round"):
+                state, nbytes = alg.round(state, t, lambda h, th: grads(th), streams)
+                assert len(nbytes) == N and all(0 < b <= VALUE_BYTES * D + 8 for b in nbytes)
+            else:                                # ad_psgd: one random pair a step, then the gradient
+                i = t % N
+                g = grads(state.x)[i]
+                j = alg.neighbours[i][int(torch.randint(len(alg.neighbours[i]), (1,), generator=pairs))]
+                alg.pair_average(state.x, i, j)
+                state.x[i] -= alg.lr(t // N) * g     # each worker steps its own model by lr
+        assert loss(alg.average(state)) < 0.5 * start
+        return
     if getattr(cfg, "event_driven", False):      # one message at a time, round robin, one version stale
         from sim.eventsim import Job
         version, stale = 0, theta
@@ -302,6 +321,16 @@ def test_every_algorithm_runs_a_short_scenario(kind, tiny_world):
     cfg = algorithms.ALGORITHMS[kind](name=kind, **ALGORITHM_EXAMPLES[kind])
     res = run_algorithm(tiny_world, cfg)
     assert not res.diverged and not res.stalled
+    if getattr(cfg, "decentralized", False):     # gossip: one message per graph edge, no server
+        alg = cfg.build(Context(d=tiny_world.model.d, n=tiny_world.n, blocks=tiny_world.model.blocks,
+                                device=tiny_world.device, seed=tiny_world.seed))
+        sends = sum(len(s) for s in getattr(alg, "sends", ())) or 2 * tiny_world.n   # ad_psgd: 2 per step
+        per = 1 if hasattr(alg, "sends") else tiny_world.n
+        assert [r["round"] for r in res.rows] == [0, 3 * per, 6 * per]
+        assert res.rows[-1]["uploads"] == 6 * sends and res.rows[-1]["bytes_down"] == 0
+        assert 0 <= res.rows[-1]["consensus_distance"] and res.rows[0]["consensus_distance"] == 0
+        assert 0 < res.spectral_gap <= 1
+        return
     per = 1
     if getattr(cfg, "event_driven", False):      # versions: one per applied message (FedBuff: per K)
         per = tiny_world.n // getattr(cfg, "buffer", 1)

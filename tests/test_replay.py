@@ -14,6 +14,7 @@ from sim.engine import build_world
 from sim.study.replay import refusal, replay_results, replay_run
 from sim.study.runner import execute
 from sim.study.trace import TRACE_FILE, ReplayUnavailable, read_trace
+from sim.study.results import METRICS_COLUMNS
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")
@@ -139,7 +140,8 @@ def test_trace_lines_are_json_with_exact_floats(tmp_path):
     recorded = run(tmp_path, "a", [*SHORT, "algorithms=[{name: sgd, kind: sgd, lr: 0.1}]"])
     evals = [json.loads(x) for x in (recorded / TRACE_FILE).read_text().splitlines() if '"evaluate"' in x]
     metrics = (recorded / "metrics.csv").read_text().splitlines()[1:]
-    assert [repr(e["out"]["test_acc"]) for e in evals] == [m.split(",")[-1] for m in metrics]
+    col = METRICS_COLUMNS.index("test_acc")
+    assert [repr(e["out"]["test_acc"]) for e in evals] == [m.split(",")[col] for m in metrics]
 
 
 # --------------------------------------------------------------------------- #

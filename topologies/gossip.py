@@ -153,3 +153,116 @@ def spectral_gap(w: np.ndarray) -> float:
     """1 - |lambda_2|: the second-largest eigenvalue modulus of W."""
     ev = np.sort(np.abs(np.linalg.eigvals(w)))[::-1]
     return float(1.0 - ev[1]) if len(ev) > 1 else 1.0
+
+
+# --- the ``graph:`` setting of a decentralized algorithm ------------------------------
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Literal  # noqa: E402
+
+import torch  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, model_validator  # noqa: E402
+
+GRAPH_KINDS = ("ring", "torus", "hypercube", "complete", "random_regular", "erdos_renyi", "exponential", "graphml")
+
+
+class GossipGraph(BaseModel):
+    """Who exchanges with whom (the logical graph over workers ``0 .. n-1``)::
+
+        graph: {kind: ring}
+        graph: {kind: torus, rows: 4}            # rows x (n / rows); default: the squarest split
+        graph: {kind: random_regular, degree: 4, seed: 1}
+        graph: {kind: erdos_renyi, p: 0.2, seed: 1}
+        graph: {kind: exponential}               # directed, i -> i + 2^k (Assran et al. 2019)
+        graph: {kind: graphml, file: comm.graphml}   # nodes 0 .. n-1 or w0 .. w{n-1}
+
+    The messages of an edge travel over the physical network's route between
+    the two workers (``network.topology``), sharing its links with every
+    other flow.  A seeded generator uses ``seed`` (default: the scenario seed)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["ring", "torus", "hypercube", "complete", "random_regular", "erdos_renyi", "exponential",
+                  "graphml"] = "ring"
+    rows: int | None = Field(None, ge=3, description="torus: rows (n must be a multiple)")
+    degree: int | None = Field(None, ge=1, description="random_regular: the degree")
+    p: float | None = Field(None, gt=0, le=1, description="erdos_renyi: the edge probability")
+    seed: int | None = Field(None, description="random graphs: the seed (default: the scenario seed)")
+    file: str | None = Field(None, description="graphml: the file (relative to the scenario's folder)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "GossipGraph":
+        need = {"random_regular": "degree", "erdos_renyi": "p", "graphml": "file"}.get(self.kind)
+        if need and getattr(self, need) is None:
+            raise ValueError(f"graph kind {self.kind} needs `{need}`")
+        return self
+
+    def build(self, n: int, seed: int, base: Path = Path(".")) -> nx.Graph | nx.DiGraph:
+        """The graph on nodes 0 .. n-1; GraphError (a ValueError) when it cannot be built or is disconnected."""
+        s = seed if self.seed is None else self.seed
+        if self.kind == "ring":
+            g = ring(n)
+        elif self.kind == "torus":
+            rows = self.rows or next(r for r in range(int(math.isqrt(n)), 0, -1) if n % r == 0)
+            if n % rows:
+                raise GraphError(f"torus rows = {rows} does not divide workers = {n}")
+            g = torus(rows, n // rows)
+        elif self.kind == "hypercube":
+            dim = n.bit_length() - 1
+            if 2 ** dim != n:
+                raise GraphError(f"a hypercube needs a power of 2 workers, got {n}")
+            g = hypercube(dim)
+        elif self.kind == "complete":
+            g = complete(n)
+        elif self.kind == "random_regular":
+            g = random_regular(n, int(self.degree), s)
+        elif self.kind == "erdos_renyi":
+            g = erdos_renyi(n, float(self.p), s)
+        elif self.kind == "exponential":
+            g = exponential(n)
+        else:
+            g = read_graphml(base / str(self.file), n)
+        return connected(g, f"the {self.kind} communication graph")
+
+    def describe(self) -> str:
+        extra = {"torus": self.rows, "random_regular": self.degree, "erdos_renyi": self.p}.get(self.kind)
+        return self.kind if extra is None else f"{self.kind}({extra})"
+
+
+def read_graphml(path: Path, n: int) -> nx.Graph | nx.DiGraph:
+    """A communication graph from GraphML: nodes ``0 .. n-1`` or ``w0 .. w{n-1}``."""
+    try:
+        raw = nx.read_graphml(path)
+    except FileNotFoundError:
+        raise GraphError(f"graph file {path} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - networkx raises many kinds for a malformed file
+        raise GraphError(f"graph file {path} is not valid GraphML: {exc}") from None
+    names = {str(v): int(str(v).removeprefix("w")) if str(v).removeprefix("w").isdigit() else None for v in raw}
+    bad = sorted(v for v, i in names.items() if i is None or not 0 <= i < n)
+    if bad or len(names) != n:
+        raise GraphError(f"graph file {path}: nodes must be 0 .. {n - 1} or w0 .. w{n - 1} (workers = {n}); "
+                         f"got {len(names)} nodes" + (f", bad names {bad[:5]}" if bad else ""))
+    g = nx.DiGraph() if raw.is_directed() else nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from((names[str(u)], names[str(v)]) for u, v in raw.edges() if u != v)
+    return g
+
+
+def symmetric(g: nx.Graph | nx.DiGraph) -> nx.Graph:
+    """The undirected graph of ``g`` (a directed edge becomes an edge both ways)."""
+    return g.to_undirected() if g.is_directed() else g
+
+
+def mixing_matrix(g: nx.Graph, rule: str) -> np.ndarray:
+    """W for a symmetric gossip rule, checked doubly stochastic."""
+    w = metropolis_hastings(g) if rule == "metropolis_hastings" else uniform(g)
+    check_doubly_stochastic(w, f"the {rule} mixing matrix")
+    return w
+
+
+def sparse_rows(w: np.ndarray, device: torch.device) -> torch.Tensor:
+    """W as a float32 CSR tensor [n, n]: mixing is ``torch.sparse.mm(W, X)``
+    for X [n, d], one sparse matmul whose cost is (edges + n) d, not n^2 d."""
+    dense = torch.tensor(w, dtype=torch.float32)
+    with warnings.catch_warnings():     # "sparse CSR support is in beta": sparse.mm on CSR is what we use
+        warnings.simplefilter("ignore", UserWarning)
+        return dense.to_sparse_csr().to(device)

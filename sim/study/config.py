@@ -193,6 +193,17 @@ class Scenario(Strict):
                 if why:
                     raise ValueError(why)
         for a in self.algorithms:
+            if getattr(a, "decentralized", False):
+                from sim.gossip import refusal as gossip_refusal   # noqa: PLC0415 (it imports this module)
+                why = gossip_refusal(self, a)
+                if why:
+                    raise ValueError(why)
+                if a.wait_for is not None or a.late is not None:
+                    raise ValueError(f"algorithms: {a.label}: wait_for and late need a parameter-server algorithm")
+                if a.graph.kind != "graphml":        # a GraphML graph is checked when the file is read
+                    for seed in self.run_seeds:
+                        a.check(self.workers, seed)   # a disconnected graph, a bad size or mixing: refused here
+        for a in self.algorithms:
             if a.late == "apply" and not (a.late_apply and (a.wait_for is not None or self.round_timeout)):
                 raise ValueError(f"algorithms: {a.label}: late: apply needs a parameter-server algorithm (sgd, "
                                  "momentum_sgd, adam, amsgrad, topk_ef_sgd, comp_ams, qadam, efficient_adam, "
@@ -374,3 +385,12 @@ def load_network_files(scn: Scenario, base: Path) -> None:
         getattr(net, name).load_trace(base, f"network.{name}.trace")
     if hasattr(net.topology, "load_files"):
         net.topology.load_files(base)
+    for k, a in enumerate(scn.algorithms):          # a gossip algorithm's communication graph from GraphML
+        graph = getattr(a, "graph", None)
+        if graph is not None and graph.kind == "graphml":
+            graph.file = str((base / graph.file).resolve())
+            try:
+                for seed in scn.run_seeds:
+                    a.check(scn.workers, seed)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field=f"algorithms.{k}.graph.file") from None

@@ -19,11 +19,13 @@ from pathlib import Path
 from sim.errors import OutputError
 
 METRICS_COLUMNS = ["algorithm", "seed", "round", "sim_time_s", "uploads", "bytes_up", "bytes_down",
-                   "train_loss", "test_loss", "test_acc"]
+                   "train_loss", "test_loss", "test_acc", "worker_acc_mean", "worker_acc_min", "consensus_distance"]
+# The last three are for decentralized algorithms (sim/gossip.py), empty for the others:
+# the test accuracy of the workers' own models (mean, worst) and (1/n) sum ||x_i - x_bar||^2.
 SUMMARY_COLUMNS = ["algorithm", "seed", "model_params", "target_acc", "reached", "time_to_target_s",
                    "rounds_to_target", "uploads_to_target", "bytes_up_to_target", "final_test_acc",
                    "final_sim_time_s", "final_round", "diverged", "skipped_fraction", "server_state_bytes",
-                   "compression_rate", "status"]
+                   "compression_rate", "spectral_gap", "status"]
 PHASE_COLUMNS = ["algorithm", "seed", "round", "start_s", "end_s", "download_s", "compute_s", "upload_s",
                  "server_s", "wait_s", "exchange_s", "arrived", "critical_worker"]
 LINK_COLUMNS = ["algorithm", "seed", "link", "src", "dst", "bandwidth_bps", "latency_s", "messages",
