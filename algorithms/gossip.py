@@ -2,7 +2,8 @@
 
 Every worker keeps its own model; the state is batched, X [n, d] (row i is
 worker i's parameters), and one gossip step is one sparse matmul W @ X
-(topologies/gossip.py ``sparse_rows``; W [n, n] has (edges + n) non-zeros).
+(topologies/gossip.py ``sparse_rows``; W [n, n] has (edges + n) non-zeros;
+held dense when more than a quarter of them are, as for the complete graph).
 Round t of the synchronous forms (sim/gossip.py runs them, with a barrier per
 worker: a worker starts round t + 1 once its own messages of round t are
 delivered and its in-neighbours' have arrived):
@@ -149,13 +150,13 @@ class Gossip:
         if self.rule == "sgp":
             w = s.w.view(-1, 1).float()
             y = local_steps(s.x, lr, self.steps, grad, debias=lambda v: v / w)
-            return GossipState(torch.sparse.mm(self.mix, y), w=torch.mv(self.mix64, s.w)), self.message_bytes(s)
+            return GossipState(self.mix @ y, w=torch.mv(self.mix64, s.w)), self.message_bytes(s)
         y = local_steps(s.x, lr, self.steps, grad)                                 # [n, d]
         if self.rule == "dpsgd":
-            return GossipState(torch.sparse.mm(self.mix, y)), self.message_bytes(s)
+            return GossipState(self.mix @ y), self.message_bytes(s)
         payload = self.compressor.compress(y - s.x_hat, streams=streams, round=t)  # q_i = Q(y_i - x_hat_i)
         x_hat = s.x_hat + self.compressor.decompress(payload)
-        x = y + self.gamma * (torch.sparse.mm(self.mix, x_hat) - x_hat)
+        x = y + self.gamma * (self.mix @ x_hat - x_hat)
         return GossipState(x, x_hat=x_hat), self.message_bytes(s, payload.nbytes)
 
 

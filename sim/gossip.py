@@ -175,8 +175,8 @@ def run_gossip(world: World, cfg, on_row: Callable[[dict], None] = lambda row: N
             m["state"], payload[r] = alg.round(m["state"], r, grad, streams)
             step_s[r] = [s * alg.steps for s in straggler_times(world, streams, r)]
             m["round"] = r + 1
-            if not bool(torch.isfinite(m["state"].x).all()):
-                return False
+            if not math.isfinite(float(m["state"].x.sum())):   # one pass over [n, d]; a sum of finite
+                return False                                       # values overflows only far past divergence
         return True
 
     def row(r: int) -> dict:

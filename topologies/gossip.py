@@ -259,10 +259,15 @@ def mixing_matrix(g: nx.Graph, rule: str) -> np.ndarray:
     return w
 
 
-def sparse_rows(w: np.ndarray, device: torch.device) -> torch.Tensor:
-    """W as a float32 CSR tensor [n, n]: mixing is ``torch.sparse.mm(W, X)``
-    for X [n, d], one sparse matmul whose cost is (edges + n) d, not n^2 d."""
+def sparse_rows(w: np.ndarray, device: torch.device, dense_from: float = 0.25) -> torch.Tensor:
+    """W as a float32 tensor [n, n] for the mixing step ``W @ X`` (X [n, d]), one
+    matmul a round.  A CSR sparse matrix, whose cost is (edges + n) d, when at
+    most ``dense_from`` of its entries are non-zero; a dense one otherwise (the
+    complete graph): there a dense GEMM is several times faster than the sparse
+    kernel for the same product (bench/bench_gossip.py)."""
     dense = torch.tensor(w, dtype=torch.float32)
-    with warnings.catch_warnings():     # "sparse CSR support is in beta": sparse.mm on CSR is what we use
+    if np.count_nonzero(w) > dense_from * w.size:
+        return dense.to(device)
+    with warnings.catch_warnings():     # "sparse CSR support is in beta": CSR @ dense is what we use
         warnings.simplefilter("ignore", UserWarning)
         return dense.to_sparse_csr().to(device)
