@@ -845,3 +845,28 @@ def plot_timeline(updates: pd.DataFrame, path: Path, title: str, first_s: float 
                loc="outside lower center", fontsize=8, ncols=4)
     fig.suptitle(_wrap(f"{title}: what each worker does (seed {seed})", 5.6, 10), fontsize=10)
     return _save(fig, path)
+
+
+def plot_consensus(metrics: pd.DataFrame, path: Path, title: str) -> Path:
+    """Decentralized algorithms: consensus distance (1/n) sum ||x_i - x_bar||^2
+    (log scale) and the worst worker's test accuracy against simulated time,
+    one line per algorithm and seed (metrics.csv rows that have them)."""
+    rows = metrics[pd.to_numeric(metrics["consensus_distance"], errors="coerce").notna()]
+    algs = list(dict.fromkeys(rows["algorithm"]))
+    colors = palette(algs)
+    fig = _figure(10.0, 4.0)
+    left, right = fig.subplots(1, 2)
+    for a in algs:
+        for k, (_, r) in enumerate(rows[rows["algorithm"] == a].groupby("seed")):
+            label = a if k == 0 else None
+            dist = pd.to_numeric(r["consensus_distance"])
+            left.plot(r["sim_time_s"], dist.where(dist > 0), color=colors[a], label=label)
+            right.plot(r["sim_time_s"], pd.to_numeric(r["worker_acc_min"]), color=colors[a], label=label)
+    left.set_yscale("log")
+    left.set_xlabel("simulated time (s)")
+    left.set_ylabel("consensus distance")
+    right.set_xlabel("simulated time (s)")
+    right.set_ylabel("worst worker's test accuracy")
+    fig.suptitle(_wrap(f"{title}: decentralized algorithms", 9.0, 10), fontsize=10)
+    right.legend(fontsize=8)
+    return _save(fig, path)

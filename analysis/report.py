@@ -351,7 +351,32 @@ def _run_report(folder: Path, baseline: str | None) -> list[Path]:
                 "round over the rounds of each seed, then over seeds."), "", _phase_markdown(ph, []), "",
                _image(p, "Phase breakdown of a round per algorithm.")]
     md += _event_driven_markdown(folder, title, written)
+    md += _decentralized_markdown(run, title, folder, written)
     return [*written, _write(folder, md)]
+
+
+def _decentralized_markdown(run: Run, title: str, folder: Path, written: list[Path]) -> list[str]:
+    """Gossip algorithms (sim/gossip.py): the last evaluation of each run and the consensus figure."""
+    m = run.metrics
+    if "consensus_distance" not in m.columns or not pd.to_numeric(m["consensus_distance"], errors="coerce").notna().any():
+        return []
+    rows = m[pd.to_numeric(m["consensus_distance"], errors="coerce").notna()]
+    last = rows.sort_values("round").groupby(["algorithm", "seed"], sort=False).tail(1)
+    gaps = run.summary[["algorithm", "seed", "spectral_gap"]] if "spectral_gap" in run.summary.columns else None
+    table = last[["algorithm", "seed", "round", "sim_time_s", "test_acc", "worker_acc_mean", "worker_acc_min",
+                  "consensus_distance"]]
+    if gaps is not None:
+        table = table.merge(gaps, on=["algorithm", "seed"], how="left")
+    table = table.rename(columns={"test_acc": "averaged model acc"})
+    for c in table.columns[3:]:
+        table[c] = table[c].map(lambda v: _num(float(v)) if pd.notna(v) and v != "" else "")
+    p = figures.plot_consensus(m, folder / "consensus.png", title)
+    written.append(p)
+    return ["", "## Decentralized algorithms", "",
+            ("Last evaluation of each run: the averaged model's test accuracy, the mean and worst over the "
+             "workers' own models, the consensus distance (1/n) sum ||x_i - x_bar||^2, and the spectral gap "
+             "1 - |lambda_2| of the mixing matrix (AD-PSGD: of the expected pairwise averaging)."), "",
+            md_table(table), "", _image(p, "Consensus distance and the worst worker's accuracy over time.")]
 
 
 def _event_driven_markdown(folder: Path, title: str, written: list[Path]) -> list[str]:

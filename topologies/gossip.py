@@ -259,12 +259,15 @@ def mixing_matrix(g: nx.Graph, rule: str) -> np.ndarray:
     return w
 
 
-def sparse_rows(w: np.ndarray, device: torch.device, dense_from: float = 0.25) -> torch.Tensor:
+def sparse_rows(w: np.ndarray, device: torch.device, dense_from: float = 1 / 32) -> torch.Tensor:
     """W as a float32 tensor [n, n] for the mixing step ``W @ X`` (X [n, d]), one
     matmul a round.  A CSR sparse matrix, whose cost is (edges + n) d, when at
-    most ``dense_from`` of its entries are non-zero; a dense one otherwise (the
-    complete graph): there a dense GEMM is several times faster than the sparse
-    kernel for the same product (bench/bench_gossip.py)."""
+    most ``dense_from`` of its entries are non-zero; a dense one otherwise.  Why
+    the threshold: on CPU, torch's CSR @ dense kernel is several times slower
+    per non-zero than a dense GEMM (MKL, all cores), so at n = 64 the dense
+    product is faster even for a ring (3 non-zeros a row, 4.7%); the sparse one
+    wins only once W is sparser than that (bench/bench_gossip.py,
+    docs/performance.md).  Both give the same sums up to float rounding."""
     dense = torch.tensor(w, dtype=torch.float32)
     if np.count_nonzero(w) > dense_from * w.size:
         return dense.to(device)
