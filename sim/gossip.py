@@ -102,6 +102,16 @@ def build(world: World, cfg):
         raise ConfigError(f"{cfg.label}: {exc}", field="algorithms.graph") from None
 
 
+def stopper(result: RunResult, done: simpy.Event) -> Callable[[str], None]:
+    """finish(why_diverged="") ends the run (``done`` fires once), marking it diverged when given why."""
+    def finish(why_diverged: str = "") -> None:
+        if why_diverged:
+            result.diverged, result.diverged_why = True, why_diverged
+        if not done.triggered:
+            done.succeed()
+    return finish
+
+
 def check_routes(net: Network, sends, label: str) -> None:
     for i, out in enumerate(sends):
         for j in out:
@@ -160,6 +170,7 @@ def run_gossip(world: World, cfg, on_row: Callable[[dict], None] = lambda row: N
     sent = {"messages": [], "bytes": []}          # per round: messages and bytes (headers included)
     boxes: dict[tuple[int, int, int], simpy.Event] = {}
     done = env.event()
+    finish = stopper(result, done)
 
     def is_eval(r: int) -> bool:
         return r % scn.eval_every == 0 or r >= stop.max_rounds
@@ -187,12 +198,6 @@ def run_gossip(world: World, cfg, on_row: Callable[[dict], None] = lambda row: N
         result.rows.append(out)
         on_row(out)
         return out
-
-    def finish(why_diverged: str = "") -> None:
-        if why_diverged:
-            result.diverged, result.diverged_why = True, why_diverged
-        if not done.triggered:
-            done.succeed()
 
     def decide(t: int) -> bool:
         """Is round t run?  Its first worker decides, for all (stop.max_sim_time)."""
@@ -298,6 +303,7 @@ def run_ad_psgd(world: World, cfg, on_row: Callable[[dict], None] = lambda row: 
     steps: dict[int, list[float]] = {}
     every, last_version = scn.eval_every * n, stop.max_rounds * n
     done = env.event()
+    finish = stopper(result, done)
 
     def step_s(i: int, j: int) -> float:
         if j not in steps:
@@ -310,12 +316,6 @@ def run_ad_psgd(world: World, cfg, on_row: Callable[[dict], None] = lambda row: 
         result.rows.append(out)
         on_row(out)
         return out
-
-    def finish(why_diverged: str = "") -> None:
-        if why_diverged:
-            result.diverged, result.diverged_why = True, why_diverged
-        if not done.triggered:
-            done.succeed()
 
     def grant() -> None:
         for item in list(queue):
