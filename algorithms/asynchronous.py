@@ -26,9 +26,10 @@ n sequential steps of eta = lr / n then equal one step of synchronous SGD
 (up to the order of the float additions).  No bound (the default): fully
 asynchronous.
 
-State: none beyond theta (no momentum, no compressor).  Missing workers and
-failures are not modelled yet for event-driven algorithms (sim/eventsim.py
-refuses them with a message).
+State: none beyond theta on the server (no momentum); with a compressor,
+each worker's error-feedback memory (``init_workers`` / ``encode``).
+Failures (crash and rejoin intervals) are modelled by sim/eventsim.py: a
+lost computation is never applied, and its error feedback is rolled back.
 """
 from __future__ import annotations
 

@@ -46,12 +46,17 @@ when its parameters arrive, or that crashes while computing, loses that
 work (nothing is sent; the computation is dropped unevaluated); when it is up
 again it pulls the parameters (a params message sent at its rejoin time) and
 goes on; one that never rejoins is never heard from again.  Every worker
-gone for good is a stall.
+gone for good is a stall.  With a compressor and error feedback, a lost
+computation that was already evaluated (so encoded, its residual folded into
+the worker's memory) is rolled back: the worker's memory row is put back as
+it was before that job (``LazyGrads.drop``), as if the job never existed.
+The rollback is exact because a worker has at most one job in flight.  (Its
+minibatch and compressor draws at that step are not reused: the next job
+takes the next step's.)
 
 Not modelled yet for event-driven algorithms (refused with a message, before
 anything is written): round_timeout, wait_for, rings and sharded servers,
-BatchNorm models, and failures together with a compressor (the crashed
-worker's error-feedback memory) or with FedBuff's concurrency < n (the
+BatchNorm models, and failures with FedBuff's concurrency < n (the
 server would have to know who is up to draw the next client).  No trace is written: the math depends on timing, so a
 replay under another network would be wrong (sim/study/replay.py refuses these
 algorithms by ``timing_independent = False``).
@@ -87,9 +92,6 @@ def refusal(scn, cfg) -> str | None:  # also called by sim/study/config.py, so b
     if scn.failures and getattr(cfg, "concurrency", None) is not None and cfg.concurrency < scn.workers:
         return (f"{cfg.label}: failures with concurrency < workers are not modelled yet (the server would have "
                 "to know who is up to draw the next client)")
-    if scn.failures and getattr(getattr(cfg, "compressor", None), "kind", "none") != "none":
-        return (f"{cfg.label}: failures with a compressor are not modelled yet (a crashed worker's error-feedback "
-                "memory would need rolling back)")
     if scn.round_timeout is not None:
         return f"{cfg.label}: round_timeout has no meaning for an asynchronous algorithm (it has no rounds)"
     return None
@@ -105,6 +107,7 @@ class Job:
     theta: torch.Tensor         # [d] the parameters it starts from (never modified in place)
     message: torch.Tensor | None = None   # [d] a gradient (local_steps 0) or Delta = theta - theta^(H)
     nbytes: int | None = None             # its upload's payload bytes, once encoded
+    ef_before: torch.Tensor | None = None  # [d] the worker's error-feedback memory before this job's encode
     params_sent_s: float = 0.0            # when its parameters left the server (0: held from the start)
     compute_start_s: float = 0.0
     upload_start_s: float = 0.0
@@ -133,11 +136,24 @@ class LazyGrads:
         # the workers' compression with error feedback (async_sgd with a compressor), batched too
         self.alg = alg if alg is not None and hasattr(alg, "encode") else None
         self.errors = self.alg.init_workers(world.n, world.model.d, world.device) if self.alg else None
+        self.encoded_step: dict[int, int] = {}   # worker -> the step of its last encoded job
 
     def drop(self, job: Job) -> None:
-        """A computation lost to a crash: never evaluated (when it still can be) or sent."""
-        if job in self.pending:
-            self.pending.remove(job)
+        """A computation lost to a crash: never evaluated (when it still can be) or sent.
+
+        One already evaluated had gone through the worker's error feedback:
+        its memory row is put back as it was before that job, so the lost job
+        leaves no trace in it.  Exact, not approximate: a worker has at most
+        one job in flight (it starts the next only after this one was applied
+        or dropped), so no later encode of this worker touched the row since
+        (the assertion checks it)."""
+        if any(p is job for p in self.pending):
+            self.pending = [p for p in self.pending if p is not job]
+            return
+        if job.ef_before is not None:
+            assert self.encoded_step.get(job.worker) == job.step, "a later job of this worker was encoded"
+            self.errors[job.worker] = job.ef_before
+            job.ef_before = None
 
     def nbytes(self, job: Job) -> int:
         """The payload bytes of ``job``'s upload (evaluates it, with every pending job, if needed)."""
@@ -181,6 +197,10 @@ class LazyGrads:
             out = start - th
         sizes = [None] * len(jobs)
         if self.alg is not None:                 # rows are distinct workers: one job in flight each
+            if self.errors is not None:          # kept for a rollback if the job is lost (drop)
+                for j, row in zip(jobs, self.errors[workers]):
+                    j.ef_before = row
+                self.encoded_step.update((j.worker, j.step) for j in jobs)
             self.errors, out, sizes = self.alg.encode(self.errors, out, workers, RowStreams(self.streams, workers,
                                                                                             steps))
         for j, m, b in zip(jobs, out, sizes):
