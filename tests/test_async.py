@@ -161,13 +161,10 @@ def test_same_seed_same_files(tmp_path):
     ("network.topology=ring", "one parameter server"),
     ("network.topology={kind: star, servers: 2}", "one parameter server"),
     ("round_timeout=50 ms", "round_timeout"),
-    ("failures=[{worker: 0, crash_at: 1 s}]", "failures"),
 ])
 def test_unsupported_settings_are_bad_input_and_write_nothing(tmp_path, capsys, override, words):
     out = tmp_path / "out"
     algs = "[{name: a, kind: async_sgd, lr: 0.1}]"
-    if override.startswith("failures"):          # failures are modelled, but not with this one
-        algs = "[{name: a, kind: fedbuff, local_lr: 0.1, buffer: 2, concurrency: 2}]"
     code = run_sim.main(["run", str(TINY), "--out", str(out), "--set", f"algorithms={algs}", "--set", override])
     assert code == 2
     assert words in capsys.readouterr().err
@@ -429,6 +426,66 @@ def test_failures_with_topk_lost_jobs_are_neither_uploaded_nor_applied(monkeypat
         assert all(u["upload_start_s"] <= down or u["compute_start_s"] >= back for u in mine)
         lost = [j for j, _ in lazy.dropped if j.worker == worker]
         assert len(lost) == 1 and all(u["compute_start_s"] != lost[0].compute_start_s for u in mine)
+
+
+# --- FedBuff with C < n and failures: the server draws from the clients that are up -------
+
+FAST_1G = ["network.uplink={bandwidth: 1 Gbps, latency: 1 ms}", "network.downlink={bandwidth: 1 Gbps, latency: 1 ms}",
+           "network.server={bandwidth: 1000 Gbps, latency: 0 s}"]
+
+
+def fedbuff(C, H=2, K=2):
+    return algorithms.ALGORITHMS["fedbuff"](name="b", local_lr=0.1, local_steps=H, buffer=K, concurrency=C)
+
+
+@pytest.mark.parametrize("rejoin_1_s", [0.05, 0.025])
+def test_fedbuff_a_crash_frees_the_slot_at_once_and_an_open_slot_waits_for_a_rejoin(rejoin_1_s):
+    """Two clients, one slot, H = 2 steps of 10 ms, t one message alone.  Client 1 is
+    down until ``rejoin_1_s``, so client 0 is drawn at 0 (it holds theta_0: no
+    download) and again at its arrival (20 ms + t).  It crashes at 30 ms while
+    training: its work is lost and the slot is free at once.  Client 1 rejoined
+    at 25 ms: it gets the model sent at exactly 30 ms.  Client 1 down until 50
+    ms: nobody is up, the slot stays open until client 1 rejoins and gets the
+    model sent at exactly 50 ms.  At its arrival client 0 is still down (until
+    80 ms), so client 1 is drawn again."""
+    w = world(["workers=2", "stop.max_rounds=4", *FAST_1G,
+               f"failures=[{{worker: 1, crash_at: 0 s, rejoin_at: {rejoin_1_s} s}}, "
+               "{worker: 0, crash_at: 30 ms, rejoin_at: 80 ms}]"])
+    res, up = run(w, fedbuff(1))
+    t = 1e-3 + 8 * (4 * w.model.d + w.scenario.network.header_bytes) / 1e9
+    sent = max(0.03, rejoin_1_s)
+    assert [u["worker"] for u in up[:3]] == [0, 1, 1]
+    assert up[0]["params_sent_s"] == 0.0 and up[0]["sim_time_s"] == pytest.approx(0.02 + t, rel=1e-9)
+    assert up[1]["params_sent_s"] == sent and up[1]["compute_start_s"] == pytest.approx(sent + t, rel=1e-9)
+    assert up[1]["sim_time_s"] == pytest.approx(sent + 0.02 + 2 * t, rel=1e-9)
+    assert up[2]["params_sent_s"] == pytest.approx(sent + 0.02 + 2 * t, rel=1e-9)
+    assert all(not (0.03 <= u["compute_start_s"] < 0.08) for u in up if u["worker"] == 0)
+    assert [u["version"] for u in up[:4]] == [0, 1, 1, 2]          # K = 2: the lost job is never buffered
+    assert not res.stalled and res.rows[-1]["uploads"] == len(up) == 4 * w.n
+
+
+def test_fedbuff_a_client_down_for_the_whole_run_is_never_drawn():
+    w = world(["stop.max_rounds=8", "failures=[{worker: 3, crash_at: 0 s}]"])
+    res, up = run(w, fedbuff(2, H=1))
+    assert {u["worker"] for u in up} == {0, 1, 2}
+    assert not res.stalled and len(up) == 8 * w.n
+
+
+def test_fedbuff_failures_that_never_touch_the_run_change_nothing():
+    """The draws are from the idle clients that are up: with every client up they
+    are the draws without failures, bit for bit (same generator, same lists)."""
+    w0 = world(["stop.max_rounds=6"])
+    w1 = world(["stop.max_rounds=6", "failures=[{worker: 2, crash_at: 1000 s}]"])
+    for C in (1, 3):
+        a, up_a = run(w0, fedbuff(C))
+        b, up_b = run(w1, fedbuff(C))
+        assert up_a == up_b and a.rows == b.rows and len({u["worker"] for u in up_a}) > 1
+
+
+def test_fedbuff_every_client_gone_leaves_the_slots_open_a_stall():
+    w = world(["stop.max_rounds=4", "failures=" + str([{"worker": i, "crash_at": "5 ms"} for i in range(4)])])
+    res, up = run(w, fedbuff(2, H=1))
+    assert up == [] and res.stalled and "no message can ever be delivered" in res.stalled
 
 
 # --- late: apply ------------------------------------------------------------------
