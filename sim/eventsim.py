@@ -70,9 +70,17 @@ rule above (each client rejoins by itself).
 
 Not modelled yet for event-driven algorithms (refused with a message, before
 anything is written): round_timeout, wait_for, rings and sharded servers,
-BatchNorm models.  No trace is written: the math depends on timing, so a
-replay under another network would be wrong (sim/study/replay.py refuses these
-algorithms by ``timing_independent = False``).
+BatchNorm models.
+
+Trace.  ``trace.jsonl`` gets a segment per event-driven run
+(sim/study/trace.py ``EventRecorder``, written by sim/study/runner.py from
+the rows below): its header names the run and says why it cannot be
+replayed, then one line per evaluation (keyed by version and simulated time)
+and one per processed message (version, time, worker, computed_at,
+staleness, step size, applied, payload bytes), in updates.csv's order.  It
+documents the run; it cannot re-time it, because the math depends on timing
+(sim/study/replay.py refuses these algorithms by ``timing_independent =
+False``, with that reason).
 """
 from __future__ import annotations
 
@@ -229,7 +237,8 @@ class LazyGrads:
             self.errors, out, sizes = self.alg.encode(self.errors, out, workers, RowStreams(self.streams, workers,
                                                                                             steps))
         for j, m, b in zip(jobs, out, sizes):
-            j.message, j.nbytes = m, b
+            j.message = m
+            j.nbytes = j.nbytes if b is None else b      # None: a fixed size, set when it was sent
 
 
 def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda row: None,
@@ -378,7 +387,7 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 yield from rejoin(i)
                 continue
             job.upload_start_s = env.now
-            size = alg.upload_bytes if fixed else lazy.nbytes(job)
+            size = job.nbytes = alg.upload_bytes if fixed else lazy.nbytes(job)
             msg = Message(f"w{i}", server, "grad", j, size, header)
             yield net.send(msg)
             c.uploads += 1                    # counted on delivery
@@ -414,7 +423,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 on_update({"algorithm": cfg.label, "seed": world.seed, "version": s["version"],
                            "sim_time_s": env.now, "worker": job.worker, "computed_at": job.version,
                            "staleness": tau, "step_size": info["step_size"], "params_sent_s": job.params_sent_s,
-                           "compute_start_s": job.compute_start_s, "upload_start_s": job.upload_start_s})
+                           "compute_start_s": job.compute_start_s, "upload_start_s": job.upload_start_s,
+                           "applied": info["applied"], "payload_bytes": job.nbytes})   # the last two: trace only
                 on_round(s["messages"] // n, env.now)
                 # every n messages (as often as the synchronous engine checks: once a round)
                 if s["messages"] % n == 0 and not bool(torch.isfinite(s["theta"]).all()):
