@@ -42,9 +42,9 @@ RowStreams); the upload's size is the compressor's formula for that message,
 so a compressed upload forces the evaluation when it is sent.
 
 Failures (``failures:`` crash and rejoin intervals): a worker that is down
-when its parameters arrive, or that crashes while computing, loses that
-work (nothing is sent; the computation is dropped unevaluated); when it is up
-again it pulls the parameters (a params message sent at its rejoin time) and
+when its parameters arrive, or that crashes while computing, loses that work
+(nothing is sent; the computation is dropped, unevaluated if it still is);
+when it is up again it pulls the parameters (a params message sent at its rejoin time) and
 goes on; one that never rejoins is never heard from again.  Every worker
 gone for good is a stall.  With a compressor and error feedback, a lost
 computation that was already evaluated (so encoded, its residual folded into
@@ -64,9 +64,9 @@ earliest rejoin among the idle clients (``fill``).  A client that crashes
 while training loses its work and frees its slot at the crash instant; one
 whose parameters arrive while it is down frees it at their arrival.  A
 client never pulls parameters by itself (the server draws it again, once up).
-The first C clients are drawn from those up at time 0.  Without failures the
-draws are the ones of C < n without failures, bit for bit; C = n keeps the
-rule above (each client rejoins by itself).
+The first C clients are drawn from those up at time 0.  While every client
+is up the draws are those of a run without failures, bit for bit (a test
+checks it); C = n keeps the rule above (each client rejoins by itself).
 
 Not modelled yet for event-driven algorithms (refused with a message, before
 anything is written): round_timeout, wait_for, rings and sharded servers,
