@@ -26,9 +26,10 @@ n sequential steps of eta = lr / n then equal one step of synchronous SGD
 (up to the order of the float additions).  No bound (the default): fully
 asynchronous.
 
-State: none beyond theta (no momentum, no compressor).  Missing workers and
-failures are not modelled yet for event-driven algorithms (sim/eventsim.py
-refuses them with a message).
+State: none beyond theta on the server (no momentum); with a compressor,
+each worker's error-feedback memory (``init_workers`` / ``encode``).
+Failures (crash and rejoin intervals) are modelled by sim/eventsim.py: a
+lost computation is never applied, and its error feedback is rolled back.
 """
 from __future__ import annotations
 
@@ -158,8 +159,9 @@ class FedBuff:
     theta_i^(H)); the server adds each arriving Delta_i to a buffer and, when
     K are in, steps theta <- theta - lr * (1/K) sum Delta_i (version + 1) and
     empties the buffer.  A client whose message was processed is replaced by
-    one drawn uniformly from the idle clients (itself included), which gets
-    the current model.  Replies of one instant go out after every arrival of
+    one drawn uniformly from the idle clients (itself included) that are up,
+    which gets the current model (with failures, sim/eventsim.py: a crashed
+    client frees its slot at once; an open slot waits for a rejoin).  Replies of one instant go out after every arrival of
     that instant was processed, so with K = C = n and equal clients every
     client starts from the flushed model: synchronous FedAvg (a test checks
     it).  Staleness weights (the paper's 1/sqrt(1 + tau)) with

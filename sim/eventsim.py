@@ -42,19 +42,45 @@ RowStreams); the upload's size is the compressor's formula for that message,
 so a compressed upload forces the evaluation when it is sent.
 
 Failures (``failures:`` crash and rejoin intervals): a worker that is down
-when its parameters arrive, or that crashes while computing, loses that
-work (nothing is sent; the computation is dropped unevaluated); when it is up
-again it pulls the parameters (a params message sent at its rejoin time) and
+when its parameters arrive, or that crashes while computing, loses that work
+(nothing is sent; the computation is dropped, unevaluated if it still is);
+when it is up again it pulls the parameters (a params message sent at its rejoin time) and
 goes on; one that never rejoins is never heard from again.  Every worker
-gone for good is a stall.
+gone for good is a stall.  With a compressor and error feedback, a lost
+computation that was already evaluated (so encoded, its residual folded into
+the worker's memory) is rolled back: the worker's memory row is put back as
+it was before that job (``LazyGrads.drop``), as if the job never existed.
+The rollback is exact because a worker has at most one job in flight.  (Its
+minibatch and compressor draws at that step are not reused: the next job
+takes the next step's.)
+
+Failures with FedBuff's concurrency C < n: the server owns C slots and
+knows who is up (as if every client kept a connection whose loss it sees at
+once; a failure is an outcome with this meaning, not a silent hang).  A slot
+that frees (a message processed, or its client lost) is given to a client
+drawn uniformly, with the run's seeded generator, from the idle clients that
+are up at that instant; with none up the slot stays open and is filled at the
+earliest rejoin among the idle clients (``fill``).  A client that crashes
+while training loses its work and frees its slot at the crash instant; one
+whose parameters arrive while it is down frees it at their arrival.  A
+client never pulls parameters by itself (the server draws it again, once up).
+The first C clients are drawn from those up at time 0.  While every client
+is up the draws are those of a run without failures, bit for bit (a test
+checks it); C = n keeps the rule above (each client rejoins by itself).
 
 Not modelled yet for event-driven algorithms (refused with a message, before
 anything is written): round_timeout, wait_for, rings and sharded servers,
-BatchNorm models, and failures together with a compressor (the crashed
-worker's error-feedback memory) or with FedBuff's concurrency < n (the
-server would have to know who is up to draw the next client).  No trace is written: the math depends on timing, so a
-replay under another network would be wrong (sim/study/replay.py refuses these
-algorithms by ``timing_independent = False``).
+BatchNorm models.
+
+Trace.  ``trace.jsonl`` gets a segment per event-driven run
+(sim/study/trace.py ``EventRecorder``, written by sim/study/runner.py from
+the rows below): its header names the run and says why it cannot be
+replayed, then one line per evaluation (keyed by version and simulated time)
+and one per processed message (version, time, worker, computed_at,
+staleness, step size, applied, payload bytes), in updates.csv's order.  It
+documents the run; it cannot re-time it, because the math depends on timing
+(sim/study/replay.py refuses these algorithms by ``timing_independent =
+False``, with that reason).
 """
 from __future__ import annotations
 
@@ -84,15 +110,24 @@ def refusal(scn, cfg) -> str | None:  # also called by sim/study/config.py, so b
     if topo.collective == "ring" or len(topo.server_names()) != 1:
         return (f"{cfg.label}: an event-driven algorithm needs one parameter server; allowed topologies: "
                 "star (servers: 1), hierarchical, graph")
-    if scn.failures and getattr(cfg, "concurrency", None) is not None and cfg.concurrency < scn.workers:
-        return (f"{cfg.label}: failures with concurrency < workers are not modelled yet (the server would have "
-                "to know who is up to draw the next client)")
-    if scn.failures and getattr(getattr(cfg, "compressor", None), "kind", "none") != "none":
-        return (f"{cfg.label}: failures with a compressor are not modelled yet (a crashed worker's error-feedback "
-                "memory would need rolling back)")
     if scn.round_timeout is not None:
         return f"{cfg.label}: round_timeout has no meaning for an asynchronous algorithm (it has no rounds)"
     return None
+
+
+def first_clients(pick: np.random.Generator, failures, n: int, C: int) -> list[int]:
+    """C < n: the clients of the first slots, drawn uniformly without replacement from
+    those up at time 0 (all of them without failures: one draw of C out of n, as
+    always); fewer when fewer are up (the other slots wait for a rejoin)."""
+    up = [i for i in range(n) if failures.up(i, 0.0)]
+    drawn = pick.choice(len(up), size=min(C, len(up)), replace=False).tolist() if up else []
+    return sorted(up[k] for k in drawn)
+
+
+def first_crash_s(failures, i: int, t0: float, t1: float) -> float | None:
+    """When worker i, up at t0, first crashes in (t0, t1], or None (up throughout)."""
+    crashes = [a for a, b in failures.intervals.get(i, ()) if t0 < a <= t1]
+    return min(crashes) if crashes else None
 
 
 @dataclass
@@ -105,6 +140,7 @@ class Job:
     theta: torch.Tensor         # [d] the parameters it starts from (never modified in place)
     message: torch.Tensor | None = None   # [d] a gradient (local_steps 0) or Delta = theta - theta^(H)
     nbytes: int | None = None             # its upload's payload bytes, once encoded
+    ef_before: torch.Tensor | None = None  # [d] the worker's error-feedback memory before this job's encode
     params_sent_s: float = 0.0            # when its parameters left the server (0: held from the start)
     compute_start_s: float = 0.0
     upload_start_s: float = 0.0
@@ -133,11 +169,24 @@ class LazyGrads:
         # the workers' compression with error feedback (async_sgd with a compressor), batched too
         self.alg = alg if alg is not None and hasattr(alg, "encode") else None
         self.errors = self.alg.init_workers(world.n, world.model.d, world.device) if self.alg else None
+        self.encoded_step: dict[int, int] = {}   # worker -> the step of its last encoded job
 
     def drop(self, job: Job) -> None:
-        """A computation lost to a crash: never evaluated (when it still can be) or sent."""
-        if job in self.pending:
-            self.pending.remove(job)
+        """A computation lost to a crash: never evaluated (when it still can be) or sent.
+
+        One already evaluated had gone through the worker's error feedback:
+        its memory row is put back as it was before that job, so the lost job
+        leaves no trace in it.  Exact, not approximate: a worker has at most
+        one job in flight (it starts the next only after this one was applied
+        or dropped), so no later encode of this worker touched the row since
+        (the assertion checks it)."""
+        if any(p is job for p in self.pending):
+            self.pending = [p for p in self.pending if p is not job]
+            return
+        if job.ef_before is not None:
+            assert self.encoded_step.get(job.worker) == job.step, "a later job of this worker was encoded"
+            self.errors[job.worker] = job.ef_before
+            job.ef_before = None
 
     def nbytes(self, job: Job) -> int:
         """The payload bytes of ``job``'s upload (evaluates it, with every pending job, if needed)."""
@@ -181,10 +230,15 @@ class LazyGrads:
             out = start - th
         sizes = [None] * len(jobs)
         if self.alg is not None:                 # rows are distinct workers: one job in flight each
+            if self.errors is not None:          # kept for a rollback if the job is lost (drop)
+                for j, row in zip(jobs, self.errors[workers]):
+                    j.ef_before = row
+                self.encoded_step.update((j.worker, j.step) for j in jobs)
             self.errors, out, sizes = self.alg.encode(self.errors, out, workers, RowStreams(self.streams, workers,
                                                                                             steps))
         for j, m, b in zip(jobs, out, sizes):
-            j.message, j.nbytes = m, b
+            j.message = m
+            j.nbytes = j.nbytes if b is None else b      # None: a fixed size, set when it was sent
 
 
 def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda row: None,
@@ -231,8 +285,9 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     steps: dict[int, list[float]] = {}
     C = n if getattr(alg, "concurrency", None) is None else min(int(alg.concurrency), n)
     pick = np.random.default_rng([world.seed, 0xFEDB])   # the server's client choice (concurrency < n)
-    first = sorted(pick.choice(n, size=C, replace=False).tolist()) if C < n else list(range(n))
-    idle = sorted(set(range(n)) - set(first))
+    first = first_clients(pick, failures, n, C) if C < n else list(range(n))
+    idle = sorted(set(range(n)) - set(first))            # C < n: the clients without a slot
+    slots = {"open": C - len(first), "wake_s": math.inf}  # C < n: slots without a client; next wake to fill
 
     def step_s(i: int, j: int) -> float:
         if j not in steps:                      # the n workers' times of local step j, drawn once
@@ -254,14 +309,41 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         ev, sent = start[i], env.now            # pending: the worker took the previous one and replaced it
         net.send(msg).callbacks.append(lambda _e: ev.succeed((theta, version, sent)))
 
+    def fill() -> None:
+        """C < n: give each open slot a client drawn uniformly from the idle ones that
+        are up now; with none up, wake at the earliest rejoin among them."""
+        while slots["open"] > 0:
+            up = [k for k in idle if failures.up(k, env.now)]
+            if not up:
+                return wake_at(min((failures.next_up_one(k, env.now) for k in idle), default=math.inf))
+            nxt = up[int(pick.integers(len(up)))]
+            idle.remove(nxt)
+            slots["open"] -= 1
+            send_params(nxt)
+
+    def wake_at(t: float) -> None:
+        if t < slots["wake_s"]:                 # inf (nobody ever rejoins): the slot stays open
+            slots["wake_s"] = t
+            env.process(refill(t))
+
+    def refill(t: float):
+        yield env.timeout(t - env.now)
+        if slots["wake_s"] == t:
+            slots["wake_s"] = math.inf
+        fill()
+
+    def free_slot(i: int) -> None:
+        """C < n: client i is done (its message processed) or lost (down when its
+        parameters arrived, or crashed while training): its slot goes to a draw."""
+        idle.append(i)
+        idle.sort()
+        slots["open"] += 1
+        fill()
+
     def dispatch(i: int) -> None:
         """Worker i's message was processed: who computes next, and when."""
         if C < n:                                # a slot is free: a client drawn from the idle ones
-            idle.append(i)
-            idle.sort()
-            nxt = idle.pop(int(pick.integers(len(idle))))
-            send_params(nxt)
-            return
+            return free_slot(i)
         held.append(i)
         slowest = min(clocks)
         for k in sorted(held):
@@ -284,10 +366,20 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
             theta, version, sent = yield start[i]
             start[i] = env.event()                # where the next assignment will come
             if not failures.up(i, env.now):       # the parameters reached a worker that is down
-                yield from rejoin(i)
+                if C < n:
+                    free_slot(i)
+                else:
+                    yield from rejoin(i)
                 continue
             job = Job(i, j, version, theta, params_sent_s=sent, compute_start_s=env.now)
             lazy.add(job)
+            crash_s = first_crash_s(failures, i, env.now, env.now + step_s(i, j)) if C < n else None
+            if crash_s is not None:               # C < n: the server learns of it at once, the slot is free
+                yield env.timeout(crash_s - env.now)
+                lazy.drop(job)
+                j += 1
+                free_slot(i)
+                continue
             yield env.timeout(step_s(i, j))
             if not failures.up_through(i, job.compute_start_s, env.now):   # crashed while computing
                 lazy.drop(job)
@@ -295,7 +387,7 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 yield from rejoin(i)
                 continue
             job.upload_start_s = env.now
-            size = alg.upload_bytes if fixed else lazy.nbytes(job)
+            size = job.nbytes = alg.upload_bytes if fixed else lazy.nbytes(job)
             msg = Message(f"w{i}", server, "grad", j, size, header)
             yield net.send(msg)
             c.uploads += 1                    # counted on delivery
@@ -331,7 +423,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 on_update({"algorithm": cfg.label, "seed": world.seed, "version": s["version"],
                            "sim_time_s": env.now, "worker": job.worker, "computed_at": job.version,
                            "staleness": tau, "step_size": info["step_size"], "params_sent_s": job.params_sent_s,
-                           "compute_start_s": job.compute_start_s, "upload_start_s": job.upload_start_s})
+                           "compute_start_s": job.compute_start_s, "upload_start_s": job.upload_start_s,
+                           "applied": info["applied"], "payload_bytes": job.nbytes})   # the last two: trace only
                 on_round(s["messages"] // n, env.now)
                 # every n messages (as often as the synchronous engine checks: once a round)
                 if s["messages"] % n == 0 and not bool(torch.isfinite(s["theta"]).all()):
@@ -359,6 +452,8 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         env.process(worker(i))
     for i in first:                              # they hold theta_0 at time 0
         start[i].succeed((s["theta"], 0, 0.0))
+    if slots["open"]:                            # C < n, fewer clients up at time 0 than slots
+        env.process(refill(0.0))
     if not run_until(env, done):
         result.stalled = (f"at simulated time {env.now:.6g} s, version {s['version']}: no message can ever be "
                           "delivered")

@@ -16,7 +16,7 @@ import run_sim
 from sim.study.config import load_scenario
 from sim.engine import build_world, run_algorithm
 from sim.errors import ConfigError
-from sim.eventsim import run_event_driven
+from sim.eventsim import LazyGrads, run_event_driven
 from sim.learn.rng import TAG_BATCH, WorkerStreams
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
@@ -161,14 +161,10 @@ def test_same_seed_same_files(tmp_path):
     ("network.topology=ring", "one parameter server"),
     ("network.topology={kind: star, servers: 2}", "one parameter server"),
     ("round_timeout=50 ms", "round_timeout"),
-    ("failures=[{worker: 0, crash_at: 1 s}]", "failures"),
 ])
 def test_unsupported_settings_are_bad_input_and_write_nothing(tmp_path, capsys, override, words):
     out = tmp_path / "out"
     algs = "[{name: a, kind: async_sgd, lr: 0.1}]"
-    if override.startswith("failures"):          # failures are modelled, but not with these two
-        algs = ("[{name: a, kind: fedbuff, local_lr: 0.1, buffer: 2, concurrency: 2}, "
-                "{name: b, kind: async_sgd, lr: 0.1, compressor: {kind: topk, ratio: 0.1}}]")
     code = run_sim.main(["run", str(TINY), "--out", str(out), "--set", f"algorithms={algs}", "--set", override])
     assert code == 2
     assert words in capsys.readouterr().err
@@ -326,6 +322,170 @@ def test_every_worker_gone_is_a_stall_with_the_reason():
     w = world(["stop.max_rounds=6", "failures=" + str([{"worker": i, "crash_at": "5 ms"} for i in range(4)])])
     res, up = run(w, async_cfg())
     assert res.stalled and "no message can ever be delivered" in res.stalled and up == []
+
+
+# --- failures with a compressor: the lost job's error feedback is rolled back ---------
+
+CRASH = ["compute={kind: fixed, step_time: 10 ms, speed: [1, 0.7, 0.45, 0.3]}", "stop.max_rounds=8",
+         "eval_every=4", "network.uplink={bandwidth: 100 Gbps, latency: 0 s}",
+         "network.downlink={bandwidth: 100 Gbps, latency: 0 s}", "network.server={bandwidth: 1000 Gbps, latency: 0 s}",
+         "failures=[{worker: 0, crash_at: 25 ms, rejoin_at: 60 ms}, {worker: 2, crash_at: 70 ms, rejoin_at: 90 ms}]"]
+TOPK = {"kind": "topk", "ratio": 0.1}
+
+
+def run_watching_jobs(monkeypatch, w, cfg, eager=False):
+    """A run whose LazyGrads is kept, with every job it was given and each drop
+    (and whether that job had been evaluated, so its error feedback applied)."""
+    import sim.eventsim as eventsim
+    seen = {}
+
+    class Watched(LazyGrads):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.added, self.dropped, seen["lazy"] = [], [], self
+
+        def add(self, job):
+            self.added.append(job)
+            super().add(job)
+
+        def drop(self, job):
+            self.dropped.append((job, job.message is not None))
+            super().drop(job)
+
+    monkeypatch.setattr(eventsim, "LazyGrads", Watched)
+    res, up = run(w, cfg, eager=eager)
+    return res, up, seen["lazy"]
+
+
+def ef_memory_of(w, cfg, jobs, same_messages=True):
+    """The error-feedback memories [n, d] after encoding ``jobs`` one at a time, in
+    their order, from zero: the gradient at each job's snapshot on its minibatch,
+    through the compressor with its worker's draws at its step (and, when
+    ``same_messages``, checking that each decoded message is the one the run used)."""
+    from algorithms.base import Context
+    from sim.engine import grads_at
+    from sim.learn.grads import GradFn
+    from sim.learn.rng import RowStreams
+    alg = cfg.build(Context(d=w.model.d, n=w.n, blocks=w.model.blocks, device=w.device))
+    streams = WorkerStreams(w.seed, w.n, w.device)
+    grad_fn = GradFn(w.model, w.scenario.gradients)
+    errors = alg.init_workers(w.n, w.model.d, w.device)
+    for job in jobs:
+        rows, steps = torch.tensor([job.worker]), torch.tensor([job.step])
+        g = grads_at(w, grad_fn, streams, job.theta[None], rows, steps, 0)
+        errors, decoded, _ = alg.encode(errors, g, rows, RowStreams(streams, rows, steps))
+        if same_messages:
+            torch.testing.assert_close(decoded[0], job.message, rtol=0, atol=1e-6)
+    return errors
+
+
+def test_a_crash_rolls_back_the_lost_jobs_error_feedback(monkeypatch):
+    """Two jobs are lost.  Worker 0's (started at 20 ms, crash at 25 ms) was not
+    evaluated yet: it is simply removed.  Worker 2's (started at 66.7 ms, crash
+    at 70 ms) was evaluated, so encoded with error feedback, when worker 0
+    uploaded at 70 ms (the compressed size needs the encoded message): its
+    memory row is rolled back.  After the run every worker's memory equals
+    encoding, one at a time from zero, exactly the jobs that were not lost: as
+    if the lost ones never existed.  With the lost job encoded too it would
+    differ.  The one-at-a-time run (eager: every job evaluated when it starts,
+    so both lost jobs are rolled back) gives the same updates, and the same rule
+    holds for its memory."""
+    w = world(CRASH)
+    cfg = async_cfg(compressor=TOPK)
+    res, up, lazy = run_watching_jobs(monkeypatch, w, cfg)
+    assert [(job.worker, job.step, evaluated) for job, evaluated in lazy.dropped] == [(0, 2, False), (2, 3, True)]
+    assert lazy.dropped[1][0].compute_start_s == pytest.approx(0.2 / 3, rel=1e-3)
+    res_e, up_e, eager = run_watching_jobs(monkeypatch, w, cfg, eager=True)
+    assert [(job.worker, job.step, evaluated) for job, evaluated in eager.dropped] == [(0, 2, True), (2, 3, True)]
+    assert up_e == up and [r["test_loss"] for r in res_e.rows] == [r["test_loss"] for r in res.rows]
+    for lg in (lazy, eager):      # (they differ in the jobs still in flight at the end: eager evaluated them)
+        kept = [j for j in lg.added if j.message is not None and all(j is not x for x, _ in lg.dropped)]
+        assert torch.allclose(lg.errors, ef_memory_of(w, cfg, kept), rtol=0, atol=1e-6)
+        with_lost = [j for j in lg.added if j.message is not None]
+        assert not torch.allclose(lg.errors, ef_memory_of(w, cfg, with_lost, False), rtol=0, atol=1e-3)
+
+
+def test_failures_with_topk_lost_jobs_are_neither_uploaded_nor_applied(monkeypatch):
+    """End to end with top-k and error feedback: every applied message is one
+    upload of the top-k size, the lost jobs are never applied, and nothing of
+    worker 0 starts while it is down (25 .. 60 ms) or of worker 2 (70 .. 90 ms)."""
+    from algorithms.base import Context
+    w = world(CRASH)
+    cfg = async_cfg(compressor=TOPK)
+    res, up, lazy = run_watching_jobs(monkeypatch, w, cfg)
+    assert not res.stalled and res.rows[-1]["round"] == 8 * w.n == len(up)
+    applied = {id(j) for j in lazy.added} - {id(j) for j, _ in lazy.dropped}
+    assert len(lazy.dropped) == 2 and len(applied) >= len(up)
+    comp = cfg.build(Context(d=w.model.d, n=w.n, blocks=w.model.blocks, device=w.device)).compressor
+    per_msg = int(comp.compress(torch.randn(1, w.model.d), streams=WorkerStreams(0, 1), round=0).nbytes[0])
+    assert res.rows[-1]["uploads"] == len(up)
+    assert res.rows[-1]["bytes_up"] == len(up) * (per_msg + w.scenario.network.header_bytes)
+    for worker, down, back in ((0, 0.025, 0.06), (2, 0.07, 0.09)):
+        mine = [u for u in up if u["worker"] == worker]
+        assert all(not (down <= u["compute_start_s"] < back) for u in mine)
+        assert all(u["upload_start_s"] <= down or u["compute_start_s"] >= back for u in mine)
+        lost = [j for j, _ in lazy.dropped if j.worker == worker]
+        assert len(lost) == 1 and all(u["compute_start_s"] != lost[0].compute_start_s for u in mine)
+
+
+# --- FedBuff with C < n and failures: the server draws from the clients that are up -------
+
+FAST_1G = ["network.uplink={bandwidth: 1 Gbps, latency: 1 ms}", "network.downlink={bandwidth: 1 Gbps, latency: 1 ms}",
+           "network.server={bandwidth: 1000 Gbps, latency: 0 s}"]
+
+
+def fedbuff(C, H=2, K=2):
+    return algorithms.ALGORITHMS["fedbuff"](name="b", local_lr=0.1, local_steps=H, buffer=K, concurrency=C)
+
+
+@pytest.mark.parametrize("rejoin_1_s", [0.05, 0.025])
+def test_fedbuff_a_crash_frees_the_slot_at_once_and_an_open_slot_waits_for_a_rejoin(rejoin_1_s):
+    """Two clients, one slot, H = 2 steps of 10 ms, t one message alone.  Client 1 is
+    down until ``rejoin_1_s``, so client 0 is drawn at 0 (it holds theta_0: no
+    download) and again at its arrival (20 ms + t).  It crashes at 30 ms while
+    training: its work is lost and the slot is free at once.  Client 1 rejoined
+    at 25 ms: it gets the model sent at exactly 30 ms.  Client 1 down until 50
+    ms: nobody is up, the slot stays open until client 1 rejoins and gets the
+    model sent at exactly 50 ms.  At its arrival client 0 is still down (until
+    80 ms), so client 1 is drawn again."""
+    w = world(["workers=2", "stop.max_rounds=4", *FAST_1G,
+               f"failures=[{{worker: 1, crash_at: 0 s, rejoin_at: {rejoin_1_s} s}}, "
+               "{worker: 0, crash_at: 30 ms, rejoin_at: 80 ms}]"])
+    res, up = run(w, fedbuff(1))
+    t = 1e-3 + 8 * (4 * w.model.d + w.scenario.network.header_bytes) / 1e9
+    sent = max(0.03, rejoin_1_s)
+    assert [u["worker"] for u in up[:3]] == [0, 1, 1]
+    assert up[0]["params_sent_s"] == 0.0 and up[0]["sim_time_s"] == pytest.approx(0.02 + t, rel=1e-9)
+    assert up[1]["params_sent_s"] == sent and up[1]["compute_start_s"] == pytest.approx(sent + t, rel=1e-9)
+    assert up[1]["sim_time_s"] == pytest.approx(sent + 0.02 + 2 * t, rel=1e-9)
+    assert up[2]["params_sent_s"] == pytest.approx(sent + 0.02 + 2 * t, rel=1e-9)
+    assert all(not (0.03 <= u["compute_start_s"] < 0.08) for u in up if u["worker"] == 0)
+    assert [u["version"] for u in up[:4]] == [0, 1, 1, 2]          # K = 2: the lost job is never buffered
+    assert not res.stalled and res.rows[-1]["uploads"] == len(up) == 4 * w.n
+
+
+def test_fedbuff_a_client_down_for_the_whole_run_is_never_drawn():
+    w = world(["stop.max_rounds=8", "failures=[{worker: 3, crash_at: 0 s}]"])
+    res, up = run(w, fedbuff(2, H=1))
+    assert {u["worker"] for u in up} == {0, 1, 2}
+    assert not res.stalled and len(up) == 8 * w.n
+
+
+def test_fedbuff_failures_that_never_touch_the_run_change_nothing():
+    """The draws are from the idle clients that are up: with every client up they
+    are the draws without failures, bit for bit (same generator, same lists)."""
+    w0 = world(["stop.max_rounds=6"])
+    w1 = world(["stop.max_rounds=6", "failures=[{worker: 2, crash_at: 1000 s}]"])
+    for C in (1, 3):
+        a, up_a = run(w0, fedbuff(C))
+        b, up_b = run(w1, fedbuff(C))
+        assert up_a == up_b and a.rows == b.rows and len({u["worker"] for u in up_a}) > 1
+
+
+def test_fedbuff_every_client_gone_leaves_the_slots_open_a_stall():
+    w = world(["stop.max_rounds=4", "failures=" + str([{"worker": i, "crash_at": "5 ms"} for i in range(4)])])
+    res, up = run(w, fedbuff(2, H=1))
+    assert up == [] and res.stalled and "no message can ever be delivered" in res.stalled
 
 
 # --- late: apply ------------------------------------------------------------------

@@ -202,3 +202,64 @@ def test_replay_refuses_when_a_pinned_file_changed(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert f"{field}: {path} changed since this scenario was recorded" in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- #
+# Event-driven runs: a trace that documents the run, keyed by version and time
+# --------------------------------------------------------------------------- #
+
+def test_event_driven_trace_has_one_line_per_message_and_replay_refuses_it(tmp_path, capsys):
+    """async_sgd (top-k, so the payload is the compressor's size) and FedBuff
+    (whose buffered messages are not applied): one ``apply`` line per row of
+    updates.csv with the same versions, times, workers and staleness; the
+    evaluations are metrics.csv's rows; replay exits 2 naming the reason the
+    algorithm declares, and the trace's header records that reason too."""
+    import csv
+    algs = ("[{name: a, kind: async_sgd, lr: 0.1, compressor: {kind: topk, ratio: 0.1}}, "
+            "{name: b, kind: fedbuff, local_lr: 0.1, buffer: 2, concurrency: 2}]")
+    recorded = run(tmp_path, "a", [*SHORT, f"algorithms={algs}"])
+    segs = read_trace(recorded / TRACE_FILE)
+    assert set(segs) == {("a", 0), ("b", 0)}
+    updates = list(csv.DictReader((recorded / "updates.csv").open()))
+    metrics = list(csv.DictReader((recorded / "metrics.csv").open()))
+    for label in ("a", "b"):
+        header, events = segs[(label, 0)]
+        assert header["event_driven"] is True and "is not timing-independent" in header["replay"]
+        applied = [e for e in events if e["e"] == "apply"]
+        mine = [u for u in updates if u["algorithm"] == label]
+        assert len(applied) == len(mine) == 12 * 4 and events[-1] == {**events[-1], "e": "end", "messages": 48,
+                                                                      "status": "done"}
+        for e, u in zip(applied, mine):
+            assert [e["version"], repr(e["sim_time_s"]), e["worker"], e["computed_at"], e["staleness"]] == \
+                [int(u["version"]), u["sim_time_s"], int(u["worker"]), int(u["computed_at"]), int(u["staleness"])]
+            assert repr(e["step_size"]) == u["step_size"]
+        evals = [e for e in events if e["e"] == "evaluate"]
+        rows = [m for m in metrics if m["algorithm"] == label]
+        assert [(e["t"], repr(e["out"]["test_acc"])) for e in evals] == [(int(m["round"]), m["test_acc"])
+                                                                          for m in rows]
+        last = rows[-1]
+        hdr = load_scenario(TINY, SHORT).network.header_bytes
+        assert sum(e["payload_bytes"] + hdr for e in applied) == int(last["bytes_up"])
+    b_applied = [e["applied"] for e in segs[("b", 0)][1] if e["e"] == "apply"]
+    assert b_applied == [False, True] * 24                           # K = 2: every second message steps
+    a_bytes = {e["payload_bytes"] for e in segs[("a", 0)][1] if e["e"] == "apply"}
+    assert len(a_bytes) == 1 and a_bytes.pop() < 4 * segs[("a", 0)][0]["d"]   # top-k, not dense
+    out = tmp_path / "r"
+    capsys.readouterr()
+    assert run_sim.main(["replay", str(recorded), "--set", "network.uplink.latency=20 ms", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot replay" in err and "algorithm 'a' is not timing-independent" in err and not out.exists()
+
+
+def test_an_edited_event_driven_trace_is_detected(tmp_path):
+    from sim.study.trace import TraceError
+    recorded = run(tmp_path, "a", [*SHORT, "algorithms=[{name: a, kind: async_sgd, lr: 0.1}]"])
+    path = recorded / TRACE_FILE
+    lines = path.read_text().splitlines()
+    k = next(i for i, x in enumerate(lines) if '"apply"' in x)
+    path.write_text("\n".join([*lines[:k], lines[k].replace('"worker":0', '"worker":9'), *lines[k + 1:]]) + "\n")
+    with pytest.raises(TraceError, match=f"{k + 1}: worker: 9; allowed: a worker index 0 .. 3"):
+        read_trace(path)
+    path.write_text("\n".join([*lines[:k], lines[k].replace('"worker":0', '"worker":1'), *lines[k + 1:]]) + "\n")
+    with pytest.raises(TraceError, match="do not match the checksum"):
+        read_trace(path)

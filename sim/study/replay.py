@@ -127,6 +127,8 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
                 raise ReplayUnavailable(f"{source_dir / TRACE_FILE} has no complete trace of {cfg.label!r} "
                                         f"seed {seed} (the run was interrupted before it finished)")
             header, events = segments[(cfg.label, seed)]
+            if header.get("event_driven"):      # refused above by its algorithm; a trace says so too
+                raise ReplayUnavailable(f"{source_dir / TRACE_FILE}: {header['replay']}")
             if int(header["n"]) != scn.workers:
                 raise TraceError(f"{source_dir / TRACE_FILE}: n: the trace of {cfg.label!r} seed {seed} has "
                                  f"{header['n']} workers, the scenario {scn.workers}")

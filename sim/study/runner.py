@@ -16,7 +16,7 @@ from sim.engine import World, run_algorithm, summarize
 from sim.study.progress import Progress
 from sim.errors import OutputError
 from sim.study.results import RESULT_COLUMNS, CsvAppender, LineFile, write_text
-from sim.study.trace import TRACE_FILE, Recorder
+from sim.study.trace import TRACE_FILE, EventRecorder, Recorder
 
 EXIT_INTERRUPTED = 130
 
@@ -37,6 +37,14 @@ def make_out_dir(out: Path) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(exc.filename or out, exc) from None
+
+
+def tee(*sinks):
+    """One callback that hands each row to every sink, in order."""
+    def each(row: dict) -> None:
+        for sink in sinks:
+            sink(row)
+    return each
 
 
 def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
@@ -64,10 +72,16 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
                 with Progress(f"{cfg.label} (seed {seed})", scn.stop.max_rounds, disable=quiet) as bar:
                     record = lambda src, cfg=cfg, seed=seed, world=world: Recorder(  # noqa: E731
                         src, trace, cfg.label, seed, world.model.d, world.n)
-                    result = run_algorithm(world, cfg, on_row=files["metrics"].append, on_round=bar.update,
+                    on_row, on_update, events = files["metrics"].append, files["updates"].append, None
+                    if getattr(cfg, "event_driven", False):     # no Trainer to wrap: a segment fed by rows
+                        events = EventRecorder(trace, cfg.label, seed, world.model.d, world.n,
+                                               cfg.timing_dependent_why)
+                        on_row, on_update = tee(on_row, events.evaluate), tee(on_update, events.apply)
+                    result = run_algorithm(world, cfg, on_row=on_row, on_round=bar.update,
                                            on_phase=files["phases"].append, record=record,
-                                           on_diag=files["diagnostics"].append,
-                                           on_update=files["updates"].append)
+                                           on_diag=files["diagnostics"].append, on_update=on_update)
+                if events is not None:
+                    events.end(summarize(result, scn.stop.target_accuracy)["status"])
                 if result.stalled or result.diverged_why:
                     print(f"{cfg.label} (seed {seed}) stopped: {result.stalled or result.diverged_why}",
                           file=sys.stderr)

@@ -26,6 +26,22 @@ One JSON object per line.  A segment per algorithm and seed:
 and ``sending``.  Floats are written with ``repr`` (json's default), so they
 load back bit for bit.  A segment without its ``stats`` line is incomplete
 (the run was interrupted) and cannot be replayed.
+
+An event-driven algorithm (sim/eventsim.py) has no rounds: its segment
+(:class:`EventRecorder`) is keyed by server version and simulated time and
+documents the run; it cannot be replayed (its math depends on the timing),
+and its header says why:
+
+    {"e": "start", "v": 1, "algorithm": label, "seed": s, "d": d, "n": n,
+     "event_driven": true, "replay": the reason replay refuses it}
+    {"e": "evaluate", "t": version, "sim_time_s": t, "out": {"train_loss", "test_loss", "test_acc"}}
+    {"e": "apply", "version": version after it, "sim_time_s": t, "worker": i, "computed_at": version,
+     "staleness": tau, "step_size": eta, "applied": bool (FedBuff: false while buffered),
+     "payload_bytes": its upload's payload (header excluded)}
+    {"e": "end", "messages": processed messages, "status": "done" | "stalled" | "diverged",
+     "sha256": hex digest of the segment's lines before this one}
+
+One ``apply`` line per processed message, in the order of ``updates.csv``.
 """
 from __future__ import annotations
 
@@ -53,23 +69,12 @@ def unbits(s: str) -> list[bool]:
     return [c == "1" for c in s]
 
 
-class Recorder:
-    """Wraps a Trainer; writes each answer to ``fh`` as it is given."""
+class SegmentWriter:
+    """One segment's lines to ``fh``, hashed as they go (its last line records the digest)."""
 
-    def __init__(self, inner, fh: IO[str], label: str, seed: int, d: int, n: int) -> None:
-        self.inner, self.fh = inner, fh
-        self.has_second_round = inner.has_second_round
-        self.summable = inner.summable
-        self.updates_without_uploads = inner.updates_without_uploads
-        self._last_step: list[float] | None = None
-        self._digest = hashlib.sha256()   # over the segment's lines before its stats line
-        self._write({"e": "start", "v": TRACE_VERSION, "algorithm": label, "seed": seed, "d": d, "n": n,
-                     "summable": self.summable, "has_second_round": self.has_second_round,
-                     "updates_without_uploads": self.updates_without_uploads})
-
-    @property
-    def proto(self):
-        return self.inner.proto
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh = fh
+        self._digest = hashlib.sha256()   # over the segment's lines before its last (stats / end) line
 
     def _write(self, event: dict, flush: bool = False) -> None:
         line = json.dumps(event, separators=(",", ":")) + "\n"
@@ -77,6 +82,25 @@ class Recorder:
         self.fh.write(line)
         if flush:
             self.fh.flush()
+
+
+class Recorder(SegmentWriter):
+    """Wraps a Trainer; writes each answer to ``fh`` as it is given."""
+
+    def __init__(self, inner, fh: IO[str], label: str, seed: int, d: int, n: int) -> None:
+        super().__init__(fh)
+        self.inner = inner
+        self.has_second_round = inner.has_second_round
+        self.summable = inner.summable
+        self.updates_without_uploads = inner.updates_without_uploads
+        self._last_step: list[float] | None = None
+        self._write({"e": "start", "v": TRACE_VERSION, "algorithm": label, "seed": seed, "d": d, "n": n,
+                     "summable": self.summable, "has_second_round": self.has_second_round,
+                     "updates_without_uploads": self.updates_without_uploads})
+
+    @property
+    def proto(self):
+        return self.inner.proto
 
     def evaluate(self, t: int) -> dict:
         out = self.inner.evaluate(t)
@@ -108,6 +132,34 @@ class Recorder:
         out = self.inner.stats()
         self._write({"e": "stats", "out": out, "sha256": self._digest.hexdigest()}, flush=True)
         return out
+
+
+APPLY_FIELDS = ("version", "sim_time_s", "worker", "computed_at", "staleness", "step_size", "applied",
+                "payload_bytes")
+
+
+class EventRecorder(SegmentWriter):
+    """The segment of an event-driven run (see the module docstring): fed the
+    engine's evaluation rows (``evaluate``) and processed messages (``apply``,
+    the rows of updates.csv plus ``applied`` and ``payload_bytes``)."""
+
+    def __init__(self, fh: IO[str], label: str, seed: int, d: int, n: int, why_not_replayable: str) -> None:
+        super().__init__(fh)
+        self.messages = 0
+        self._write({"e": "start", "v": TRACE_VERSION, "algorithm": label, "seed": seed, "d": d, "n": n,
+                     "event_driven": True, "replay": why_not_replayable})
+
+    def evaluate(self, row: dict) -> None:
+        self._write({"e": "evaluate", "t": row["round"], "sim_time_s": row["sim_time_s"],
+                     "out": {k: row[k] for k in ("train_loss", "test_loss", "test_acc")}}, flush=True)
+
+    def apply(self, row: dict) -> None:
+        self.messages += 1
+        self._write({"e": "apply", **{k: row[k] for k in APPLY_FIELDS}})
+
+    def end(self, status: str) -> None:
+        self._write({"e": "end", "messages": self.messages, "status": status, "sha256": self._digest.hexdigest()},
+                    flush=True)
 
 
 class Replayer:
@@ -193,11 +245,50 @@ def _bits_ok(v: Any, n: int) -> bool:
     return isinstance(v, str) and len(v) == n and set(v) <= {"0", "1"}
 
 
-def _check_event(ev: Any, n: int | None) -> str | None:
+START_FIELDS = [("v", _is_int, "an integer"), ("algorithm", lambda v: isinstance(v, str), "a string"),
+                ("seed", _is_int, "an integer >= 0"), ("d", lambda v: _is_int(v, 1), "an integer >= 1"),
+                ("n", lambda v: _is_int(v, 1), "an integer >= 1")]
+
+
+def _first_bad(ev: dict, fields) -> str | None:
+    for key, ok, want in fields:
+        if not ok(ev.get(key)):
+            return f"{key}: {ev.get(key)!r}; allowed: {want}"
+    return None
+
+
+def _check_event_driven(ev: dict, n: int | None) -> str | None:
+    """The first problem of one event of an event-driven segment, or None."""
+    kind = ev.get("e")
+    if kind == "start":
+        return _first_bad(ev, [*START_FIELDS, ("replay", lambda v: isinstance(v, str), "a string (the reason)")])
+    if kind not in ("evaluate", "apply", "end"):
+        return f"e: {kind!r}; allowed in an event-driven segment: start, evaluate, apply, end"
+    if kind == "evaluate":
+        out = ev.get("out")
+        bad = _first_bad(ev, [("t", _is_int, "a server version >= 0"), ("sim_time_s", _is_num, "a number")])
+        if bad or not isinstance(out, dict):
+            return bad or "out: allowed: {train_loss, test_loss, test_acc}"
+        return _first_bad(out, [(k, _is_num, "a number") for k in ("train_loss", "test_loss", "test_acc")])
+    if kind == "apply":
+        return _first_bad(ev, [("version", _is_int, "an integer >= 0"), ("sim_time_s", _is_num, "a number"),
+                               ("worker", lambda v: _is_int(v) and v < n, f"a worker index 0 .. {n - 1}"),
+                               ("computed_at", _is_int, "an integer >= 0"), ("staleness", _is_int, "an integer >= 0"),
+                               ("step_size", _is_num, "a number"),
+                               ("applied", lambda v: isinstance(v, bool), "true or false"),
+                               ("payload_bytes", _is_int, "an integer >= 0")])
+    return _first_bad(ev, [("messages", _is_int, "an integer >= 0"),
+                           ("status", lambda v: v in ("done", "stalled", "diverged"), "done, stalled or diverged"),
+                           ("sha256", lambda v: isinstance(v, str) and len(v) == 64, "64 hex digits")])
+
+
+def _check_event(ev: Any, n: int | None, event_driven: bool = False) -> str | None:
     """The first problem of one trace event, as 'field: what is wrong', or None."""
     if not isinstance(ev, dict):
         return f"the line is {type(ev).__name__}, not an event object"
     kind = ev.get("e")
+    if (kind == "start" and ev.get("event_driven") is True) or (kind != "start" and event_driven):
+        return _check_event_driven(ev, n)
     if kind == "start":
         for key, ok, want in [("v", _is_int, "an integer"), ("algorithm", lambda v: isinstance(v, str), "a string"),
                               ("seed", _is_int, "an integer >= 0"), ("d", lambda v: _is_int(v, 1), "an integer >= 1"),
@@ -291,7 +382,7 @@ def read_trace(path: str | Path) -> dict[tuple[str, int], tuple[dict, list[dict]
             raise TraceError(f"{where}: not a JSON event ({exc}); the trace was damaged or edited, "
                              "re-run the scenario to record it again") from None
         n = int(header["n"]) if header is not None else None
-        problem = _check_event(ev, n)
+        problem = _check_event(ev, n, header is not None and header.get("event_driven") is True)
         if problem:
             raise TraceError(f"{where}: {problem} (a malformed or edited trace; re-run the scenario "
                              "to record it again)")
@@ -301,7 +392,7 @@ def read_trace(path: str | Path) -> dict[tuple[str, int], tuple[dict, list[dict]
             header, events, digest, first_line = ev, [], hashlib.sha256(), lineno
             digest.update(raw + b"\n")
             continue
-        if ev["e"] == "stats":
+        if ev["e"] in ("stats", "end"):         # the last line of a segment (end: an event-driven one)
             recorded = ev.get("sha256")
             if recorded is not None and recorded != digest.hexdigest():
                 raise TraceError(f"{path}:{first_line}-{lineno - 1}: the lines of {header['algorithm']!r} seed "
