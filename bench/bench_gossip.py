@@ -8,7 +8,7 @@ Host time per round: perf_counter between the completions of round 1 and
 round R (``on_round``), over R - 1 rounds, so the evaluations at rounds 0 and
 R are left out; best of ``--repeat``.  The mixing step: ``alg.mix @ Y`` for
 Y [64, d], timed alone in the same process (median of 20), with the kernel
-the algorithm uses (CSR sparse, or dense for graphs with more than 1/32
+the algorithm uses (CSR sparse, or dense for graphs with more than 1/8
 of the entries non-zero: topologies/gossip.py sparse_rows) and, for
 comparison, the other one.
 

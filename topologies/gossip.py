@@ -259,15 +259,17 @@ def mixing_matrix(g: nx.Graph, rule: str) -> np.ndarray:
     return w
 
 
-def sparse_rows(w: np.ndarray, device: torch.device, dense_from: float = 1 / 32) -> torch.Tensor:
+def sparse_rows(w: np.ndarray, device: torch.device, dense_from: float = 1 / 8) -> torch.Tensor:
     """W as a float32 tensor [n, n] for the mixing step ``W @ X`` (X [n, d]), one
     matmul a round.  A CSR sparse matrix, whose cost is (edges + n) d, when at
     most ``dense_from`` of its entries are non-zero; a dense one otherwise.  Why
-    the threshold: on CPU, torch's CSR @ dense kernel is several times slower
-    per non-zero than a dense GEMM (MKL, all cores), so at n = 64 the dense
-    product is faster even for a ring (3 non-zeros a row, 4.7%); the sparse one
-    wins only once W is sparser than that (bench/bench_gossip.py,
-    docs/performance.md).  Both give the same sums up to float rounding."""
+    the threshold (measured at n = 64, d = 407,050 on the 2-core development
+    machine, bench/bench_gossip.py, docs/performance.md): torch's CSR @ dense
+    kernel is memory-bound at about 4 passes over X for a ring (27 ms against
+    40 ms for the dense GEMM) but slower than the GEMM from about 1/8 non-zeros
+    on (the symmetrized exponential graph, 19%: 55 ms against 38 ms; the
+    complete graph: 266 ms against 40 ms).  Both give the same sums up to float
+    rounding."""
     dense = torch.tensor(w, dtype=torch.float32)
     if np.count_nonzero(w) > dense_from * w.size:
         return dense.to(device)
