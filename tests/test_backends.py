@@ -88,7 +88,9 @@ def point_jobs(root: Path) -> list[Job]:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    # host.yaml says what ran it (torch threads differ between backends); every results file must match
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "host.yaml"}
 
 
 def run(jobs: list[Job], **kw) -> dict[int, dict]:
@@ -301,3 +303,20 @@ def test_local_worker_processes_share_the_cores_out_as_torch_threads(tmp_path):
     jobs = [Job(i, threads_job, (), str(tmp_path / f"j{i}")) for i in range(2)]
     run_jobs(jobs, workers=2, on_done=results.__setitem__)
     assert [results[i]["threads"] for i in range(2)] == [max(1, (os.cpu_count() or 1) // 2)] * 2
+
+
+def test_each_spawned_point_records_its_share_of_the_cores_as_torch_threads(tmp_path):
+    """Two local processes on this machine: each sets cores // 2 torch threads (at least 1),
+    and a point's host.yaml says so; in-process, the driver's own thread count."""
+    import os
+
+    import torch
+    import yaml
+    assert run(point_jobs(tmp_path / "two"), workers=2) == {10: {"status": "done", "error": ""},
+                                                             11: {"status": "done", "error": ""}}
+    for i in (0, 1):
+        host = yaml.safe_load((tmp_path / "two" / "points" / f"{i:03d}" / "host.yaml").read_text())
+        assert host["torch_threads"] == max(1, (os.cpu_count() or 1) // 2) and host["device"] == "cpu"
+    assert run(point_jobs(tmp_path / "one"), workers=1)[10]["status"] == "done"
+    host = yaml.safe_load((tmp_path / "one" / "points" / "000" / "host.yaml").read_text())
+    assert host["torch_threads"] == torch.get_num_threads()

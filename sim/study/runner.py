@@ -39,6 +39,18 @@ def make_out_dir(out: Path) -> None:
         raise OutputError(exc.filename or out, exc) from None
 
 
+HOST_FILE = "host.yaml"
+
+
+def host_facts(device) -> dict:
+    """What ran the simulation (host.yaml): it does not change the results (simulated time comes
+    from the models, not the host), but says what a host-time figure was measured on."""
+    import os
+    import platform
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "device": str(device),
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
 def tee(*sinks):
     """One callback that hands each row to every sink, in order."""
     def each(row: dict) -> None:
@@ -57,15 +69,16 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
     out = Path(out)
     make_out_dir(out)
     write_scenario(out, scn)
+    any_world = next(iter(worlds.values()))
+    write_text(out / HOST_FILE, yaml.safe_dump(host_facts(any_world.device), sort_keys=False))
     files = result_files(out)
     trace = LineFile(out / TRACE_FILE)
     summaries: list[dict] = []
     status = 0
-    any_world = next(iter(worlds.values()))
     if not quiet:
         print(f"commsim: {scn.name}: {len(scn.algorithms)} algorithms x {len(worlds)} seeds, "
-              f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device}; "
-              f"results in {out}", file=sys.stderr)
+              f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device} "
+              f"({torch.get_num_threads()} torch threads); results in {out}", file=sys.stderr)
     try:
         for seed, world in worlds.items():
             for cfg in scn.algorithms:
