@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.study.results import LineFile
+from sim.study.results import METRICS_COLUMNS, LineFile
 
 from test_cli import TINY, cli, read_csv
 
@@ -441,4 +441,4 @@ def test_sigterm_of_a_run_keeps_its_rows_and_exits_130(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     text = (out / "metrics.csv").read_text()
-    assert text.endswith("\n") and all(len(r) == 10 for r in csv.reader(text.splitlines()))
+    assert text.endswith("\n") and all(len(r) == len(METRICS_COLUMNS) for r in csv.reader(text.splitlines()))
