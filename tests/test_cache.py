@@ -157,3 +157,56 @@ def test_two_processes_filling_at_once(cache_env: Path, tmp_path) -> None:
     assert len(entries) == 1 and not list(cache_env.glob(".*.tmp"))
     with np.load(entries[0], allow_pickle=False) as z:
         assert hashlib.sha256(z["x"].tobytes() + z["y"].tobytes()).hexdigest() == want
+
+
+# --------------------------------------------------------------------------- #
+# FLOP counts (sim/learn/compute.py)
+# --------------------------------------------------------------------------- #
+
+def _flop_models():
+    from sim.learn.models import CnnCifarConfig, LogRegConfig, LstmImdbConfig, MlpConfig, ResNet18Config
+    return [
+        (LogRegConfig(), (1, 28, 28), 10),
+        (MlpConfig(hidden=[512]), (1, 28, 28), 10),
+        (MlpConfig(hidden=[64, 32]), (20,), 4),
+        (CnnCifarConfig(channels=[4, 8, 8], fc_hidden=16), (3, 16, 16), 10),
+        (LstmImdbConfig(vocab=50, embed_dim=8, hidden=12, fc_hidden=8), (15,), 2),
+        (ResNet18Config(width=4), (3, 16, 16), 10),
+    ]
+
+
+def test_flop_cache_gives_the_counted_values(cache_env: Path, monkeypatch) -> None:
+    from sim.learn import compute
+    from sim.learn.models import build_model
+
+    monkeypatch.setattr(compute, "_FLOPS_MEMO", {})
+    models = [build_model(*m) for m in _flop_models()]
+    counted = [compute.count_forward_flops(m) for m in models]
+    first = [compute.forward_flops_per_sample(m) for m in models]          # count, store
+    assert first == counted and all(type(v) is int and v > 0 for v in first)
+    assert len(list(cache_env.glob("flops-*.json"))) == len(models)         # one entry per config/shape
+
+    def no_count(model):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(compute, "count_forward_flops", no_count)
+    assert [compute.forward_flops_per_sample(m) for m in models] == counted     # the in-process memo
+    monkeypatch.setattr(compute, "_FLOPS_MEMO", {})
+    assert [compute.forward_flops_per_sample(m) for m in models] == counted     # read from the folder
+    monkeypatch.setattr(compute, "_FLOPS_MEMO", {})
+    monkeypatch.setenv(cache.CACHE_ENV, str(cache_env.parent / "empty"))
+    with pytest.raises(AssertionError, match="counted again"):                    # the key reaches the disk
+        compute.forward_flops_per_sample(models[0])
+
+
+def test_flop_key_follows_config_and_shape() -> None:
+    from sim.learn.compute import flops_key
+    from sim.learn.models import FlatModel, MlpConfig, build_model
+
+    a = flops_key(build_model(MlpConfig(hidden=[512]), (1, 28, 28), 10))
+    assert a != flops_key(build_model(MlpConfig(hidden=[256]), (1, 28, 28), 10))
+    assert a != flops_key(build_model(MlpConfig(hidden=[512]), (1, 14, 56), 10))
+    assert a != flops_key(build_model(MlpConfig(hidden=[512]), (1, 28, 28), 5))
+    assert a == flops_key(build_model(MlpConfig(hidden=[512]), (1, 28, 28), 10))
+    bare = FlatModel(MlpConfig().build((4,), 2), (4,), 2)   # not from build_model: never cached
+    assert flops_key(bare) is None
