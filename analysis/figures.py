@@ -59,22 +59,37 @@ import textwrap
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import matplotlib
+import functools
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")  # files only, no display
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
+import numpy as np
+import pandas as pd
 
-from sim import units  # noqa: E402
+from sim import units
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PHASES = ["download_s", "compute_s", "upload_s", "server_s", "exchange_s", "wait_s"]
-PHASE_COLORS = dict(zip(PHASES, sns.color_palette("Set2", len(PHASES))))
+
+
+@functools.cache
+def _sns():
+    """seaborn, with matplotlib on the Agg backend (files only, no display).
+
+    Imported on the first figure, not with this module: ``run_sim.py validate``
+    and the start of ``run`` never load matplotlib (about a second)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import seaborn as sns
+
+    return sns
+
+
+@functools.cache
+def _phase_colors() -> dict[str, tuple]:
+    return dict(zip(PHASES, _sns().color_palette("Set2", len(PHASES))))
 LOG_SPAN = 20.0          # a numeric axis spanning more than this factor is drawn on a log scale
 DPI = 120
 CHAR_IN = 0.085          # inches a tick-label character takes (10 pt)
@@ -325,6 +340,8 @@ def axis_label(axis: Axis) -> str:
 
 def _set_value_ticks(ax, axis: Axis, width: float = 4.6) -> None:
     """x ticks at the swept values, labelled in the axis unit ("10", zipped: one line per axis)."""
+    from matplotlib.ticker import NullLocator
+
     order = axis.ordered()
     if axis.log:
         ax.set_xscale("log")
@@ -342,7 +359,7 @@ def _set_value_ticks(ax, axis: Axis, width: float = 4.6) -> None:
 def palette(algorithms: list[str]) -> dict[str, tuple]:
     """One colour per algorithm, the same in every figure."""
     name = "tab10" if len(algorithms) <= 10 else "husl"
-    return dict(zip(algorithms, sns.color_palette(name, max(len(algorithms), 1))))
+    return dict(zip(algorithms, _sns().color_palette(name, max(len(algorithms), 1))))
 
 
 def _wrap(text: str, width_in: float, fontsize: float) -> str:
@@ -352,6 +369,9 @@ def _wrap(text: str, width_in: float, fontsize: float) -> str:
 
 
 def _figure(width: float, height: float) -> Figure:
+    _sns()
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -438,13 +458,13 @@ def figure_title(name: str, seeds) -> str:
     return f"{name} ({len(seeds)} seeds)" if seeds else name
 
 
-TAIL = Line2D([], [], color="grey", lw=0.9, ls=":", label="one seed, beyond\nthe other seeds")
-
-
 def _legend(fig: Figure, ax, tails: bool) -> None:
+    from matplotlib.lines import Line2D
+
     handles, labels = ax.get_legend_handles_labels()
     if tails:
-        handles, labels = [*handles, TAIL], [*labels, TAIL.get_label()]
+        tail = Line2D([], [], color="grey", lw=0.9, ls=":", label="one seed, beyond\nthe other seeds")
+        handles, labels = [*handles, tail], [*labels, tail.get_label()]
     fig.legend(handles, labels, loc="outside right upper")
 
 
@@ -555,6 +575,8 @@ def plot_tt_vs_axis(tt: pd.DataFrame, axis: Axis, panels: list[Axis], algorithms
                     colors: dict, target: float | None, path: Path, title: str) -> Path:
     """Time to target against ``axis`` (rows of ``tt``: the axis columns, algorithm, seeds,
     reached, mean_s, half_s), one panel per combination of the ``panels`` axes' values."""
+    from matplotlib.lines import Line2D
+
     combos = _combos(tt, panels)
     rows, cols = _grid(len(combos))
     width = _panel_width(axis)
@@ -654,7 +676,7 @@ def plot_speedup_heatmaps(cells: pd.DataFrame, xa: Axis, ya: Axis, algorithms: l
         value = _matrix(sub, xa, ya, "speedup").astype(float)
         note = _matrix(sub, xa, ya, "note")
         annot = np.where(np.isnan(value), "", np.vectorize(lambda v: f"{v:.2f}x")(np.nan_to_num(value)))
-        sns.heatmap(np.log2(value), ax=ax, cmap="RdBu", center=0, vmin=-m, vmax=m, annot=annot, fmt="",
+        _sns().heatmap(np.log2(value), ax=ax, cmap="RdBu", center=0, vmin=-m, vmax=m, annot=annot, fmt="",
                     mask=np.isnan(value), linewidths=0.5, linecolor="white",
                     cbar_kws={"label": f"speed-up over {baseline} (×, log scale)", "ticks": np.log2(ticks)})
         ax.collections[0].colorbar.set_ticklabels([f"{t:.3g}x" for t in ticks])
@@ -671,13 +693,16 @@ def plot_winner_heatmap(cells: pd.DataFrame, xa: Axis, ya: Axis, algorithms: lis
     """Which algorithm reaches the target first in each cell (rows of ``cells``: the two axis
     columns, winner ("" when none reached on every seed), winner_s)."""
     fig = _figure(6.8, 4.6)
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
     ax = fig.subplots()
     winner = _matrix(cells, xa, ya, "winner")
     secs = _matrix(cells, xa, ya, "winner_s").astype(float)
     idx = np.vectorize(lambda w: algorithms.index(w) if w in algorithms else np.nan, otypes=[float])(winner)
     annot = np.vectorize(lambda w, s: f"{w}\n{s:.3g} s" if w else "", otypes=[object])(winner, secs)
     cmap = ListedColormap([colors[a] for a in algorithms])
-    sns.heatmap(idx, ax=ax, cmap=cmap, vmin=-0.5, vmax=len(algorithms) - 0.5, annot=annot, fmt="",
+    _sns().heatmap(idx, ax=ax, cmap=cmap, vmin=-0.5, vmax=len(algorithms) - 0.5, annot=annot, fmt="",
                 mask=np.isnan(idx), cbar=False, linewidths=0.5, linecolor="white")
     _mark_cells(ax, idx, np.where(np.isnan(idx), np.where(winner == "", "none reached\non every seed",
                                                               "no data"), ""))
@@ -700,6 +725,8 @@ def _matrix(df: pd.DataFrame, xa: Axis, ya: Axis, col: str) -> np.ndarray:
 
 
 def _mark_cells(ax, value: np.ndarray, note: np.ndarray) -> None:
+    from matplotlib.patches import Rectangle
+
     for i, j in zip(*np.where(np.isnan(value))):
         ax.add_patch(Rectangle((j, i), 1, 1, fill=False, hatch="//", edgecolor="lightgrey", lw=0))
         text = "\n".join(textwrap.fill(part, 16) for part in str(note[i, j]).split("; "))
@@ -723,9 +750,9 @@ def _stack(ax, frame: pd.DataFrame, positions, scale: float, horizontal: bool, w
         v = frame[ph].to_numpy(float) * scale
         label = ph.removesuffix("_s") if with_labels else None
         if horizontal:
-            ax.barh(positions, v, left=base, color=PHASE_COLORS[ph], label=label, height=0.6)
+            ax.barh(positions, v, left=base, color=_phase_colors()[ph], label=label, height=0.6)
         else:
-            ax.bar(positions, v, bottom=base, color=PHASE_COLORS[ph], label=label, width=0.6)
+            ax.bar(positions, v, bottom=base, color=_phase_colors()[ph], label=label, width=0.6)
         base += v
 
 
@@ -819,6 +846,8 @@ def plot_timeline(updates: pd.DataFrame, path: Path, title: str, first_s: float 
     the blank between them) over the first ``first_s`` simulated seconds
     (default: the span of the first 3 n messages), one panel per algorithm,
     the first seed (updates.csv)."""
+    from matplotlib.patches import Patch
+
     algs = list(dict.fromkeys(updates["algorithm"]))
     seed = sorted(updates["seed"].unique())[0]
     df = updates[updates["seed"] == seed]
@@ -833,14 +862,14 @@ def plot_timeline(updates: pd.DataFrame, path: Path, title: str, first_s: float 
         for label, lo, hi, color in TIMELINE_PHASES:
             for w, g in rows.groupby("worker"):
                 spans = [(scale * x, scale * (min(y, first_s) - x)) for x, y in zip(g[lo], g[hi]) if x < first_s]
-                ax.broken_barh(spans, (w - 0.4, 0.8), color=PHASE_COLORS[color], label=label if w == 0 else None)
+                ax.broken_barh(spans, (w - 0.4, 0.8), color=_phase_colors()[color], label=label if w == 0 else None)
         ax.set_xlim(0, scale * first_s)
         ax.set_ylim(-0.6, n - 0.4)
         ax.set_yticks(range(n))
         ax.set_ylabel("worker")
         ax.set_title(a, fontsize=9)
     axes[-1].set_xlabel(f"simulated time ({unit})")
-    handles = [Patch(color=PHASE_COLORS[c], label=label) for label, _, _, c in TIMELINE_PHASES]
+    handles = [Patch(color=_phase_colors()[c], label=label) for label, _, _, c in TIMELINE_PHASES]
     fig.legend(handles=handles + [Patch(facecolor="white", edgecolor="grey", label="idle")],
                loc="outside lower center", fontsize=8, ncols=4)
     fig.suptitle(_wrap(f"{title}: what each worker does (seed {seed})", 5.6, 10), fontsize=10)

@@ -1,12 +1,35 @@
-"""Shared fixtures: the repository's paths and the tiny scenario (scenarios/tiny.yaml)."""
+"""Shared fixtures: the repository's paths and the tiny scenario (scenarios/tiny.yaml).
+
+The start-up cache (sim/learn/cache.py) of the whole session is a temporary
+folder, never the user's: ``COMMSIM_CACHE`` is set before any test runs (and
+inherited by the subprocesses tests start); tests of the cache itself set
+their own folder with ``monkeypatch.setenv``.
+"""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache_dir():
+    """A fresh cache folder for the session (removed at the end)."""
+    before = os.environ.get("COMMSIM_CACHE")
+    with tempfile.TemporaryDirectory(prefix="commsim-test-cache-") as folder:
+        os.environ["COMMSIM_CACHE"] = folder
+        try:
+            yield Path(folder)
+        finally:
+            if before is None:
+                os.environ.pop("COMMSIM_CACHE", None)
+            else:
+                os.environ["COMMSIM_CACHE"] = before
 
 
 @pytest.fixture

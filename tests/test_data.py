@@ -106,11 +106,12 @@ def test_mnist5k_normalisation(loaded: dict[str, Dataset]) -> None:
 
 
 def test_mnist1d_restores_global_rng(loaded: dict[str, Dataset]) -> None:
-    data._mnist1d_arrays.cache_clear()
     np.random.seed(1234)
     random.seed(1234)
     np_before, py_before = np.random.get_state(), random.getstate()
-    fresh = load_dataset("mnist1d")
+    fresh_arrays = data._generate_mnist1d()     # the generator itself, not the cache
+    fresh = data._make_dataset("mnist1d", fresh_arrays["x"], fresh_arrays["y"], fresh_arrays["x_test"],
+                               fresh_arrays["y_test"], (1, 40), 10)
     np_after = np.random.get_state()
     assert np_after[0] == np_before[0]
     np.testing.assert_array_equal(np_after[1], np_before[1])

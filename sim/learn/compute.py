@@ -12,9 +12,14 @@ C ~ 6N per token = 2N forward + 4N backward).  A step on b samples takes
     step_s = 3 * flops_fwd_per_sample * b / (device_tflops * 1e12 * efficiency)
 
 divided by the worker's speed factor.  ``fixed``: a given time per step.
+
+The count is cached by the model config (its JSON), input shape and torch
+version: in the process and in the start-up cache folder (sim/learn/cache.py),
+since the first count imports ``torch._dynamo``, seconds of ``validate``.
 """
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal, Union
 
 import numpy as np
@@ -22,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch.utils.flop_counter import FlopCounterMode
 
+from sim.learn import cache
 from sim.learn.models import FlatModel
 from sim.registry import Registry
 from sim.unitfields import Duration
@@ -32,13 +38,43 @@ SpeedDist = _dists(PositiveFloat, "Speed")
 COMPUTE_MODELS: Registry = Registry("compute model")
 
 
-def forward_flops_per_sample(model: FlatModel) -> int:
-    """FLOPs of one forward pass on one sample, counted by PyTorch."""
+FLOPS_COUNT_VERSION = 1   # bump when count_forward_flops changes what it counts
+_FLOPS_MEMO: dict[str, int] = {}  # flops_key JSON -> count, this process (a pure function's results)
+
+
+def count_forward_flops(model: FlatModel) -> int:
+    """FLOPs of one forward pass on one sample, counted by PyTorch (no cache).
+
+    The first count in a process imports ``torch._dynamo`` (seconds)."""
     theta = torch.zeros(model.d)
     x = torch.zeros(1, *model.input_shape)
     with FlopCounterMode(display=False) as counter:
         model.forward(theta, x)
     return int(counter.get_total_flops())
+
+
+def flops_key(model: FlatModel) -> dict | None:
+    """What the count depends on: the model's config, input shape, classes and
+    the torch version; None for a model not made by ``build_model``."""
+    if model.config_json is None:
+        return None
+    return {"model": json.loads(model.config_json), "input_shape": list(model.input_shape),
+            "num_classes": int(model.num_classes), "torch": torch.__version__, "count": FLOPS_COUNT_VERSION}
+
+
+def forward_flops_per_sample(model: FlatModel) -> int:
+    """:func:`count_forward_flops`, remembered in this process and in the start-up
+    cache folder (sim/learn/cache.py) under :func:`flops_key`."""
+    parts = flops_key(model)
+    if parts is None:
+        return count_forward_flops(model)
+    memo = json.dumps(parts, sort_keys=True)
+    if memo not in _FLOPS_MEMO:
+        value = cache.cached_json("flops", parts, lambda: count_forward_flops(model))
+        if isinstance(value, bool) or not isinstance(value, int):   # a damaged entry: count again
+            value = count_forward_flops(model)
+        _FLOPS_MEMO[memo] = value
+    return _FLOPS_MEMO[memo]
 
 
 class Stragglers(BaseModel):

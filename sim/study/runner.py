@@ -63,8 +63,6 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
             plots: bool = True) -> tuple[int, list[dict]]:
     """Train, write scenario.yaml, metrics/summary/phases/links/diagnostics.csv, the trace
     (trace.jsonl, for replay) and the plots.  Returns (exit status, summary rows)."""
-    from analysis.plots import plot_run
-
     torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(out)
     make_out_dir(out)
@@ -111,5 +109,7 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
             f.close()
         trace.close()
     if summaries and plots:
+        from analysis.plots import plot_run   # matplotlib and seaborn: only when plotting
+
         plot_run(out)
     return status, summaries
