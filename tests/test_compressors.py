@@ -669,3 +669,37 @@ def test_topk_fast_path_float64_and_error_feedback():
     vals, idx, _ = reference_topk_compress(g + e, 200, d)
     want = reference_decompress(vals, idx, d)
     assert torch.equal(decoded, want) and torch.equal(e2, (g + e) - want)
+
+
+# --- sign decoders (issue 15): one write, exactly the values of the old decoders ----------------
+
+def reference_block_sign_decompress(comp, p):
+    scales, pos = p.tensors["scales"], p.tensors["positive"]
+    if comp.block_size is not None:
+        mag = torch.repeat_interleave(scales, comp.block_size, dim=1)[:, : comp.d]
+    else:
+        mag = torch.repeat_interleave(scales, comp._sizes(scales.device), dim=1, output_size=comp.d)
+    return torch.where(pos, mag, -mag)
+
+
+def reference_sign_decompress(p):
+    return p.tensors["positive"].to(torch.float32) * 2 - 1
+
+
+@pytest.mark.parametrize("d", [1, 7, 64, 103, 4099])
+def test_sign_decoders_equal_reference_bitwise(d):
+    bounds3 = ((0, d - d // 2), (d - d // 2, d)) if d > 1 else ((0, 1),)
+    comps = [C.BlockSign(d, bounds=((0, d),)), C.BlockSign(d, bounds=bounds3)]
+    comps += [C.BlockSign(d, block_size=b) for b in {1, 3, 8, 64, d} if b <= d]
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        inputs = [torch.randn(3, d, generator=g), torch.zeros(3, d), -torch.zeros(3, d),
+                  torch.randint(-2, 3, (3, d), generator=g).float() * 1e30, torch.randn(1, d, generator=g)]
+        for inp in inputs:
+            for comp in comps:
+                p = comp.compress(inp)
+                got, want = comp.decompress(p), reference_block_sign_decompress(comp, p)
+                assert got.dtype == want.dtype and torch.equal(got.view(torch.int32), want.view(torch.int32))
+            sp = C.Sign(d).compress(inp)
+            got, want = C.Sign(d).decompress(sp), reference_sign_decompress(sp)
+            assert got.dtype == want.dtype and torch.equal(got.view(torch.int32), want.view(torch.int32))
