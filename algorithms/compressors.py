@@ -50,6 +50,7 @@ says (a 0 input decodes to +scale, not to 0 as torch.sign would give).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal, Protocol, Union
 
@@ -117,6 +118,13 @@ def _scatter(d: int, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, idx, vals)
 
 
+def _plus_minus_one(pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """+1.0 where ``pos``, else -1.0 (exactly pos.to(dtype) * 2 - 1), in one new
+    tensor: the bools read as uint8 (0 / 1; torch converts uint8 to float much
+    faster than bool), then doubled and shifted in place."""
+    return pos.view(torch.uint8).to(dtype).mul_(2).sub_(1)
+
+
 def _need_streams(streams: WorkerStreams | None, who: str) -> WorkerStreams:
     if streams is None:
         raise ValueError(f"{who} is random: pass the workers' streams (streams=WorkerStreams(...))")
@@ -147,6 +155,84 @@ def _padded_view(x: torch.Tensor, size: int) -> torch.Tensor:
     if m * size != d:
         x = torch.nn.functional.pad(x, (0, m * size - d))
     return x.view(n, m, size)
+
+
+# --- exact top-k of |x| per row, fast path --------------------------------------
+
+TOPK_BLOCK = 8           # entries per block of the candidate search
+TOPK_SAMPLE = 4096       # block maxima sampled per row to place the threshold
+TOPK_SIGMAS = 4.0        # margin of the sampled threshold, in binomial standard deviations
+TOPK_MIN_D = 1 << 14     # below this row length torch.topk is used directly
+TOPK_MAX_DENSITY = 1 / 32   # and above this k / d too (nearly every block would be a candidate)
+
+
+def topk_abs_indices(x: torch.Tensor, k: int, *, sample: int | None = None, sigmas: float | None = None
+                     ) -> torch.Tensor:
+    """The indices [n, k] of the k largest |x_ij| of every row: the same set, per
+    row, as ``torch.topk(x.abs(), k, dim=1).indices`` (including torch.topk's
+    choice among ties at the k-th value), in an unspecified order.
+
+    Fast path (rows of at least TOPK_MIN_D entries and k <= d / 32; all rows at
+    once, no loop over rows, the same ops on every device): split row i into
+    L = floor(d / B) blocks {j + b L : b < B} and take the block maxima m_ij of
+    |x| (two reductions that read x once).  A threshold t_i (a high order
+    statistic of a sample of row i's block maxima) is accepted once at least k
+    blocks have m_ij >= t_i (else t_i is the k-th largest block maximum, exact);
+    then row i has at least k entries with |x| >= t_i, so its top k are all
+    >= t_i and all lie in the candidate blocks.  The candidates (entries >= t_i
+    of those blocks, plus the d - B L entries of the ragged end) are packed into
+    a padded [n, m] matrix and torch.topk picks k of them.  If the k-th value
+    among the candidates is tied (more than k candidates reach it), the choice
+    among the tied entries would be torch.topk's on a different input, so those
+    rows are recomputed with torch.topk on the full row: ties never change the
+    result.  Otherwise the top-k set is unique and equal to torch.topk's.
+    ``sample`` and ``sigmas`` override TOPK_SAMPLE and TOPK_SIGMAS (they only
+    change the speed, never the result).
+    """
+    n, d = x.shape
+    B = TOPK_BLOCK
+    L = d // B
+    if d < max(TOPK_MIN_D, 2 * B) or k > d * TOPK_MAX_DENSITY or k > L:
+        return torch.topk(x.abs(), k, dim=1, sorted=False).indices
+    sample = TOPK_SAMPLE if sample is None else sample
+    sigmas = TOPK_SIGMAS if sigmas is None else sigmas
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    dev = x.device
+    v = x[:, : B * L].view(n, B, L)                                  # block j of row i: x[i, j + b L]
+    bm = torch.maximum(v.amax(1), v.amin(1).neg_())                  # [n, L] max |x| per block
+    bs = bm[:, :: max(1, L // sample)]                               # [n, S] sampled block maxima
+    S, q = bs.shape[1], k / L
+    r = max(1, min(S, math.ceil(q * S + sigmas * math.sqrt(q * S)) + 1))
+    t = torch.topk(bs, r, dim=1, sorted=False).values.amin(1, keepdim=True)     # [n, 1]
+    rb, blk = (bm >= t).nonzero(as_tuple=True)                       # candidate blocks, row-major
+    short = torch.bincount(rb, minlength=n) < k
+    if bool(short.any()):                                            # too few blocks reach t_i
+        rows = short.nonzero().squeeze(1)
+        t[rows] = torch.topk(bm[rows], k, dim=1, sorted=False).values.amin(1, keepdim=True)
+        rb, blk = (bm >= t).nonzero(as_tuple=True)
+    a = v.permute(0, 2, 1)[rb, blk].abs_()                           # [Cb, B] |x| of the candidate blocks
+    p = (a >= t.index_select(0, rb)).view(-1).nonzero().squeeze(1)    # the entries >= t_i
+    bi = p // B
+    row = rb.index_select(0, bi)
+    col = blk.index_select(0, bi) + (p - bi * B) * L
+    counts = torch.bincount(row, minlength=n)
+    pos = torch.arange(row.numel(), device=dev) - (counts.cumsum(0) - counts).index_select(0, row)
+    m, tail = int(counts.max()), d - B * L
+    cand = torch.full((n, m + tail), -1.0, dtype=x.dtype, device=dev)     # -1: padding, below any |x|
+    cand.index_put_((row, pos), a.view(-1).index_select(0, p))
+    where = torch.empty((n, m + tail), dtype=torch.int64, device=dev)
+    where.index_put_((row, pos), col)
+    if tail:                                                         # the ragged end: always candidates
+        cand[:, m:] = x[:, B * L:].abs()
+        where[:, m:] = torch.arange(B * L, d, device=dev)
+    top, sel = torch.topk(cand, k, dim=1, sorted=False)
+    idx = torch.gather(where, 1, sel)
+    tied = (cand >= top.amin(1, keepdim=True)).sum(1) != k
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        idx[rows] = torch.topk(x[rows].abs(), k, dim=1, sorted=False).indices
+    return idx
 
 
 # --- compressors -------------------------------------------------------------------
@@ -182,7 +268,7 @@ class TopK:
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
         n = x.shape[0]
-        idx = torch.topk(x.abs(), self.k, dim=1, sorted=False).indices      # [n, k]
+        idx = topk_abs_indices(x, self.k)                                   # [n, k]
         vals = torch.gather(x, 1, idx)                                      # [n, k]
         nbytes = sparse_bytes(torch.full((n,), self.k), self.d, self.index_bits)
         return Payload({"values": vals, "indices": idx}, nbytes)
@@ -211,7 +297,7 @@ class LayerTopK:
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
         n = x.shape[0]
-        idx = torch.cat([torch.topk(x[:, a:b].abs(), k, dim=1, sorted=False).indices + a
+        idx = torch.cat([topk_abs_indices(x[:, a:b], k) + a
                          for a, b, k in self.blocks], dim=1)               # [n, K]
         vals = torch.gather(x, 1, idx)
         nbytes = sparse_bytes(torch.full((n,), self.k), self.d, self.index_bits)
@@ -399,12 +485,22 @@ class BlockSign:
         return Payload({"positive": x >= 0, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
+        # +-1 from the bits, then times each block's scale, in place on one [n, d]
+        # buffer: (+-1) * s is exactly +-s (also for s = 0, giving -0.0 as -mag did,
+        # and s = inf), the values of repeat_interleave + where(pos, mag, -mag).
         scales, pos = p.tensors["scales"], p.tensors["positive"]
+        n = scales.shape[0]
+        out = _plus_minus_one(pos, scales.dtype)
         if self.block_size is not None:
-            mag = torch.repeat_interleave(scales, self.block_size, dim=1)[:, : self.d]
-        else:
-            mag = torch.repeat_interleave(scales, self._sizes(scales.device), dim=1, output_size=self.d)
-        return torch.where(pos, mag, -mag)
+            b, full = self.block_size, self.d // self.block_size
+            if full:
+                out[:, : full * b].view(n, full, b).mul_(scales[:, :full].unsqueeze(-1))
+            if full * b < self.d:
+                out[:, full * b:].mul_(scales[:, full:full + 1])
+        else:   # a loop over the layers (a handful)
+            for j, (a, e) in enumerate(self.bounds):
+                out[:, a:e].mul_(scales[:, j:j + 1])
+        return out
 
 
 @dataclass(frozen=True)
@@ -421,8 +517,7 @@ class Sign:
         return Payload({"positive": x >= 0}, _full(x.shape[0], sign_bytes(self.d)))
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        pos = p.tensors["positive"]
-        return pos.to(torch.float32) * 2 - 1
+        return _plus_minus_one(p.tensors["positive"], torch.float32)
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,36 @@
 """Compression cost per round for every registered compressor (issue 4).
 
     .venv/bin/python bench/bench_compressors.py [--workers 32] [--d 407050] [--repeats 5]
+        [--threads T] [--json OUT]
 
 For x [n, d] (float32, random normal) and each compressor in the registry, the
 host time of compress + decompress, and of the error-feedback step around it,
 against the memory-bandwidth floor: one pass over the [n, d] tensor
 (``x.clone()``, i.e. read + write of 4 n d bytes, timed the same way).
 Median of ``repeats`` after one warm-up call.
+
+``x_floor`` (issue 15's measure) is the median over the repetitions of
+(compress + decompress time) / (one-pass time), the two timed back to back in
+each repetition, so that a shared, loaded machine moves both alike.  The JSON
+(``--json``) has the machine (bench/_machine.py's CPU model, cores, torch
+threads, the load average before and after) and one row per compressor.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import algorithms
 from algorithms.base import Context
@@ -40,13 +55,32 @@ def median_time(fn, repeats: int) -> float:
     return times[len(times) // 2]
 
 
+def paired_ratio(fn, floor_fn, repeats: int) -> tuple[float, float, float]:
+    """(median fn time, median floor time, median of fn / floor), the two timed
+    back to back in every repetition, after one warm-up call of each."""
+    fn(), floor_fn()
+    tf, tc, ratios = [], [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        floor_fn()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        tf.append(t1 - t), tc.append(t2 - t1), ratios.append((t2 - t1) / (t1 - t))
+    return statistics.median(tc), statistics.median(tf), statistics.median(ratios)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workers", type=int, default=32)
     p.add_argument("--d", type=int, default=407050)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--json")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    load_before = os.getloadavg()
     n, d = a.workers, a.d
     # the MLP 784-512-10 layout, so per-layer compressors see real layers when d = 407,050
     sizes = [784 * 512, 512, 512 * 10, 10] if d == 407050 else [d]
@@ -62,15 +96,20 @@ def main(argv=None) -> None:
     rows = []
     for kind in algorithms.COMPRESSORS.names():
         comp = algorithms.COMPRESSORS[kind](**EXAMPLES.get(kind, {})).build(ctx)
-        t_c = median_time(lambda: comp.decompress(comp.compress(x, streams=streams, round=1)), a.repeats)
+        t_c, t_f, ratio = paired_ratio(lambda: comp.decompress(comp.compress(x, streams=streams, round=1)),
+                                       lambda: x.clone(), a.repeats)
         ef = ErrorFeedback(comp)
         t_ef = median_time(lambda: ef.step(x, e, streams=streams, round=1), a.repeats)
         nbytes = comp.compress(x, streams=streams, round=1).nbytes.float().mean().item()
         rows.append({"compressor": kind, "setting": EXAMPLES.get(kind, {}), "compress_ms": 1e3 * t_c,
-                     "ef_step_ms": 1e3 * t_ef, "x_floor": t_c / floor, "bytes_per_worker": nbytes,
+                     "ef_step_ms": 1e3 * t_ef, "x_floor": ratio, "paired_floor_ms": 1e3 * t_f, "bytes_per_worker": nbytes,
                      "ratio_vs_dense": 4 * d / nbytes})
+    load_after = os.getloadavg()
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version(),
+               "load_before": load_before, "load_after": load_after}
     print(f"n = {n}, d = {d}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{platform.processor() or platform.machine()}")
+          f"{machine['cpu']}, {machine['cores']} cores, load {load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"memory floor (one pass over [n, d], clone): {1e3 * floor:.2f} ms")
     print("| compressor | setting | compress+decompress ms | EF step ms | x floor | bytes/worker | x smaller than dense |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -79,7 +118,8 @@ def main(argv=None) -> None:
               f"{r['x_floor']:.1f} | {r['bytes_per_worker']:.0f} | {r['ratio_vs_dense']:.1f} |")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"n": n, "d": d, "floor_ms": 1e3 * floor, "rows": rows}, fh, indent=1, default=str)
+            json.dump({"machine": machine, "n": n, "d": d, "repeats": a.repeats, "floor_ms": 1e3 * floor,
+                       "rows": rows}, fh, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -516,3 +516,190 @@ def test_int8_stochastic_rounding_is_floor_or_ceil_and_needs_streams():
     assert p.nbytes.tolist() == [D + 8] * N
     with pytest.raises(ValueError, match="streams"):
         comp.compress(inp)
+
+
+# --- top-k fast path (issue 15): exactly the results of the torch.topk implementation ---------
+
+from algorithms import compressors as C  # noqa: E402
+
+
+def reference_topk_compress(x, k, d, index_bits=32):
+    """TopK.compress before issue 15 (torch.topk of |x| on the full row)."""
+    n = x.shape[0]
+    idx = torch.topk(x.abs(), k, dim=1, sorted=False).indices
+    return torch.gather(x, 1, idx), idx, C.sparse_bytes(torch.full((n,), k), d, index_bits)
+
+
+def reference_layer_topk_compress(x, blocks, d, index_bits=32):
+    """LayerTopK.compress before issue 15."""
+    n = x.shape[0]
+    idx = torch.cat([torch.topk(x[:, a:b].abs(), k, dim=1, sorted=False).indices + a
+                     for a, b, k in blocks], dim=1)
+    return torch.gather(x, 1, idx), idx, C.sparse_bytes(torch.full((n,), sum(k for _, _, k in blocks)), d,
+                                                        index_bits)
+
+
+def reference_decompress(vals, idx, d):
+    return torch.zeros(vals.shape[0], d, dtype=vals.dtype, device=vals.device).scatter_(1, idx, vals)
+
+
+def _same_payload(got, vals, idx, nbytes):
+    """Per row the same set of (index, value) pairs (bitwise), and the same nbytes."""
+    assert got.tensors["indices"].shape == idx.shape
+    gi, order = got.tensors["indices"].sort(1)
+    ri, rorder = idx.sort(1)
+    assert torch.equal(gi, ri)
+    gv = torch.gather(got.tensors["values"], 1, order)
+    rv = torch.gather(vals, 1, rorder)
+    assert torch.equal(gv.view(torch.int32), rv.view(torch.int32))      # bitwise, -0.0 included
+    assert torch.equal(got.nbytes, nbytes)
+
+
+def _inputs(n, d, seed):
+    """Normal rows, rows of different scales, ties, zeros, extreme finite values, inf, -0.0."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, d, generator=g)
+    scales = 10.0 ** torch.linspace(-30, 30, n).view(n, 1)
+    ints = torch.randint(-4, 5, (n, d), generator=g).float()              # many ties
+    sparse = base * (torch.rand(n, d, generator=g) < 0.005)               # mostly (+-)0
+    extreme = base.clone()
+    extreme[:, :: 97] = 3.0e38
+    extreme[:, 5:: 131] = -3.0e38
+    extreme[:, 7:: 89] = 1e-45                                            # subnormal
+    extreme[0, 3] = float("inf")
+    extreme[-1, -1] = float("-inf")
+    negzero = -torch.zeros(n, d)
+    negzero[:, :: 50] = base[:, :: 50]
+    tailbig = base.clone()
+    tailbig[:, -(d % 8 or 1):] = 1e6                                       # the ragged end is in the top k
+    dup = torch.randn(1, d, generator=g).round(decimals=1).expand(n, d).contiguous()   # ties at the k-th
+    return {"normal": base, "scaled": base * scales, "ties": ints, "sparse": sparse, "extreme": extreme,
+            "negzero": negzero, "tailbig": tailbig, "dup": dup, "zeros": torch.zeros(n, d)}
+
+
+@pytest.mark.parametrize("n,d", [(1, 20000), (3, 16387), (5, 20001), (2, 40960)])
+@pytest.mark.parametrize("density", [None, 0.0001, 0.003, 0.01, 1 / 32])
+def test_topk_fast_path_equals_reference(n, d, density):
+    for seed in range(2):
+        for name, inp in _inputs(n, d, seed).items():
+            k = 1 if density is None else max(1, int(density * d))
+            comp = C.TopK(d, k)
+            p = comp.compress(inp)
+            vals, idx, nbytes = reference_topk_compress(inp, k, d)
+            _same_payload(p, vals, idx, nbytes)
+            out = comp.decompress(p)
+            assert torch.equal(out.view(torch.int32), reference_decompress(vals, idx, d).view(torch.int32)), name
+
+
+@pytest.mark.parametrize("sample,sigmas", [(4096, 4.0), (64, 0.0), (16, -50.0), (10 ** 6, 10.0)])
+def test_topk_fast_path_threshold_settings_never_change_the_result(sample, sigmas):
+    """A threshold placed too high (sigmas < 0: too few blocks reach it, the exact fallback) or
+    too low, from tiny or whole-row samples: the same indices."""
+    d, n = 30011, 4
+    for name, inp in _inputs(n, d, 7).items():
+        for k in (1, 17, 300, d // 32):
+            got = C.topk_abs_indices(inp, k, sample=sample, sigmas=sigmas)
+            ref = torch.topk(inp.abs(), k, dim=1, sorted=False).indices
+            assert torch.equal(got.sort(1).values, ref.sort(1).values), (name, k)
+
+
+def test_topk_fast_path_is_taken_and_small_or_dense_cases_fall_back(monkeypatch):
+    calls = []
+    real = torch.topk
+
+    def spy(t, k, *a, **kw):
+        calls.append(tuple(t.shape))
+        return real(t, k, *a, **kw)
+
+    monkeypatch.setattr(torch, "topk", spy)
+    inp = torch.randn(4, 40000, generator=torch.Generator().manual_seed(1))
+    C.topk_abs_indices(inp, 400)
+    assert (4, 40000) not in calls                     # never torch.topk on the full rows
+    calls.clear()
+    C.topk_abs_indices(inp, 40000 // 16)               # k > d / 32: torch.topk directly
+    assert calls == [(4, 40000)]
+    calls.clear()
+    C.topk_abs_indices(inp[:, :1000], 10)              # d < TOPK_MIN_D: torch.topk directly
+    assert calls == [(4, 1000)]
+
+
+def test_topk_k_equals_d_and_forced_fast_path_on_small_rows(monkeypatch):
+    monkeypatch.setattr(C, "TOPK_MIN_D", 0)
+    monkeypatch.setattr(C, "TOPK_MAX_DENSITY", 1.0)
+    for d in (16, 17, 103, 999):
+        for name, inp in _inputs(3, d, 3).items():
+            for k in sorted({1, 2, d // 8, d // 9 + 1, d // 2, d}):
+                if k < 1:
+                    continue
+                got = C.topk_abs_indices(inp, k)
+                ref = torch.topk(inp.abs(), k, dim=1, sorted=False).indices
+                assert torch.equal(got.sort(1).values, ref.sort(1).values), (d, name, k)
+
+
+def test_layer_topk_fast_path_equals_reference(monkeypatch):
+    sizes = [20000, 512, 17000, 10]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    d = sum(sizes)
+    blocks = tuple(Block(f"l{i}", a, a + s, (s,)) for i, (a, s) in enumerate(zip(starts, sizes)))
+    c = ctx(n=3, d=d, blocks=blocks)
+    for ratio in (0.001, 0.01, 0.03):
+        comp = TopKConfig(ratio=ratio, scope="layer").build(c)
+        for name, inp in _inputs(3, d, 11).items():
+            vals, idx, nbytes = reference_layer_topk_compress(inp, comp.blocks, d)
+            p = comp.compress(inp)
+            _same_payload(p, vals, idx, nbytes)
+            assert torch.equal(comp.decompress(p).view(torch.int32),
+                               reference_decompress(vals, idx, d).view(torch.int32)), name
+        # non-contiguous input rows (a column slice of a wider tensor)
+        wide = torch.randn(3, d + 5, generator=torch.Generator().manual_seed(2))[:, 5:]
+        vals, idx, nbytes = reference_layer_topk_compress(wide, comp.blocks, d)
+        _same_payload(comp.compress(wide), vals, idx, nbytes)
+
+
+def test_topk_fast_path_float64_and_error_feedback():
+    d = 20000
+    inp = torch.randn(2, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref = torch.topk(inp.abs(), 200, dim=1, sorted=False).indices
+    assert torch.equal(C.topk_abs_indices(inp, 200).sort(1).values, ref.sort(1).values)
+    comp = C.TopK(d, 200)
+    ef = ErrorFeedback(comp)
+    g = torch.randn(2, d, generator=torch.Generator().manual_seed(5))
+    e = torch.randn(2, d, generator=torch.Generator().manual_seed(6)) * 0.1
+    _, decoded, e2 = ef.step(g, e)
+    vals, idx, _ = reference_topk_compress(g + e, 200, d)
+    want = reference_decompress(vals, idx, d)
+    assert torch.equal(decoded, want) and torch.equal(e2, (g + e) - want)
+
+
+# --- sign decoders (issue 15): one write, exactly the values of the old decoders ----------------
+
+def reference_block_sign_decompress(comp, p):
+    scales, pos = p.tensors["scales"], p.tensors["positive"]
+    if comp.block_size is not None:
+        mag = torch.repeat_interleave(scales, comp.block_size, dim=1)[:, : comp.d]
+    else:
+        mag = torch.repeat_interleave(scales, comp._sizes(scales.device), dim=1, output_size=comp.d)
+    return torch.where(pos, mag, -mag)
+
+
+def reference_sign_decompress(p):
+    return p.tensors["positive"].to(torch.float32) * 2 - 1
+
+
+@pytest.mark.parametrize("d", [1, 7, 64, 103, 4099])
+def test_sign_decoders_equal_reference_bitwise(d):
+    bounds3 = ((0, d - d // 2), (d - d // 2, d)) if d > 1 else ((0, 1),)
+    comps = [C.BlockSign(d, bounds=((0, d),)), C.BlockSign(d, bounds=bounds3)]
+    comps += [C.BlockSign(d, block_size=b) for b in {1, 3, 8, 64, d} if b <= d]
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        inputs = [torch.randn(3, d, generator=g), torch.zeros(3, d), -torch.zeros(3, d),
+                  torch.randint(-2, 3, (3, d), generator=g).float() * 1e30, torch.randn(1, d, generator=g)]
+        for inp in inputs:
+            for comp in comps:
+                p = comp.compress(inp)
+                got, want = comp.decompress(p), reference_block_sign_decompress(comp, p)
+                assert got.dtype == want.dtype and torch.equal(got.view(torch.int32), want.view(torch.int32))
+            sp = C.Sign(d).compress(inp)
+            got, want = C.Sign(d).decompress(sp), reference_sign_decompress(sp)
+            assert got.dtype == want.dtype and torch.equal(got.view(torch.int32), want.view(torch.int32))
