@@ -482,6 +482,22 @@ def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source,
     return result
 
 
+def version_stop(stop, m: int, every: int, last_m: int, now_s: float, record: Callable[[], dict],
+                 version: int) -> str | None:
+    """The stop rules of an event-driven run after its m-th processed message
+    (sim/eventsim.py, sim/gossip.py ad_psgd): evaluate every ``every`` messages
+    and at the last one (``last_m`` messages, or stop.max_sim_time).  None: go
+    on; "": stop (target reached, or the last message); else why it diverged."""
+    last = m >= last_m or (stop.max_sim_time is not None and now_s >= stop.max_sim_time)
+    if m % every == 0 or last:
+        row = record()
+        if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+            return f"diverged by version {version}: the evaluated loss is not finite"
+        if stop.on_target and row["test_acc"] >= stop.target_accuracy:
+            return ""
+    return "" if last else None
+
+
 def run_until(env: simpy.Environment, until) -> bool:
     """Run the simulation until ``until`` fires; False when no event is left
     before that (nothing can ever be delivered: the run is stalled)."""

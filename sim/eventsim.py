@@ -95,7 +95,7 @@ import torch
 from algorithms.base import Context
 
 from sim.engine import (Counters, RunResult, World, evaluate, failures_of, grads_at, link_rows, run_until,
-                        straggler_times)
+                        straggler_times, version_stop)
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn
 from sim.net.network import Network
@@ -434,16 +434,9 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                     dispatch(job.worker)
                 else:
                     answered.append(job.worker)
-                m = s["messages"]
-                last = m >= last_message or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
-                if m % every == 0 or last:
-                    row = record()
-                    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
-                        return finish(f"diverged by version {s['version']}: the evaluated loss is not finite")
-                    if stop.on_target and row["test_acc"] >= stop.target_accuracy:
-                        return finish()
-                if last:
-                    return finish()
+                verdict = version_stop(stop, s["messages"], every, last_message, env.now, record, s["version"])
+                if verdict is not None:
+                    return finish(verdict)
             for i in answered:
                 dispatch(i)
 

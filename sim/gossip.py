@@ -62,7 +62,7 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import RunResult, World, evaluate, grads_at, link_rows, run_until, straggler_times
+from sim.engine import RunResult, World, evaluate, grads_at, link_rows, run_until, straggler_times, version_stop
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn
 from sim.learn.rng import WorkerStreams
@@ -365,15 +365,9 @@ def run_ad_psgd(world: World, cfg, on_row: Callable[[dict], None] = lambda row: 
             if v % n == 0 and not bool(torch.isfinite(x).all()):
                 record()
                 return finish(f"diverged at version {v}: a parameter is not finite after the update")
-            last = v >= last_version or (stop.max_sim_time is not None and env.now >= stop.max_sim_time)
-            if v % every == 0 or last:
-                out = record()
-                if not (math.isfinite(out["train_loss"]) and math.isfinite(out["test_loss"])):
-                    return finish(f"diverged by version {v}: the evaluated loss is not finite")
-                if stop.on_target and out["test_acc"] >= stop.target_accuracy:
-                    return finish()
-            if last:
-                return finish()
+            verdict = version_stop(stop, v, every, last_version, env.now, record, v)
+            if verdict is not None:
+                return finish(verdict)
             j += 1
 
     record()
