@@ -498,6 +498,17 @@ def version_stop(stop, m: int, every: int, last_m: int, now_s: float, record: Ca
     return "" if last else None
 
 
+def drive(env: simpy.Environment, done: simpy.Event, net: Network, result: RunResult,
+          record: Callable[[], dict], where: Callable[[], str]) -> None:
+    """Run an event-driven simulation until ``done``; when no event is left before that, the
+    run is stalled ("at simulated time T s, <where()>: ...") and a last row recorded.  Then
+    the per-link accounting."""
+    if not run_until(env, done):
+        result.stalled = f"at simulated time {env.now:.6g} s, {where()}: no message can ever be delivered"
+        record()
+    result.links = link_rows(net, result.algorithm, result.seed, env.now)
+
+
 def run_until(env: simpy.Environment, until) -> bool:
     """Run the simulation until ``until`` fires; False when no event is left
     before that (nothing can ever be delivered: the run is stalled)."""

@@ -94,8 +94,8 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import (Counters, RunResult, World, evaluate, failures_of, grads_at, link_rows, run_until,
-                        straggler_times, version_stop)
+from sim.engine import (Counters, RunResult, World, drive, evaluate, failures_of, grads_at, straggler_times,
+                        version_stop)
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn
 from sim.net.network import Network
@@ -447,10 +447,6 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         start[i].succeed((s["theta"], 0, 0.0))
     if slots["open"]:                            # C < n, fewer clients up at time 0 than slots
         env.process(refill(0.0))
-    if not run_until(env, done):
-        result.stalled = (f"at simulated time {env.now:.6g} s, version {s['version']}: no message can ever be "
-                          "delivered")
-        record()
-    result.links = link_rows(net, cfg.label, world.seed, env.now)
+    drive(env, done, net, result, record, lambda: f"version {s['version']}")
     result.mean_batch = lazy.mean_batch
     return result

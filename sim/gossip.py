@@ -62,7 +62,8 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import RunResult, World, evaluate, grads_at, link_rows, run_until, straggler_times, version_stop
+from sim.engine import (RunResult, World, drive, evaluate, grads_at, link_rows, run_until, straggler_times,
+                        version_stop)
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn
 from sim.learn.rng import WorkerStreams
@@ -112,6 +113,18 @@ def stopper(result: RunResult, done: simpy.Event) -> Callable[[str], None]:
     return finish
 
 
+def setup(world: World, cfg, sends=lambda alg: alg.sends):
+    """What both gossip engines start from: the algorithm, the SimPy environment, the network
+    (every graph edge checked for a physical route), the workers' streams and the result."""
+    alg = build(world, cfg)
+    env = simpy.Environment()
+    net = Network(env, world.graph, world.scenario.network.sharing)
+    check_routes(net, sends(alg), cfg.label)
+    result = RunResult(cfg.label, world.seed, model_params=world.model.d)
+    result.spectral_gap = alg.gap
+    return alg, env, net, WorkerStreams(world.seed, world.n, world.device), result
+
+
 def check_routes(net: Network, sends, label: str) -> None:
     for i, out in enumerate(sends):
         for j in out:
@@ -148,16 +161,10 @@ def run_gossip(world: World, cfg, on_row: Callable[[dict], None] = lambda row: N
     """Train one decentralized algorithm in ``world`` until a stop rule fires."""
     if not cfg.timing_independent:                   # ad_psgd
         return run_ad_psgd(world, cfg, on_row=on_row, on_round=on_round, on_update=on_update)
-    scn, n, d, dev = world.scenario, world.n, world.model.d, world.device
-    alg = build(world, cfg)
-    env = simpy.Environment()
-    net = Network(env, world.graph, scn.network.sharing)
-    check_routes(net, alg.sends, cfg.label)
+    scn, n, dev = world.scenario, world.n, world.device
+    alg, env, net, streams, result = setup(world, cfg)
     header, stop = scn.network.header_bytes, scn.stop
-    streams = WorkerStreams(world.seed, n, dev)
     grad_fn = GradFn(world.model, scn.gradients)
-    result = RunResult(cfg.label, world.seed, model_params=d)
-    result.spectral_gap = alg.gap
     receives = [[k for k in range(n) if i in alg.sends[k]] for i in range(n)]
     everyone = torch.arange(n, device=dev)
     m = {"state": alg.init(world.model.init_params(world.seed, dev)), "round": 0}  # state = X^round
@@ -279,19 +286,13 @@ def run_ad_psgd(world: World, cfg, on_row: Callable[[dict], None] = lambda row: 
     start, ``state_out["x"]`` receives the final models."""
     from sim.eventsim import LazyGrads, Job   # noqa: PLC0415 (sim.eventsim imports sim.engine too)
 
-    scn, n, d, dev = world.scenario, world.n, world.model.d, world.device
-    alg = build(world, cfg)
-    env = simpy.Environment()
-    net = Network(env, world.graph, scn.network.sharing)
-    check_routes(net, alg.neighbours, cfg.label)
+    scn, n, dev = world.scenario, world.n, world.device
+    alg, env, net, streams, result = setup(world, cfg, sends=lambda alg: alg.neighbours)
     header, stop = scn.network.header_bytes, scn.stop
-    streams = WorkerStreams(world.seed, n, dev)
     H = alg.steps
     # H = 1: the message is the gradient at the snapshot; H > 1: Delta of H local steps with lr_j
     lazy = LazyGrads(world, GradFn(world.model, scn.gradients), streams, 0 if H == 1 else H,
                      alg.lr if H > 1 else None, eager=eager)
-    result = RunResult(cfg.label, world.seed, model_params=d)
-    result.spectral_gap = alg.gap
     state = alg.init(world.model.init_params(world.seed, dev))
     if x0 is not None:
         state = type(state)(x0.clone())
@@ -373,11 +374,7 @@ def run_ad_psgd(world: World, cfg, on_row: Callable[[dict], None] = lambda row: 
     record()
     for i in range(n):
         env.process(worker(i))
-    if not run_until(env, done):
-        result.stalled = (f"at simulated time {env.now:.6g} s, version {s['version']}: no message can ever be "
-                          "delivered")
-        record()
-    result.links = link_rows(net, cfg.label, world.seed, env.now)
+    drive(env, done, net, result, record, lambda: f"version {s['version']}")
     result.mean_batch = lazy.mean_batch
     if state_out is not None:
         state_out["x"] = x
