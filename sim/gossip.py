@@ -62,8 +62,7 @@ import torch
 
 from algorithms.base import Context
 
-from sim.engine import (RunResult, World, drive, evaluate, grads_at, link_rows, run_until, straggler_times,
-                        version_stop)
+from sim.engine import RunResult, World, drive, evaluate, grads_at, straggler_times, version_stop
 from sim.errors import ConfigError
 from sim.learn.grads import GradFn
 from sim.learn.rng import WorkerStreams
@@ -165,7 +164,10 @@ def run_gossip(world: World, cfg, on_row: Callable[[dict], None] = lambda row: N
     alg, env, net, streams, result = setup(world, cfg)
     header, stop = scn.network.header_bytes, scn.stop
     grad_fn = GradFn(world.model, scn.gradients)
-    receives = [[k for k in range(n) if i in alg.sends[k]] for i in range(n)]
+    receives: list[list[int]] = [[] for _ in range(n)]           # receives[i]: who sends to i, ascending
+    for k, out in enumerate(alg.sends):
+        for j in out:
+            receives[j].append(k)
     everyone = torch.arange(n, device=dev)
     m = {"state": alg.init(world.model.init_params(world.seed, dev)), "round": 0}  # state = X^round
     payload: dict[int, list[int]] = {}            # round -> [n] payload bytes of each worker's message
@@ -267,11 +269,14 @@ def run_gossip(world: World, cfg, on_row: Callable[[dict], None] = lambda row: N
     row(0)
     for i in range(n):
         env.process(worker(i))
-    if not run_until(env, done):
-        result.stalled = (f"at simulated time {env.now:.6g} s: no message can ever be delivered (a link down "
-                          "for good)")
-        row(len(done_by)) if not result.rows or result.rows[-1]["round"] != len(done_by) else None
-    result.links = link_rows(net, cfg.label, world.seed, env.now)
+    def stall_row() -> None:
+        """The last row of a stalled run: the rounds every worker completed, when the state is
+        still theirs (a worker ahead may have moved it on: then the last row written stands)."""
+        r = sum(1 for t in done_by if len(done_by[t]) == n)
+        if m["round"] == r and result.rows[-1]["round"] != r:
+            row(r)
+
+    drive(env, done, net, result, stall_row, lambda: f"round {sum(len(v) == n for v in done_by.values()) + 1}")
     return result
 
 

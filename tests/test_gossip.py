@@ -265,3 +265,17 @@ def test_gossip_runs_write_the_decentralized_columns_and_refuse_replay(tmp_path,
     capsys.readouterr()
     assert run_sim.main(["replay", str(out), "--out", str(tmp_path / "re")]) == 2
     assert "decentralized" in capsys.readouterr().err
+
+
+def test_a_link_down_for_good_stalls_gossip_with_a_row_only_for_a_state_every_worker_holds():
+    """The uplinks go down at 25 ms for good: every worker waits forever for its neighbours; the
+    run is stalled and its rows are of rounds every worker completed, each the same as without
+    the outage (the state a row labels is that round's)."""
+    w = world(["eval_every=1", "network.uplink={bandwidth: 1 Gbps, latency: 5 ms, "
+               "schedule: [{at: 0 s, bandwidth: 1 Gbps}, {at: 25 ms, bandwidth: 0 bps}]}"])
+    res = run_algorithm(w, cfg("dpsgd", lr=0.1))
+    assert res.stalled.startswith("at simulated time") and "no message can ever be delivered" in res.stalled
+    rounds = [r["round"] for r in res.rows]
+    assert rounds == list(range(len(rounds))) and 0 < rounds[-1] < 20
+    ref = run_algorithm(world(["eval_every=1"]), cfg("dpsgd", lr=0.1)).rows   # the same math, no outage
+    assert [r["test_acc"] for r in res.rows] == [r["test_acc"] for r in ref[:len(rounds)]]
