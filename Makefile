@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench papers papers-quick clean
+.PHONY: demo test test-all bench bench-render papers papers-quick clean
 
 # First use: pip shows what it collects and installs (not -q: it takes a couple of
 # minutes, see README for measured times), then one line when it is done.
@@ -38,8 +38,13 @@ papers: $(STAMP)
 papers-quick: $(STAMP)
 	$(BIN)/python run_sim.py papers --quick --workers 2
 
+# Every benchmark, one after the other (about 12 min here; run it on a quiet machine), then
+# docs/performance.md regenerated from bench/results/*.json (bench/run_all.py, bench/render.py).
 bench: $(STAMP)
-	$(BIN)/python bench/bench_gradients.py
+	$(BIN)/python bench/run_all.py
+
+bench-render: $(STAMP)
+	$(BIN)/python bench/render.py
 
 clean:
 	rm -rf results .pytest_cache

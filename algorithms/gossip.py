@@ -3,7 +3,7 @@
 Every worker keeps its own model; the state is batched, X [n, d] (row i is
 worker i's parameters), and one gossip step is one sparse matmul W @ X
 (topologies/gossip.py ``sparse_rows``; W [n, n] has (edges + n) non-zeros;
-held dense when more than 1/8 of them are: faster on CPU, docs/performance.md).
+held dense when more than 1/8 of them are: faster on CPU, docs/performance-history.md).
 Round t of the synchronous forms (sim/gossip.py runs them, with a barrier per
 worker: a worker starts round t + 1 once its own messages of round t are
 delivered and its in-neighbours' have arrived):

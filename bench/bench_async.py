@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+import _report  # bench/_report.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -88,9 +87,6 @@ def main() -> None:
     ratios = {n: next(r for r in rows if r["n"] == n and r["engine"] == "async")["host_ms_per_gradient"] /
               next(r for r in rows if r["n"] == n and r["engine"] == "sync")["host_ms_per_gradient"]
               for n in (32, 100)}
-    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "load_before": load_before, "load_after": os.getloadavg()},
-              "rows": rows, "async_over_sync": ratios}
     print("| n | engine | host ms per gradient | mean batch width | peak RSS (MB) |")
     print("| ---: | --- | ---: | ---: | ---: |")
     for r in rows:
@@ -98,8 +94,23 @@ def main() -> None:
               f"{r['peak_rss_mb']:.0f} |")
     print("\nasync / sync host time per gradient: " + ", ".join(f"n = {n}: {v:.2f}x" for n, v in ratios.items()))
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
-
+        _report.write("async", {"rows": rows, "async_over_sync": ratios}, path=a.json, load_before=load_before,
+                      title="Event-driven engine (issue 13)",
+                      command=f"cd bench && ../.venv/bin/python bench_async.py --rounds {a.rounds} "
+                              f"--repeat {a.repeat} --json results/async.json",
+                      about="Host time per applied gradient of `async_sgd` (sim/eventsim.py) against `sgd` in "
+                            "the synchronous engine, for the same number of gradients (R rounds x n): MNIST-5k, "
+                            "MLP 784-512-10, batch 32, a 1 Gbps / 5 ms star, fixed 10 ms steps with worker "
+                            "speeds spread over [0.5, 1] so that arrivals interleave. Each (engine, n) runs in "
+                            "a fresh process, so its peak RSS is its own; best of the repeats; world building "
+                            "excluded. The mean batch width is how many fixed gradients the lazy evaluation "
+                            "computed per batched call.",
+                      tables=[_report.table("", ["n", "engine", "host ms per gradient", "mean batch width",
+                                                 "peak RSS (MB)"],
+                                            [[r["n"], r["engine"], f"{r['host_ms_per_gradient']:.3f}",
+                                              f"{r['mean_batch']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in rows])],
+                      goals=[_report.goal(f"async / sync host time per gradient, n = {n}", v, "<=", 1.5)
+                             for n, v in ratios.items()])
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+import _report
 from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -117,10 +118,26 @@ def main(argv=None) -> None:
         print(f"| {r['compressor']} | {r['setting']} | {r['compress_ms']:.1f} | {r['ef_step_ms']:.1f} | "
               f"{r['x_floor']:.1f} | {r['bytes_per_worker']:.0f} | {r['ratio_vs_dense']:.1f} |")
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump({"machine": machine, "n": n, "d": d, "repeats": a.repeats, "floor_ms": 1e3 * floor,
-                       "rows": rows}, fh, indent=1, default=str)
-
+        goals = {"topk": 2, "sign": 2, "scaled_sign": 2, "block_sign": 2, "randomk": 3, "qsgd": 3, "mvss": 3}
+        _report.write("compressors", {"n": n, "d": d, "repeats": a.repeats, "floor_ms": 1e3 * floor, "rows": rows},
+                      path=a.json, load_before=load_before, title="Compressors (issues 4 and 15)",
+                      command=f"cd bench && ../.venv/bin/python bench_compressors.py --workers {n} --d {d} "
+                              f"--repeats {a.repeats} --json results/compressors.json",
+                      about=f"Host time of compress + decompress of every registered compressor over an [n, d] "
+                            f"= [{n}, {d:,}] float32 batch of gradients (the MLP 784-512-10 layer layout when "
+                            "d = 407,050, so per-layer compressors see real layers), against the memory floor: "
+                            "one pass over [n, d] (a clone), timed in pairs with it (median of the per-pair "
+                            "ratios). The EF step is error feedback around the compressor (p = g + e, C(p), "
+                            "e <- p - D(C(p))). Bytes per worker are the compressor's own wire formula.",
+                      tables=[_report.table(f"Memory floor (one clone of [n, d]): {1e3 * floor:.2f} ms.",
+                                            ["compressor", "setting", "compress + decompress ms", "EF step ms",
+                                             "x floor", "bytes / worker", "x smaller than dense"],
+                                            [[r["compressor"], json.dumps(r["setting"]) if r["setting"] else "",
+                                              f"{r['compress_ms']:.1f}", f"{r['ef_step_ms']:.1f}",
+                                              f"{r['x_floor']:.1f}", f"{r['bytes_per_worker']:,.0f}",
+                                              f"{r['ratio_vs_dense']:.1f}"] for r in rows])],
+                      goals=[_report.goal(f"{r['compressor']}: compress + decompress / one pass", r["x_floor"],
+                                          "<=", goals[r["compressor"]]) for r in rows if r["compressor"] in goals])
 
 if __name__ == "__main__":
     main()

@@ -55,6 +55,8 @@ if str(ROOT) not in sys.path:
 
 import torch
 
+import _report  # bench/_report.py (scripts run from bench/)
+
 import algorithms  # noqa: F401  (its classes are timed)
 import sim.net.network  # noqa: F401  (its classes are timed)
 from sim import engine
@@ -540,9 +542,53 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(res))
     print(f"\n(benchmark wall time {res['bench_wall_s']:.0f} s)")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        write_report(res, args)
     return 0
+
+
+def write_report(res: dict, args) -> None:
+    """bench/results/gradients.json with its report block (bench/_report.py)."""
+    g = res["gradient_calls"]
+    floor_med = g["calls"]["floor"]["median_ms"]
+    labels = {"vmap": ("GradFn vmap (batched per-worker)", f"[{g['n']}, d]"),
+              "loop": ("GradFn loop (per-worker loop)", f"[{g['n']}, d]"),
+              "floor": (f"floor: one fused fwd/bwd over {g['n'] * g['b']} samples", "[d]"),
+              "vmap_slices": ("for comparison: vmap, theta sliced per layer (before 0887257)", f"[{g['n']}, d]")}
+    tables = [_report.table(
+        f"One gradient call: MLP 784-512-10 (d = {g['d']:,}), n = {g['n']} workers x b = {g['b']} ({g['repeats']} "
+        f"interleaved repeats after {g['warmup']} warm-up); CPUs busy with other processes meanwhile: "
+        f"{_fmt_cpus(g['foreign_cpus'])}.",
+        ["call", "output", "median ms", "min ms", "median / floor", "page faults / call"],
+        [[labels[k][0], labels[k][1], f"{c['median_ms']:.1f}", f"{c['min_ms']:.1f}",
+          f"{c['median_ms'] / floor_med:.1f}x", _fmt_int(c["page_faults_per_call"])]
+         for k, c in ((k, g["calls"][k]) for k in ("vmap", "loop", "floor", "vmap_slices"))])]
+    r = res.get("rounds")
+    if r and r["algorithms"]:
+        tables.append(_report.table(
+            f"Host time of a round: {r['scenario']}, n = {g['n']}, b = {g['b']}, {r['rounds']} rounds, evaluation "
+            "only at the first and last round (excluded).",
+            ["algorithm", "host ms / round", "gradients ms", "encode ms", "server update ms",
+             "network + protocol ms", "other ms", "share outside gradients", "page faults / round",
+             "other processes (CPUs)"],
+            [[f"{a['name']} ({a['kind']})", f"{a['host_ms_per_round']:.1f}",
+              *(f"{a['breakdown_ms_per_round'][k]:.1f}" for k in ("gradients", "encode", "server_update", "network",
+                                                                   "other")),
+              f"{100 * a['share_outside_gradients']:.0f}%", _fmt_int(a["page_faults_per_round"]),
+              _fmt_cpus(a["foreign_cpus"])] for a in r["algorithms"]]))
+    chk = g["check"]
+    cmd = " ".join(["cd bench && ../.venv/bin/python bench_gradients.py", *sys.argv[1:]])
+    _report.write("gradients", res, path=args.json, load_before=tuple(res["load_before"]),
+                  title="Gradients (issue 2)", command=cmd.replace(str(args.json), "results/gradients.json"),
+                  about="One batched per-worker gradient call (torch.func vmap, sim/learn/grads.py GradFn) "
+                        "against a per-worker loop and against the floor, one fused forward/backward over all "
+                        "n b samples (the same FLOPs in one call; no per-worker gradients), then where the host "
+                        "time of a whole round goes for three algorithms of the quickstart scenario. "
+                        + ("Freed memory is reused (glibc mallopt, sim/alloc.py), as run_sim.py sets it. "
+                           if res.get("malloc_reuse") else "Without the allocator setting run_sim.py uses. "),
+                  tables=tables,
+                  notes=[f"Checks: max |vmap - loop| = {chk['max_abs_diff_vmap_loop']:.2e}, max |vmap - vmap_slices| "
+                         f"= {chk['max_abs_diff_vmap_slices']:.2e}, max |mean_i vmap_i - floor| = "
+                         f"{chk['max_abs_diff_mean_vmap_floor']:.2e} (max |floor| = {chk['max_abs_floor']:.2e})."])
 
 
 if __name__ == "__main__":

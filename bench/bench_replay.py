@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _report
 from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,29 +69,58 @@ def overrides(algorithm: str, bw: str, lat: str) -> list[str]:
     return [f"algorithms=[{algs[algorithm]}]", f"network.uplink.bandwidth={bw}", f"network.uplink.latency={lat}"]
 
 
+ALGORITHMS = ["sgd", "topk-ef", "comp-ams"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--algorithm", default="sgd", choices=["sgd", "topk-ef", "comp-ams"])
+    p.add_argument("--algorithm", nargs="+", default=["sgd"], choices=ALGORITHMS)
     p.add_argument("--grid", type=int, default=10, help="values per axis (grid x grid points)")
     p.add_argument("--full-points", type=int, default=0, help="points trained in full (0: all)")
     p.add_argument("--json", help="write the figures here")
     a = p.parse_args(argv)
     reuse_freed_memory()
     torch.set_num_threads(torch.get_num_threads())
-    points = grid(a.grid)
-    k = len(points) if a.full_points <= 0 else min(a.full_points, len(points))
+    load_before = os.getloadavg()
+    rows = [measure(alg, a.grid, a.full_points) for alg in a.algorithm]
+    if a.json:
+        _report.write("replay", {"rows": rows}, path=a.json, load_before=load_before,
+                      title="Trace replay (issues 7 and 15)",
+                      command=f"cd bench && ../.venv/bin/python bench_replay.py --algorithm {' '.join(a.algorithm)} "
+                              f"--grid {a.grid} --full-points {a.full_points} --json results/replay.json",
+                      about=f"Host cost per point of a {a.grid} x {a.grid} sweep of uplink bandwidth (10 Mbps .. 10 "
+                            "Gbps) by uplink latency (0.1 .. 200 ms) on scenarios/quickstart.yaml, one algorithm, "
+                            "seed 0, to the 90% target: trained in full (sim.study.sweep.run_point: load, build "
+                            "the world, train with the network, write the folder; median over the points timed "
+                            "in full) against re-timed from the first point's trace (sim.study.replay.replay_run, "
+                            "every point, median). Every point timed in full is checked byte-identical (metrics.csv) "
+                            "to its replay. The whole-sweep figures count the source point's training once.",
+                      tables=[_report.table("", ["algorithm", "rounds", "full per point s", "replay per point ms",
+                                                 "ratio", "whole sweep s: without -> with replay"],
+                                            [[r["algorithm"], r["rounds_per_run"], f"{r['full_s_median']:.3f}",
+                                              f"{1e3 * r['replay_s_median']:.1f}", f"{r['per_point_ratio']:.0f}x",
+                                              f"{r['sweep_s_without_replay']:.1f} -> {r['sweep_s_with_replay']:.1f}"]
+                                             for r in rows])],
+                      goals=[_report.goal(f"{r['algorithm']}: replay cheaper per point than training",
+                                          r["per_point_ratio"], ">=", 100) for r in rows])
+    return 0
+
+
+def measure(algorithm: str, grid_n: int, full_points: int) -> dict:
+    points = grid(grid_n)
+    k = len(points) if full_points <= 0 else min(full_points, len(points))
     full_idx = sorted({round(i * (len(points) - 1) / max(k - 1, 1)) for i in range(k)})
     tmp = Path(tempfile.mkdtemp(prefix="bench_replay_"))
 
     # the source point (the first of the grid) trains once and records its trace
     t0 = time.perf_counter()
-    res = run_point(str(SCENARIO), overrides(a.algorithm, *points[0]), True, out_dir=str(tmp / "source"))
+    res = run_point(str(SCENARIO), overrides(algorithm, *points[0]), True, out_dir=str(tmp / "source"))
     source_s = time.perf_counter() - t0
     assert res["status"] == "done", res
 
     replay_s = []
     for i, (bw, lat) in enumerate(points):
-        scn = load_scenario(SCENARIO, overrides(a.algorithm, bw, lat))
+        scn = load_scenario(SCENARIO, overrides(algorithm, bw, lat))
         t0 = time.perf_counter()
         replay_run(tmp / "source", scn, tmp / f"replay{i:03d}", plots=False)
         replay_s.append(time.perf_counter() - t0)
@@ -97,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     full_s = []
     for i in full_idx:
         t0 = time.perf_counter()
-        res = run_point(str(SCENARIO), overrides(a.algorithm, *points[i]), True, out_dir=str(tmp / f"full{i:03d}"))
+        res = run_point(str(SCENARIO), overrides(algorithm, *points[i]), True, out_dir=str(tmp / f"full{i:03d}"))
         full_s.append(time.perf_counter() - t0)
         assert res["status"] == "done", res
         assert (tmp / f"full{i:03d}" / "metrics.csv").read_bytes() == \
@@ -112,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "machine": f"{cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
                    f"Python {platform.python_version()}",
-        "algorithm": a.algorithm, "points": n, "rounds_per_run": rounds,
+        "algorithm": algorithm, "points": n, "rounds_per_run": rounds,
         "full_points_timed": len(full_s), "full_s_median": full_med, "full_s_min": min(full_s),
         "full_s_max": max(full_s), "replay_s_median": replay_med, "replay_s_max": max(replay_s),
         "source_s": source_s, "per_point_ratio": full_med / replay_med,
@@ -120,17 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         "sweep_ratio": without / with_replay,
     }
     print(f"machine: {out['machine']}")
-    print(f"{a.algorithm}: {n} points ({a.grid} bandwidths x {a.grid} latencies), {rounds} rounds per run")
+    print(f"{algorithm}: {n} points ({grid_n} bandwidths x {grid_n} latencies), {rounds} rounds per run")
     print(f"  full training per point : median {full_med:.3f} s (min {min(full_s):.3f}, max {max(full_s):.3f}; "
           f"{len(full_s)} points timed)")
     print(f"  replay per point        : median {replay_med * 1e3:.1f} ms (max {max(replay_s) * 1e3:.1f} ms)")
     print(f"  per point               : replay {out['per_point_ratio']:.0f}x cheaper")
     print(f"  whole sweep             : {without:.1f} s without replay (median x {n}) vs "
           f"{with_replay:.1f} s with ({source_s:.2f} s source + replays): {out['sweep_ratio']:.1f}x")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=2))
-    return 0
+    return out
 
 
 if __name__ == "__main__":

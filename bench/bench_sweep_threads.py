@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _machine import cpu_model  # bench/_machine.py (scripts run from bench/)
+import _report  # bench/_report.py (scripts run from bench/)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,9 +66,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     best[sc, workers] = min(best[sc, workers], one(sc, workers, a.rounds, Path(tmp)))
                 print(f"{sc} --workers {workers}: {best[sc, workers]:.1f} s (best so far)", file=sys.stderr)
-    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-                          "load_before": load_before, "load_after": os.getloadavg()},
-              "rounds": a.rounds, "points": 4,
+    result = {"rounds": a.rounds, "points": 4,
               "wall_s": {sc: {str(w): best[sc, w] for w in (1, 2)} for sc in SCENARIOS},
               "speedup_2_over_1": {sc: best[sc, 1] / best[sc, 2] for sc in SCENARIOS}}
     print("| sweep | --workers | torch threads each | wall s (4 points) |")
@@ -79,8 +76,22 @@ def main() -> None:
     for sc, r in result["speedup_2_over_1"].items():
         print(f"{sc}: --workers 2 is {r:.2f}x as fast as --workers 1")
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2))
-
+        _report.write("sweep_threads", result, path=a.json, load_before=load_before,
+                      title="Sweep processes and torch threads (issue 15, goal 5)",
+                      command=f"cd bench && ../.venv/bin/python bench_sweep_threads.py --rounds {a.rounds} "
+                              f"--repeat {a.repeat} --json results/sweep_threads.json",
+                      about="Wall time of a 4-point sweep (4 batch sizes, so every point trains; sgd and top-k "
+                            f"EF for {a.rounds} rounds) with `--workers 1` (one process, every core as torch "
+                            "threads) and `--workers 2` (two processes, cores // 2 threads each, "
+                            "sim/study/backends.py), on `quickstart` (MNIST-5k, MLP 784-512-10, 8 workers: "
+                            "torch-heavy) and `tiny` (digits, MLP 64-32-10, 32 workers: the Python side "
+                            "dominates). Each measurement is a fresh `run_sim.py sweep` process, best of the "
+                            "repeats, the settings interleaved.",
+                      tables=[_report.table("", ["sweep", "--workers", "torch threads each", "wall s (4 points)"],
+                                            [[sc, w, max(1, (os.cpu_count() or 1) // w), f"{v:.1f}"]
+                                             for (sc, w), v in best.items()])],
+                      goals=[_report.goal(f"{sc}: --workers 2 speed-up over --workers 1", r, ">=", 1.0)
+                             for sc, r in result["speedup_2_over_1"].items()])
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ default each one is a fresh mmap, unmapped on free, so every new [n, d]
 tensor is faulted in by the kernel one 4 KiB page at a time.  Serving every
 block from the heap and keeping up to 1 GiB of freed memory there made the
 batched gradient 2.4x faster and a top-k round 1.8x faster on the 2-core
-development machine (docs/performance.md, bench_gradients.py --malloc-reuse),
+development machine (docs/performance-history.md, bench_gradients.py --malloc-reuse),
 with identical results.  Elsewhere (macOS, musl, Windows) this does nothing.
 """
 from __future__ import annotations

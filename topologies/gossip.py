@@ -264,7 +264,7 @@ def sparse_rows(w: np.ndarray, device: torch.device, dense_from: float = 1 / 8) 
     matmul a round.  A CSR sparse matrix, whose cost is (edges + n) d, when at
     most ``dense_from`` of its entries are non-zero; a dense one otherwise.  Why
     the threshold (measured at n = 64, d = 407,050 on the 2-core development
-    machine, bench/bench_gossip.py, docs/performance.md): torch's CSR @ dense
+    machine, bench/bench_gossip.py, docs/performance-history.md): torch's CSR @ dense
     kernel is memory-bound at about 4 passes over X for a ring (27 ms against
     40 ms for the dense GEMM) but slower than the GEMM from about 1/8 non-zeros
     on (the symmetrized exponential graph, 19%: 55 ms against 38 ms; the

@@ -528,7 +528,7 @@ class FlatModel:
         """name -> view of theta.  ``split`` rather than one slice per block: its
         backward is one ``cat`` of the block gradients, where slicing would
         scatter each block into its own zero [d] tensor (per worker, under vmap):
-        about 2x faster gradients for the MLP at n = 32 (docs/performance.md)."""
+        about 2x faster gradients for the MLP at n = 32 (docs/performance-history.md)."""
         parts = theta.split([b.stop - b.start for b in self.blocks])
         return {b.name: p.view(b.shape) for b, p in zip(self.blocks, parts)}
 
