@@ -9,6 +9,7 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
     python run_sim.py papers [--quick] [--workers N] [--out DIR] [--only NAME ...]
+    python run_sim.py schema [scenario|sweep] [--write]   (JSON Schema; --write: scenarios/schema, docs/reference.md)
 
 Reads top to bottom: parse the command, load and validate the scenario, build
 the world (data, shards, model), then for each seed and algorithm co-simulate
@@ -63,6 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pp.add_argument("--out", help="folder (default: results/papers, or results/papers-quick)")
     pp.add_argument("--only", nargs="+", metavar="NAME", help="these reproductions only (see sim/study/papers.py)")
     pp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sc = sub.add_parser("schema", help="print the JSON Schema of scenario (or sweep) files")
+    sc.add_argument("kind", nargs="?", choices=["scenario", "sweep"], default="scenario")
+    sc.add_argument("--write", action="store_true",
+                    help="refresh scenarios/schema/*.schema.json and docs/reference.md instead")
     rp = sub.add_parser("replay", help="re-time a recorded run under another network (no gradients)")
     rp.add_argument("run_dir")
     rp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -187,7 +192,17 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"list": lambda args: cmd_list(), "validate": cmd_validate, "sweep": cmd_sweep,
+def cmd_schema(args) -> int:
+    from sim.study import schema
+    if args.write:
+        for path in schema.write_all():
+            print(path)
+        return 0
+    sys.stdout.write(schema.dumps(schema.schema(args.kind)))
+    return 0
+
+
+COMMANDS = {"schema": cmd_schema, "list": lambda args: cmd_list(), "validate": cmd_validate, "sweep": cmd_sweep,
             "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers}
 
 

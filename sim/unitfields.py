@@ -2,15 +2,21 @@
 
 ``Bandwidth`` parses "1 Gbps" to bit/s (> 0), ``Duration`` parses "5 ms" to
 seconds (>= 0); both write themselves back in units ("1 Gbps", "5 ms") when a
-resolved scenario is dumped.
+resolved scenario is dumped.  Their JSON Schema (``run_sim.py schema``, what
+editors check YAML against) is what the parser accepts: a non-negative
+number in the base unit, or a string "<number> <unit>" whose unit is one of
+sim/units.py's, with the base unit under ``x-unit``.
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, PlainSerializer
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 from sim import units
+
+BASE_UNITS = {"bandwidth": "bit/s", "time": "s"}
 
 
 def _parser(kind: str):
@@ -21,11 +27,24 @@ def _writer(kind: str):
     return lambda v: units.format(v, kind)
 
 
+def _schema(kind: str, positive: bool) -> WithJsonSchema:
+    """A number (base unit) or "<number> <unit>"; no sign in the string form, as
+    every such quantity is >= 0 (the parser's check for > 0 is not expressible
+    in a pattern, so "0 Gbps" passes the schema and is refused at load)."""
+    table = units._TABLES[kind]
+    alternatives = "|".join(re.escape(u) for u in sorted(table, key=len, reverse=True))
+    pattern = rf"^\s*\+?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*({alternatives})?\s*$"
+    number = {"type": "number", "exclusiveMinimum" if positive else "minimum": 0}
+    return WithJsonSchema({"anyOf": [{"type": "string", "pattern": pattern}, number],
+                           "x-unit": BASE_UNITS[kind],
+                           "examples": [x.strip('"') for x in units._EXAMPLES[kind].split(", ")]})
+
+
 Bandwidth = Annotated[float, BeforeValidator(_parser("bandwidth")), Field(gt=0),
-                      PlainSerializer(_writer("bandwidth"), return_type=str)]
+                      PlainSerializer(_writer("bandwidth"), return_type=str), _schema("bandwidth", True)]
 Duration = Annotated[float, BeforeValidator(_parser("time")), Field(ge=0),
-                     PlainSerializer(_writer("time"), return_type=str)]
+                     PlainSerializer(_writer("time"), return_type=str), _schema("time", False)]
 PositiveDuration = Annotated[float, BeforeValidator(_parser("time")), Field(gt=0),
-                             PlainSerializer(_writer("time"), return_type=str)]
+                             PlainSerializer(_writer("time"), return_type=str), _schema("time", True)]
 BandwidthOrZero = Annotated[float, BeforeValidator(_parser("bandwidth")), Field(ge=0),
-                            PlainSerializer(_writer("bandwidth"), return_type=str)]
+                            PlainSerializer(_writer("bandwidth"), return_type=str), _schema("bandwidth", False)]

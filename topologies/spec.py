@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, create_model, model_validator
 
 from sim.study.inputs import SHA256_PATTERN, pin
 from sim.net.schedule import Schedule, read_trace, with_down_intervals
@@ -28,50 +28,59 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _LogNormal(Strict):
+    """exp(N(log median, sigma^2)) per worker."""
+    dist: Literal["lognormal"]
+    sigma: float = Field(gt=0)
+
+    def draw(self, n: int, rng: np.random.Generator) -> list[float]:
+        return [float(v) for v in self.median * np.exp(self.sigma * rng.standard_normal(n))]
+
+
+class _Uniform(Strict):
+    """Uniform on [low, high] per worker."""
+    dist: Literal["uniform"]
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+    def draw(self, n: int, rng: np.random.Generator) -> list[float]:
+        return [float(v) for v in rng.uniform(self.low, self.high, n)]
+
+
+class _Choice(Strict):
+    """One of ``values`` per worker, with probabilities ``p`` (default: equal)."""
+    dist: Literal["choice"]
+    p: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _probs(self):
+        if self.p is not None:
+            if len(self.p) != len(self.values) or any(x < 0 for x in self.p) or \
+                    not math.isclose(sum(self.p), 1.0, rel_tol=1e-9):
+                raise ValueError("p must list one probability >= 0 per value, summing to 1")
+        return self
+
+    def draw(self, n: int, rng: np.random.Generator) -> list[float]:
+        idx = rng.choice(len(self.values), size=n, p=self.p)
+        return [float(self.values[i]) for i in idx]
+
+
 def _dists(Q: Any, label: str):
-    class LogNormal(Strict):
-        """exp(N(log median, sigma^2)) per worker."""
-        dist: Literal["lognormal"]
-        median: Q
-        sigma: float = Field(gt=0)
-
-        def draw(self, n: int, rng: np.random.Generator) -> list[float]:
-            return [float(v) for v in self.median * np.exp(self.sigma * rng.standard_normal(n))]
-
-    class Uniform(Strict):
-        dist: Literal["uniform"]
-        low: Q
-        high: Q
-
-        @model_validator(mode="after")
-        def _order(self):
-            if self.high < self.low:
-                raise ValueError("high must be >= low")
-            return self
-
-        def draw(self, n: int, rng: np.random.Generator) -> list[float]:
-            return [float(v) for v in rng.uniform(self.low, self.high, n)]
-
-    class Choice(Strict):
-        dist: Literal["choice"]
-        values: list[Q] = Field(min_length=1)
-        p: list[float] | None = None
-
-        @model_validator(mode="after")
-        def _probs(self):
-            if self.p is not None:
-                if len(self.p) != len(self.values) or any(x < 0 for x in self.p) or \
-                        not math.isclose(sum(self.p), 1.0, rel_tol=1e-9):
-                    raise ValueError("p must list one probability >= 0 per value, summing to 1")
-            return self
-
-        def draw(self, n: int, rng: np.random.Generator) -> list[float]:
-            idx = rng.choice(len(self.values), size=n, p=self.p)
-            return [float(self.values[i]) for i in idx]
-
-    for cls in (LogNormal, Uniform, Choice):
-        cls.__name__ = f"{cls.__name__}{label}"
-    return Annotated[Union[LogNormal, Uniform, Choice], Field(discriminator="dist")]
+    """The three distributions of a quantity of type ``Q``, as a union on ``dist``.
+    Built with create_model so that each class has its own name (LogNormalBandwidth,
+    ...), which also names its JSON Schema definition (``run_sim.py schema``)."""
+    fields = {"lognormal": {"median": (Q, ...)}, "uniform": {"low": (Q, ...), "high": (Q, ...)},
+              "choice": {"values": (list[Q], Field(min_length=1))}}
+    classes = []
+    for base, kind in ((_LogNormal, "lognormal"), (_Uniform, "uniform"), (_Choice, "choice")):
+        cls = create_model(f"{base.__name__[1:]}{label}", __base__=base, __module__=__name__, **fields[kind])
+        cls.__doc__ = base.__doc__
+        classes.append(cls)
+    return Annotated[Union[tuple(classes)], Field(discriminator="dist")]
 
 
 def _shape(v: Any) -> str:
