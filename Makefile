@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all bench papers papers-quick clean
+.PHONY: demo test test-all bench bench-flower papers papers-quick clean
 
 # First use: pip shows what it collects and installs (not -q: it takes a couple of
 # minutes, see README for measured times), then one line when it is done.
@@ -40,6 +40,26 @@ papers-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_gradients.py
+
+# Flower head to head (issue 15, bench/bench_flower.py -> bench/flower_results.json).  Flower's
+# simulation extra pins its own ray, older than the one the test extra brings into .venv, so the
+# bench runs from a venv of its own, BENCH_VENV, created on first use with $(TORCH_SPEC) and
+# commsim's `bench` extra (flwr[simulation]); `make bench-flower BENCH_VENV=path` reuses another.
+# Options go in BENCH_FLOWER_ARGS, e.g. `make bench-flower BENCH_FLOWER_ARGS=--quick`.
+BENCH_VENV ?= .venv-flower
+BENCH_BIN  := $(BENCH_VENV)/bin
+BENCH_FLOWER_ARGS ?=
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	@echo "commsim: creating $(BENCH_VENV) for bench/bench_flower.py (first use only)"
+	$(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_BIN)/python -c "import torch" 2>/dev/null && echo "commsim: torch is already installed in $(BENCH_VENV), kept" || \
+		$(BENCH_BIN)/pip install --progress-bar on "$(TORCH_SPEC)"
+	$(BENCH_BIN)/pip install --progress-bar on -e ".[bench]"
+	touch $(BENCH_VENV)/.installed
+
+bench-flower: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python bench/bench_flower.py $(BENCH_FLOWER_ARGS)
 
 clean:
 	rm -rf results .pytest_cache
