@@ -42,8 +42,12 @@ Repetitions are interleaved (flower, commsim, plain, plain_vmap, flower,
 ...) so that load drifts hit every way alike; the median over all timed
 rounds of all repetitions is reported, with the load average before and
 after.  Check: after one round the commsim, plain-loop, plain_vmap and
-Flower parameters agree (max |difference| reported; commsim against the
-plain loop must be below 1e-5).
+Flower parameters agree (max |difference| reported, a few 1e-9 here;
+commsim against the plain loop must be below 1e-6 or the bench stops).
+After R rounds commsim and the plain loop may differ by ~1e-5: their float32
+sums differ in the last bit, and once that moves one ReLU input across zero
+for one sample the 784 input weights of that hidden unit differ (commsim and
+plain_vmap, which sum in the same order, stay at ~1e-8).
 
     python bench/bench_flower.py [--quick] [--sizes 10 32 100 1000]
         [--rounds 20] [--flower-rounds 6] [--rounds-1000 3] [--repeats 3]
@@ -61,6 +65,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -94,7 +99,8 @@ SEED = 0
 SIZES = (10, 32, 100, 1000)
 QUICK_SIZES = (10, 32)
 WAYS = ("flower", "commsim", "plain", "plain_vmap")
-AGREE_TOL = 1e-5           # commsim vs plain loop after one round (float32 sums in another order)
+AGREE_TOL = 1e-6           # commsim vs plain loop after one round (float32 sums in another order)
+FLOWER_TOL = 1e-5          # commsim vs Flower after one round (reported in "errors" when above)
 # Flower's telemetry and Ray's usage statistics would try the network: off.  Ray binds its
 # services to the machine's network address on Linux unless told it is not a cluster (the
 # variable's name says Windows/OSX, but ray_constants reads it on every platform): loopback only.
@@ -333,6 +339,9 @@ def bench(sizes: list[int], rounds: int, flower_rounds: int, rounds_1000: int, r
         fr = min(flower_rounds, r) if n < 1000 else min(flower_rounds, rounds_1000)
         setup = make_setup(n, r, device)
         check = round1_check(setup)
+        if check["max_abs_diff_commsim_plain"] > AGREE_TOL:
+            raise SystemExit(f"N={n}: commsim and the plain loop disagree after one round by "
+                             f"{check['max_abs_diff_commsim_plain']:.3g} (> {AGREE_TOL:g}): not the same math")
         ref = tmp / f"theta1_n{n}.npy"
         np.save(ref, check["commsim"].cpu().numpy())
         samples: dict[str, list[float]] = {w: [] for w in ways}
@@ -356,7 +365,7 @@ def bench(sizes: list[int], rounds: int, flower_rounds: int, rounds_1000: int, r
                 secs, theta = fn(setup, r)
                 samples[way] += secs
                 finals[way] = theta
-            log(f"N={n} repetition {rep + 1}/{repeats}: " + ", ".join(
+            log(f"N={n} repetition {rep + 1}/{repeats}, median per round so far: " + ", ".join(
                 f"{w} {1e3 * statistics.median(s):.1f} ms" for w, s in samples.items() if s))
         stats = {w: median_row(s) for w, s in samples.items() if s}
         med = {w: v["median_s"] for w, v in stats.items()}
@@ -370,17 +379,18 @@ def bench(sizes: list[int], rounds: int, flower_rounds: int, rounds_1000: int, r
                  "round1_max_abs_step": check["max_abs_step"],
                  f"round{r}_max_abs_diff_commsim_plain": float((finals["commsim"] - finals["plain"]).abs().max())}
         if flower_rows:
-            agree["round1_max_abs_diff_commsim_flower"] = max(
+            agree["round1_max_abs_diff_commsim_flower"] = diff = max(
                 row["round1_max_abs_diff_vs_commsim"] for row in flower_rows)
-        if check["max_abs_diff_commsim_plain"] > AGREE_TOL:
-            raise SystemExit(f"N={n}: commsim and the plain loop disagree after one round by "
-                             f"{check['max_abs_diff_commsim_plain']:.3g} (> {AGREE_TOL:g}): not the same math")
+            if diff > FLOWER_TOL:    # FedAvg sums N float32 products theta_i / N: a little looser
+                errors["flower_agreement"] = (f"Flower's parameters after round 1 differ from commsim's by "
+                                              f"{diff:.3g} (> {FLOWER_TOL:g}): not the same round")
         out["sizes"].append({"n": n, "d": setup.d, "train_samples": setup.world.data.num_train,
                              "dataset": setup.world.data.name, "rounds": r,
                              "flower_rounds": fr if "flower" in ways else None,
                              "per_round": stats, "ratios": ratios, "agreement": agree,
                              "flower_actors": flower_rows[0]["actors"] if flower_rows else None,
                              "errors": errors})
+    shutil.rmtree(tmp, ignore_errors=True)
     out["goals"] = goals(out["sizes"])
     out["machine"] = {**machine(torch.device(device)), "load_before": load_before,
                       "load_after": list(os.getloadavg())}
