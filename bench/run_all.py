@@ -9,7 +9,8 @@ document always describes what was measured, with the machine and the load.
 Run it on a quiet machine: the load average before and after each benchmark is
 recorded in its section, and a warning is printed when the 1-minute load is
 above 0.5 at the start of one (another job shares the cores).  Benchmarks whose
-optional dependency is missing (``flower``: flwr) say so and are skipped; the
+optional dependency is missing (``flower``: flwr, in the venv ``make bench-flower``
+creates, as flwr pins its own ray) say so and are skipped; the
 previous result file, if any, is kept and still rendered with its own date.
 """
 from __future__ import annotations
@@ -35,6 +36,9 @@ BENCHES: dict[str, tuple[list[str], str | None]] = {
     "gossip": (["bench_gossip.py"], None),
     "startup": (["bench_startup.py"], None),
     "sweep_threads": (["bench_sweep_threads.py"], None),
+    # flwr pins its own ray: it runs from a venv of its own (make bench-flower), see --flower-python
+    "flower": (["bench_flower.py", "--sizes", "10", "32", "100", "1000", "--rounds", "20", "--flower-rounds", "6",
+                "--rounds-1000", "3", "--repeats", "3"], "flwr"),
 }
 
 
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="+", choices=sorted(BENCHES), metavar="NAME")
     p.add_argument("--list", action="store_true", help="print the benchmarks and their commands")
+    p.add_argument("--flower-python", default=str(HERE.parent / ".venv-flower" / "bin" / "python"),
+                   help="the interpreter of the venv with flwr (make bench-flower creates .venv-flower)")
+    p.add_argument("--quick", action="store_true", help="pass --quick to the benchmarks that have it (flower)")
     a = p.parse_args(argv)
     names = a.only or list(BENCHES)
     if a.list:
@@ -51,8 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in names:
         args, needs = BENCHES[name]
-        if needs and importlib.util.find_spec(needs) is None:
-            print(f"bench {name}: skipped, `{needs}` is not installed (pip install '.[bench]')", file=sys.stderr)
+        python = sys.executable
+        if name == "flower":
+            python = a.flower_python
+            if not Path(python).exists() or subprocess.run([python, "-c", "import flwr"],
+                                                          capture_output=True).returncode:
+                print(f"bench flower: skipped, no flwr at {python} (make bench-flower creates its venv)",
+                      file=sys.stderr)
+                continue
+            if a.quick:
+                args = ["bench_flower.py", "--quick"]
+        elif needs and importlib.util.find_spec(needs) is None:
+            print(f"bench {name}: skipped, `{needs}` is not installed", file=sys.stderr)
             continue
         load = os.getloadavg()[0]
         if load > 0.5:
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(the section will say so)", file=sys.stderr)
         t0 = time.perf_counter()
         print(f"bench {name}: {' '.join(args)}", file=sys.stderr, flush=True)
-        rc = subprocess.run([sys.executable, *args, "--json", str(HERE / "results" / f"{name}.json")],
+        rc = subprocess.run([python, *args, "--json", str(HERE / "results" / f"{name}.json")],
                             cwd=HERE).returncode
         print(f"bench {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         if rc:
