@@ -44,7 +44,17 @@ TEXT_LABEL = "<yaml string>"
 
 
 def _is_yaml_text(text: str) -> bool:
-    return "\n" in text or ": " in text or text.lstrip().startswith("{")
+    """A line break, or (when no such file exists) ``": "`` or a leading ``{``."""
+    if "\n" in text:
+        return True
+    return (": " in text or text.lstrip().startswith("{")) and not _exists(text)
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except (OSError, ValueError):        # too long for a file name, a NUL byte
+        return False
 
 
 def _source(given: Any, kind: str) -> tuple[Any, str, Path | None]:
@@ -57,7 +67,7 @@ def _source(given: Any, kind: str) -> tuple[Any, str, Path | None]:
     if isinstance(given, Path):
         return None, str(given), None
     if isinstance(given, str):
-        if not Path(given).exists() and _is_yaml_text(given):
+        if _is_yaml_text(given):
             return yamlfile.loads(given, TEXT_LABEL), TEXT_LABEL, Path.cwd()
         return None, resolve(given, kind), None
     raise ScenarioError(f"a {kind} must be given as a path, a shipped name, YAML text or a dict, "
@@ -128,7 +138,7 @@ def sweep(sweep: Any, overrides: Mapping[str, Any] | Sequence[str] | None = None
     data, file, folder = _source(sweep, "sweep")
     fixed = dict(overrides) if isinstance(overrides, Mapping) else dict(
         parse_overrides(_override_items(overrides, file), file))
-    changes = {"set": fixed, "axes": dict(axes)} if fixed or axes else None
+    changes = {"set": fixed, "axes": dict(axes or {})} if fixed or axes else None
     with tempfile.TemporaryDirectory(prefix="commsim-sweep-") as tmp:
         where = Path(out) if out is not None else Path(tmp) / "sweep"
         status = run_sweep(file, str(where), backend=backend, workers=workers, quiet=quiet, address=address,

@@ -84,8 +84,11 @@ def short_names(kind: Kind) -> list[str]:
 def resolve(arg: str | Path, kind: Kind) -> str:
     """The path to read for a command-line argument (see the module docstring)."""
     text = str(arg)
-    if Path(text).exists():
-        return text
+    try:
+        if Path(text).exists():
+            return text
+    except (OSError, ValueError):    # too long for a file name, a NUL byte: not a path here
+        pass
     cat = catalogue()
     if text in cat[kind]:
         return str(cat[kind][text])
