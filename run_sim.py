@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     val = sub.add_parser("validate", help="check a scenario without running it")
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ls = sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies")
+    ls = sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies "
+                                     "(or, with `scenarios`, the names of the shipped scenarios and sweeps)")
     ls.add_argument("what", nargs="?", choices=["registries", "scenarios"], default="registries",
                     help="scenarios: the shipped scenarios and sweeps, by the names run and sweep accept")
     sw = sub.add_parser("sweep", help="run a scenario over a grid (or zip) of field values")
