@@ -4,7 +4,7 @@ accuracy first, in simulated wall-clock time, on this network?
 
     python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...]
     python run_sim.py validate SCENARIO.yaml [--set ...]
-    python run_sim.py list
+    python run_sim.py list [scenarios]
     python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
@@ -15,6 +15,11 @@ Reads top to bottom: parse the command, load and validate the scenario, build
 the world (data, shards, model), then for each seed and algorithm co-simulate
 training and write tidy results and plots.  Bad input: one message naming the
 file, the field and what is allowed; exit code 2; nothing written.
+
+Installed (``pip install .``), the same commands are ``commsim run ...``.  A
+SCENARIO or SWEEP that is not an existing path may name a shipped one
+(``commsim run quickstart``; sim/study/shipped.py).  The Python API,
+sim/api.py, runs the same core (sim/study/runner.py ``run_scenario``).
 """
 from __future__ import annotations
 
@@ -25,13 +30,12 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
-RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv",
-                "updates.csv")
 EXIT_INTERRUPTED = 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="run_sim.py", description=__doc__.split("\n\n")[0])
+    prog = "commsim" if Path(sys.argv[0]).name == "commsim" else "run_sim.py"   # the console script's name
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every algorithm of a scenario")
     run.add_argument("scenario")
@@ -43,7 +47,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     val = sub.add_parser("validate", help="check a scenario without running it")
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies")
+    ls = sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies "
+                                     "(or, with `scenarios`, the names of the shipped scenarios and sweeps)")
+    ls.add_argument("what", nargs="?", choices=["registries", "scenarios"], default="registries",
+                    help="scenarios: the shipped scenarios and sweeps, by the names run and sweep accept")
     sw = sub.add_parser("sweep", help="run a scenario over a grid (or zip) of field values")
     sw.add_argument("sweep")
     sw.add_argument("--out", help="sweep folder (default: results/<sweep name>/)")
@@ -83,17 +90,13 @@ def default_out(parent: Path) -> Path:
     return parent / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def check_out(out: Path, overwrite: bool, file: str) -> None:
-    """Bad --out values, refused before anything is written: a file, a path
-    below a file, or a folder holding results (without --overwrite)."""
-    from sim.errors import ConfigError, refuse_file_out
-    refuse_file_out(out, file)
-    if not overwrite and out.is_dir() and any((out / f).exists() for f in RESULT_FILES):
-        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
-                          field="--out", file=file)
-
-
-def cmd_list() -> int:
+def cmd_list(args) -> int:
+    if args.what == "scenarios":
+        from sim.study import shipped
+        print(f"scenarios (run, validate): {', '.join(shipped.short_names('scenario'))}")
+        print(f"sweeps (sweep): {', '.join(shipped.short_names('sweep'))}")
+        print(f"folder: {shipped.folder()}")
+        return 0
     import algorithms
     from sim.learn.compute import COMPUTE_MODELS
     from sim.learn.data import DATASETS, PARTITIONS
@@ -108,18 +111,17 @@ def cmd_list() -> int:
 
 def cmd_validate(args) -> int:
     from sim.study.config import load_scenario
-    from sim.engine import build_world
-    from sim.errors import ConfigError, DataError
-    scn = load_scenario(args.scenario, args.set)
+    from sim.study.runner import build_worlds
+    from sim.study.shipped import resolve
+    from sim.errors import DataError
+    path = resolve(args.scenario, "scenario")      # a path, or the name of a shipped scenario
+    scn = load_scenario(path, args.set)
     try:  # checks that need the data (batch larger than a shard, unreachable nodes)
-        for seed in scn.run_seeds:
-            build_world(scn, seed)
+        build_worlds(scn, path)
     except DataError as exc:  # a local data set that is not on this machine: the file itself is fine
-        print(f"note: {exc.with_file(args.scenario)}\n  the scenario is valid; checks against the data "
+        print(f"note: {exc.with_file(path)}\n  the scenario is valid; checks against the data "
               "were skipped", file=sys.stderr)
-    except ConfigError as exc:
-        raise exc.with_file(args.scenario)
-    print(f"{args.scenario}: ok ({len(scn.algorithms)} algorithms, {scn.workers} workers, "
+    print(f"{path}: ok ({len(scn.algorithms)} algorithms, {scn.workers} workers, "
           f"seeds {scn.run_seeds})")
     return 0
 
@@ -127,32 +129,27 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from analysis.tables import time_to_target_table
     from sim.study.config import load_scenario
-    from sim.engine import build_world
-    from sim.errors import ConfigError
-    from sim.study.runner import execute
+    from sim.study.runner import run_scenario
+    from sim.study.shipped import resolve
 
     # 1. Scenario: read, override, validate (nothing is written before this passes).
-    scn = load_scenario(args.scenario, args.set)
+    path = resolve(args.scenario, "scenario")      # a path, or the name of a shipped scenario
+    scn = load_scenario(path, args.set)
     out = Path(args.out) if args.out else default_out(Path("results") / scn.name)
-    check_out(out, args.overwrite, args.scenario)
 
-    # 2. Worlds (data on the device, shards, model) per seed: checks that need the data.
-    try:
-        worlds = {seed: build_world(scn, seed) for seed in scn.run_seeds}
-    except ConfigError as exc:
-        raise exc.with_file(args.scenario)
-
-    # 3-5. Results folder, training, plots (sim/study/runner.py; sweeps use the same).
-    status, summaries = execute(scn, worlds, out, quiet=args.quiet)
+    # 2-5. --out checked, worlds (data, shards, model) per seed, results folder, training,
+    #      plots: sim/study/runner.py, the core that sweeps and the Python API (sim/api.py) share.
+    status, summaries = run_scenario(scn, path, out, overwrite=args.overwrite, quiet=args.quiet)
     if summaries:
         print(time_to_target_table(summaries))
     return status
 
 
 def cmd_sweep(args) -> int:
+    from sim.study.shipped import resolve
     from sim.study.sweep import run_sweep
-    return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet,
-                     address=args.address)
+    return run_sweep(resolve(args.sweep, "sweep"), args.out, backend=args.backend, workers=args.workers,
+                     quiet=args.quiet, address=args.address)
 
 
 def cmd_papers(args) -> int:
@@ -165,6 +162,7 @@ def cmd_replay(args) -> int:
     from sim.study.config import load_scenario
     from sim.errors import ConfigError
     from sim.study.replay import replay_run
+    from sim.study.runner import check_out
     from sim.study.trace import ReplayUnavailable
 
     run_dir = Path(args.run_dir)
@@ -202,7 +200,7 @@ def cmd_schema(args) -> int:
     return 0
 
 
-COMMANDS = {"schema": cmd_schema, "list": lambda args: cmd_list(), "validate": cmd_validate, "sweep": cmd_sweep,
+COMMANDS = {"schema": cmd_schema, "list": cmd_list, "validate": cmd_validate, "sweep": cmd_sweep,
             "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers}
 
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 
-class ConfigError(Exception):
+class ScenarioError(Exception):
     """Bad user input: names the file, the field path and what is allowed.
 
     ``field`` is a dotted path into the scenario (``network.uplink.bandwidth``,
     ``algorithms.1.kind``) or ``None`` when the whole file is at fault.
+    ``str(exc)`` is the message the CLI prints after ``error: `` (and exits 2);
+    the Python API (sim/api.py) raises the same exception, so both say the same.
     """
 
     def __init__(self, message: str, *, field: str | None = None, file: str | None = None) -> None:
@@ -15,7 +17,7 @@ class ConfigError(Exception):
         self.field = field
         self.file = file
 
-    def with_file(self, file: str) -> "ConfigError":
+    def with_file(self, file: str) -> "ScenarioError":
         if self.file is None:
             self.file = file
         return self
@@ -25,6 +27,11 @@ class ConfigError(Exception):
         if self.field:
             where += f": {self.field}"
         return f"{where}: {self.message}"
+
+
+# The name used throughout commsim's own code: one class, so everything raised as a
+# ConfigError is caught as the public ScenarioError.
+ConfigError = ScenarioError
 
 
 class DataError(ConfigError):

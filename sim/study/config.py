@@ -358,9 +358,14 @@ def read_yaml(path: str | Path) -> Any:
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file."""
-    file = str(path)
     p = Path(path)
-    data = read_yaml(p)
+    return scenario_from_data(read_yaml(p), str(path), p.resolve().parent, overrides)
+
+
+def scenario_from_data(data: Any, file: str, base: Path, overrides: list[str] | None = None) -> Scenario:
+    """Override and validate scenario data read from ``file`` (a path, or a label such as
+    ``<dict>`` for data given in Python); trace and GraphML paths are relative to ``base``.
+    ``data`` is changed in place by the overrides."""
     if data is None:
         data = {}
     for key, value in parse_overrides(overrides, file):
@@ -371,7 +376,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         file = f"{file} (with --set {' '.join(overrides)})"
     scn = validate(data, file)
     try:
-        load_network_files(scn, p.resolve().parent)
+        load_network_files(scn, base)
     except ConfigError as exc:
         raise exc.with_file(file)
     return scn

@@ -33,8 +33,7 @@ from typing import Callable
 
 from sim.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[2]
-REPRODUCE = ROOT / "scenarios" / "papers" / "reproduce"
+REPRODUCE = Path("papers") / "reproduce"       # below the shipped scenarios (sim/study/shipped.py)
 EXIT_INTERRUPTED = 130
 
 
@@ -49,7 +48,8 @@ class Reproduction:
 
     @property
     def path(self) -> Path:
-        return REPRODUCE / self.sweep
+        from sim.study.shipped import folder
+        return folder() / REPRODUCE / self.sweep
 
 
 def _reproductions() -> list[Reproduction]:

@@ -98,6 +98,28 @@ class LineFile:
             self._fd = -1
 
 
+class MemoryLines:
+    """A :class:`LineFile` that keeps its lines in memory (a run of the Python API
+    without ``out``: nothing is written); ``keep=False`` drops them (the trace)."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self._parts: list[str] = []
+        self._keep = keep
+
+    def write(self, text: str) -> None:
+        if self._keep:
+            self._parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def getvalue(self) -> str:
+        return "".join(self._parts)
+
+
 def csv_line(values: list) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow([_fmt(v) for v in values])
@@ -107,10 +129,10 @@ def csv_line(values: list) -> str:
 class CsvAppender:
     """Append rows with fixed columns to a CSV file, each row written (whole) at once."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | None, columns: list[str], fh: LineFile | MemoryLines | None = None) -> None:
+        self.path = None if path is None else Path(path)
         self.columns = columns
-        self._fh = LineFile(self.path)
+        self._fh = fh if fh is not None else LineFile(self.path)
         self._line = io.StringIO()              # one row formatted here, then written whole
         self._w = csv.writer(self._line, lineterminator="\n")
         self._put(columns)
@@ -127,6 +149,10 @@ class CsvAppender:
 
     def close(self) -> None:
         self._fh.close()
+
+    def text(self) -> str:
+        """What was written, for an appender kept in memory (:class:`MemoryLines`)."""
+        return self._fh.getvalue()
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:

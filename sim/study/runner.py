@@ -1,7 +1,9 @@
 """Run every algorithm of a scenario under every seed and write the results
-folder (shared by ``run`` and ``sweep``).
+folder (shared by ``run``, ``sweep`` and the Python API, sim/api.py).
 
 Rows are appended as they are produced; an interrupted run keeps them.
+Without a folder (the API's ``run(..., out=None)``) the same rows are kept in
+memory, formatted exactly as the files would be, and nothing is written.
 """
 from __future__ import annotations
 
@@ -12,17 +14,49 @@ import torch
 import yaml
 
 from sim.study.config import Scenario
-from sim.engine import World, run_algorithm, summarize
+from sim.engine import World, build_world, run_algorithm, summarize
 from sim.study.progress import Progress
-from sim.errors import OutputError
-from sim.study.results import RESULT_COLUMNS, CsvAppender, LineFile, write_text
+from sim.errors import ConfigError, OutputError, refuse_file_out
+from sim.study.results import RESULT_COLUMNS, CsvAppender, LineFile, MemoryLines, write_text
 from sim.study.trace import TRACE_FILE, EventRecorder, Recorder
 
 EXIT_INTERRUPTED = 130
+RESULT_FILES = ("scenario.yaml", *(f"{name}.csv" for name in RESULT_COLUMNS))
 
 
-def result_files(out: Path) -> dict[str, CsvAppender]:
-    """metrics, summary, phases, links and diagnostics.csv, opened with their columns."""
+def check_out(out: Path, overwrite: bool, file: str) -> None:
+    """Bad --out values, refused before anything is written: a file, a path
+    below a file, or a folder holding results (without --overwrite)."""
+    refuse_file_out(out, file)
+    if not overwrite and out.is_dir() and any((out / f).exists() for f in RESULT_FILES):
+        raise ConfigError(f"--out {out} already holds results; pass --overwrite or choose another --out",
+                          field="--out", file=file)
+
+
+def build_worlds(scn: Scenario, file: str) -> dict[int, World]:
+    """The world (data on the device, shards, model) of every seed: the checks that need the data."""
+    try:
+        return {seed: build_world(scn, seed) for seed in scn.run_seeds}
+    except ConfigError as exc:
+        raise exc.with_file(file)
+
+
+def run_scenario(scn: Scenario, file: str, out: Path | None, overwrite: bool = False, quiet: bool = False,
+                 tables: dict[str, str] | None = None) -> tuple[int, list[dict]]:
+    """``run`` once the scenario is loaded, the same for the CLI and the Python API: refuse a bad
+    ``out`` (nothing written), build the worlds, then :func:`execute`.  ``file`` names the
+    scenario in messages."""
+    if out is not None:
+        check_out(Path(out), overwrite, file)
+    worlds = build_worlds(scn, file)
+    return execute(scn, worlds, out, quiet=quiet, tables=tables)
+
+
+def result_files(out: Path | None) -> dict[str, CsvAppender]:
+    """metrics, summary, phases, links, diagnostics and updates.csv, opened with their columns
+    (kept in memory when ``out`` is None)."""
+    if out is None:
+        return {name: CsvAppender(None, cols, MemoryLines()) for name, cols in RESULT_COLUMNS.items()}
     return {name: CsvAppender(out / f"{name}.csv", cols) for name, cols in RESULT_COLUMNS.items()}
 
 
@@ -59,24 +93,29 @@ def tee(*sinks):
     return each
 
 
-def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = False,
-            plots: bool = True) -> tuple[int, list[dict]]:
-    """Train, write scenario.yaml, metrics/summary/phases/links/diagnostics.csv, the trace
-    (trace.jsonl, for replay) and the plots.  Returns (exit status, summary rows)."""
+def execute(scn: Scenario, worlds: dict[int, World], out: Path | None, quiet: bool = False,
+            plots: bool = True, tables: dict[str, str] | None = None) -> tuple[int, list[dict]]:
+    """Train, write scenario.yaml, metrics/summary/phases/links/diagnostics/updates.csv, the trace
+    (trace.jsonl, for replay) and the plots.  Returns (exit status, summary rows).
+
+    ``out=None``: nothing is written (no trace, no plots); the text each CSV file would hold
+    goes into ``tables`` (name -> text), when given."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    out = Path(out)
-    make_out_dir(out)
-    write_scenario(out, scn)
     any_world = next(iter(worlds.values()))
-    write_text(out / HOST_FILE, yaml.safe_dump(host_facts(any_world.device), sort_keys=False))
+    if out is not None:
+        out = Path(out)
+        make_out_dir(out)
+        write_scenario(out, scn)
+        write_text(out / HOST_FILE, yaml.safe_dump(host_facts(any_world.device), sort_keys=False))
     files = result_files(out)
-    trace = LineFile(out / TRACE_FILE)
+    trace = LineFile(out / TRACE_FILE) if out is not None else MemoryLines(keep=False)
     summaries: list[dict] = []
     status = 0
     if not quiet:
         print(f"commsim: {scn.name}: {len(scn.algorithms)} algorithms x {len(worlds)} seeds, "
               f"{scn.workers} workers, d = {any_world.model.d:,} parameters, device {any_world.device} "
-              f"({torch.get_num_threads()} torch threads); results in {out}", file=sys.stderr)
+              f"({torch.get_num_threads()} torch threads); results {f'in {out}' if out else 'kept in memory'}",
+              file=sys.stderr)
     try:
         for seed, world in worlds.items():
             for cfg in scn.algorithms:
@@ -108,6 +147,10 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
         for f in files.values():
             f.close()
         trace.close()
+    if out is None:
+        if tables is not None:
+            tables.update({name: f.text() for name, f in files.items()})
+        return status, summaries
     if summaries and plots:
         from analysis.plots import plot_run   # matplotlib and seaborn: only when plotting
 

@@ -171,13 +171,16 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
 
 
-def load_sweep(path: str | Path, changes: dict | None = None) -> tuple[SweepSpec, Path, list[dict[str, Any]]]:
+def load_sweep(path: str | Path, changes: dict | None = None, data: Any = None,
+               folder: Path | None = None) -> tuple[SweepSpec, Path, list[dict[str, Any]]]:
     """The sweep spec, the base scenario path, and the points (axis -> value).
 
     ``changes`` ({"axes": {...}, "set": {...}}, from code such as
     ``run_sim.py papers --quick``) replaces those axes and adds those
     overrides before the file is validated, so the spec written to the sweep
-    folder is the one that ran.
+    folder is the one that ran.  ``data`` (the Python API: a sweep given as a
+    dict or YAML text) is used instead of reading ``path``, which then only
+    labels messages; ``base`` is relative to ``folder`` (default: the file's).
 
     Raises ConfigError for bad input: a malformed file, an axis or ``set:``
     key that names no field of the scenario, more than MAX_POINTS points."""
@@ -185,7 +188,8 @@ def load_sweep(path: str | Path, changes: dict | None = None) -> tuple[SweepSpec
     from sim.study.fields import check_key
     file = str(path)
     p = Path(path)
-    data = read_yaml(p)
+    if data is None:
+        data = read_yaml(p)
     if not isinstance(data, dict):
         raise ConfigError("the sweep file must be a YAML mapping; allowed keys: "
                           f"{', '.join(SweepSpec.model_fields)}", file=file)
@@ -196,7 +200,7 @@ def load_sweep(path: str | Path, changes: dict | None = None) -> tuple[SweepSpec
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise problems_error([_spec_problem(err) for err in exc.errors()], file) from None
-    base = (p.parent / spec.base).resolve()
+    base = ((p.parent if folder is None else Path(folder)) / spec.base).resolve()
     if not base.is_file():
         raise ConfigError(f"base scenario {str(base)!r} not found; allowed: a scenario file, relative to "
                           "the sweep file", field="base", file=file)
@@ -526,27 +530,28 @@ class _Sweep:
 
 
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
-              address: str | None = None, changes: dict | None = None) -> int:
+              address: str | None = None, changes: dict | None = None, data: Any = None,
+              folder: Path | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
     where only the network does (sim/study/replay.py), on the chosen backend.
-    ``changes``: see :func:`load_sweep`.  Returns the exit code (see the
-    module docstring)."""
+    ``changes``, ``data``, ``folder``: see :func:`load_sweep`.  Returns the exit
+    code (see the module docstring)."""
     with sigterm_interrupts():
         try:
-            return _run_sweep(path, out, backend, workers, quiet, address, changes)
+            return _run_sweep(path, out, backend, workers, quiet, address, changes, data, folder)
         except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
             print("\nsweep interrupted before it started", file=sys.stderr)
             return EXIT_INTERRUPTED
 
 
 def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
-               changes: dict | None = None) -> int:
+               changes: dict | None = None, data: Any = None, folder: Path | None = None) -> int:
     from sim.study.backends import BACKENDS, RAY_MISSING, run_jobs
     from sim.study.config import load_scenario, read_yaml
     from sim.study.replay import refusal
 
     # 1. Check everything; nothing is written before this passes.
-    spec, base, points = load_sweep(path, changes)
+    spec, base, points = load_sweep(path, changes, data, folder)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}", field="--backend",
                           file=path)
