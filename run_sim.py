@@ -8,12 +8,17 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
+    python run_sim.py check PLUGIN      (the conformance checks over what a plugin registers)
     python run_sim.py papers [--quick] [--workers N] [--out DIR] [--only NAME ...]
 
 Reads top to bottom: parse the command, load and validate the scenario, build
 the world (data, shards, model), then for each seed and algorithm co-simulate
 training and write tidy results and plots.  Bad input: one message naming the
 file, the field and what is allowed; exit code 2; nothing written.
+
+``--plugin FILE_OR_MODULE`` (run, validate, list, sweep, replay, check; also
+COMMSIM_PLUGINS and the commsim.plugins entry points) imports a user's code that
+registers algorithms, compressors, ... first: sim/plugins.py, docs/plugins.md.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     val = sub.add_parser("validate", help="check a scenario without running it")
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies")
+    ls = sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies")
     sw = sub.add_parser("sweep", help="run a scenario over a grid (or zip) of field values")
     sw.add_argument("sweep")
     sw.add_argument("--out", help="sweep folder (default: results/<sweep name>/)")
@@ -69,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="network override, e.g. --set network.uplink.latency='50 ms'")
     rp.add_argument("--out", help="results folder (default: RUN_DIR/replays/<timestamp>/)")
     rp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    ck = sub.add_parser("check", help="run the conformance checks over what a plugin registers (PASS/FAIL each)")
+    ck.add_argument("plugin_under_test", metavar="PLUGIN", help="a .py file or an importable module")
+    from sim.plugins import FLAG_HELP
+    for cmd in (run, val, ls, sw, rp, ck):     # sim/plugins.py: loaded before the command runs
+        cmd.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help=FLAG_HELP)
     return p.parse_args(argv)
 
 
@@ -98,6 +108,9 @@ def cmd_list() -> int:
                        ("algorithms", algorithms.ALGORITHMS), ("compressors", algorithms.COMPRESSORS),
                        ("topologies", TOPOLOGIES), ("compute models", COMPUTE_MODELS)]:
         print(f"{title}: {', '.join(reg.names())}")
+    from sim.plugins import loaded
+    for plugin in loaded():
+        print(f"plugin {plugin.describe()}")
     return 0
 
 
@@ -167,7 +180,9 @@ def cmd_replay(args) -> int:
     if not run_dir.is_dir() or not scenario.is_file():
         raise ConfigError("not a results folder (no scenario.yaml); allowed: the folder a run wrote",
                           file=str(run_dir))
-    scn = load_scenario(scenario, args.set)
+    from sim.plugins import explain_missing
+    with explain_missing(run_dir):     # a plugin the run had that is not loaded now is named
+        scn = load_scenario(scenario, args.set)
     out = Path(args.out) if args.out else default_out(run_dir / "replays")
     check_out(out, args.overwrite, str(run_dir))
     try:
@@ -187,8 +202,13 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from sim.conformance import check_plugin
+    return check_plugin(args.plugin_under_test)
+
+
 COMMANDS = {"list": lambda args: cmd_list(), "validate": cmd_validate, "sweep": cmd_sweep,
-            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers}
+            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     from sim.study.signals import sigterm_interrupts
     try:
         with sigterm_interrupts():       # `kill PID` stops like Ctrl-C: what was written is kept
+            if hasattr(args, "plugin"):  # entry points, COMMSIM_PLUGINS, --plugin (sim/plugins.py)
+                from sim.plugins import load_all
+                load_all(args.plugin)
             return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

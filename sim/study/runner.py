@@ -68,7 +68,8 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path, quiet: bool = Fa
     make_out_dir(out)
     write_scenario(out, scn)
     any_world = next(iter(worlds.values()))
-    write_text(out / HOST_FILE, yaml.safe_dump(host_facts(any_world.device), sort_keys=False))
+    from sim.plugins import facts as plugin_facts     # the plugins loaded, if any (replay names a missing one)
+    write_text(out / HOST_FILE, yaml.safe_dump({**host_facts(any_world.device), **plugin_facts()}, sort_keys=False))
     files = result_files(out)
     trace = LineFile(out / TRACE_FILE)
     summaries: list[dict] = []
