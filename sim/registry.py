@@ -155,13 +155,14 @@ class RegistryUnion:
                         {"discriminator": repr(key), "tag": str(tag), "expected_tags": tags,
                          "registry": self.what})
                 return _validate_strict(cls, value)
-            if isinstance(value, BaseModel) and not isinstance(value, static_classes) \
+            if isinstance(value, BaseModel) and type(value) not in static_classes \
                     and type(value) in self._extra():
                 return value
             return next_(value)
 
         def serialize(value: Any, next_: Any, info: Any) -> Any:
-            if isinstance(value, BaseModel) and not isinstance(value, static_classes):
+            # exact types: a plugin's class may subclass a built-in one (and has its own kind)
+            if isinstance(value, BaseModel) and type(value) not in static_classes:
                 return value.__pydantic_serializer__.to_python(
                     value, mode=info.mode, by_alias=info.by_alias, exclude_unset=info.exclude_unset,
                     exclude_defaults=info.exclude_defaults, exclude_none=info.exclude_none,
