@@ -171,25 +171,24 @@ def test_every_check_passes_on_the_module_plugins_entries(module_plugin):
         ("partition round_robin", "short scenario"), ("topology my_star", "schema")}
 
 
-def test_commsim_plugins_lists_files_and_modules_separated_by_pathsep(tmp_path, module_plugin):
-    env = {plugins.ENV_VAR: os.pathsep.join([str(EXAMPLE), module_plugin, ""]),
-           "PYTHONPATH": str(tmp_path / "mods")}
-    out = run_cli("list", env=env)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+def test_commsim_plugins_lists_files_and_modules_separated_by_pathsep(module_plugin, monkeypatch):
+    monkeypatch.setenv(plugins.ENV_VAR, os.pathsep.join([str(EXAMPLE), module_plugin, ""]))
+    rc, out, err = cli("list")
+    assert rc == 0, err
+    lines = out.splitlines()
     assert any(line.startswith("algorithms: ") and "ef21" in line for line in lines)
     assert any(line.startswith("models: ") and "wide_logreg" in line for line in lines)
     assert f"plugin {EXAMPLE} (COMMSIM_PLUGINS, module my_plugin): algorithm ef21; compressor sign_topk" in lines
     assert ("plugin cs_module_plugin (COMMSIM_PLUGINS, module cs_module_plugin): model wide_logreg; dataset "
             "blobs; partition round_robin; topology my_star") in lines
     # given twice (COMMSIM_PLUGINS and --plugin), loaded once
-    out = run_cli("list", "--plugin", EXAMPLE, env=env)
-    assert out.returncode == 0 and sum("module my_plugin" in line for line in out.stdout.splitlines()) == 1
+    rc, out, err = cli("list", "--plugin", EXAMPLE)
+    assert rc == 0 and sum("module my_plugin" in line for line in out.splitlines()) == 1
 
 
 def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
     """A distribution's entry_points.txt in the commsim.plugins group (a real
-    dist-info folder on the path, found by importlib.metadata)."""
+    dist-info folder on the path, found by importlib.metadata), in a fresh process."""
     site = tmp_path / "site"
     (site / "cs_ep_plugin").mkdir(parents=True)
     (site / "cs_ep_plugin" / "__init__.py").write_text(EXAMPLE.read_text().replace('"sign_topk"', '"ep_sign_topk"')
@@ -354,12 +353,13 @@ def test_a_plugin_file_named_like_an_installed_module_is_refused(tmp_path):
     one_error(err, "the file's name 'json' is already the name of the module", "my_json.py")
 
 
-def test_commsim_plugins_failing_names_where_it_came_from(tmp_path):
+def test_commsim_plugins_failing_names_where_it_came_from(tmp_path, monkeypatch):
     bad = tmp_path / "cs_env_bad.py"
     bad.write_text("raise KeyError('nope')\n")
-    out = run_cli("list", env={plugins.ENV_VAR: str(bad)})
-    assert out.returncode == 2 and out.stdout == ""
-    one_error(out.stderr, f"plugin {bad}: failed to import (COMMSIM_PLUGINS): KeyError: 'nope'")
+    monkeypatch.setenv(plugins.ENV_VAR, str(bad))
+    rc, out, err = cli("list")
+    assert rc == 2 and out == ""
+    one_error(err, f"plugin {bad}: failed to import (COMMSIM_PLUGINS): KeyError: 'nope' (at {bad}, line 1)")
 
 
 # --------------------------------------------------------------------------- #
@@ -475,9 +475,42 @@ def test_a_worker_loads_the_drivers_plugins(tmp_path):
     seen = _call(lambda out_dir: {"status": "done", "error": str("ef21" in algorithms.ALGORITHMS)}, (),
                  str(tmp_path), tuple(specs))
     assert seen == {"status": "done", "error": "True"}
+    # a node without the file at the driver's path imports it by module name (Ray's py_modules ships it)
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "cs_shipped.py").write_text(EXAMPLE.read_text().replace('"sign_topk"', '"shipped_sign_topk"')
+                                           .replace('"ef21"', '"shipped_ef21"'))
+    sys.path.insert(0, str(shipped))
+    try:
+        spec = {"how": "file", "file": str(tmp_path / "elsewhere" / "cs_shipped.py"), "module": "cs_shipped"}
+        seen = _call(lambda out_dir: {"status": "done", "error": str("shipped_ef21" in algorithms.ALGORITHMS)},
+                     (), str(tmp_path), (spec,))
+        assert seen == {"status": "done", "error": "True"}
+    finally:
+        sys.path.remove(str(shipped))
     gone = {"how": "file", "file": str(tmp_path / "cs_gone.py"), "module": "cs_gone"}
     res = _call(lambda out_dir: {"status": "done", "error": ""}, (), str(tmp_path), (gone,))
     assert res["status"] == "failed" and "PluginError: plugin cs_gone: no module named 'cs_gone'" in res["error"]
+
+
+@pytest.mark.slow
+def test_a_ray_sweep_ships_a_file_plugin_to_its_tasks(tmp_path):
+    pytest.importorskip("ray")
+    base = yaml.safe_load(TINY.read_text())
+    base["algorithms"] = [{"name": "ef21", "kind": "ef21", "lr": 0.1, "compressor": {"kind": "sign_topk"}}]
+    base["stop"] = {"max_rounds": 6, "on_target": False}
+    base["eval_every"] = 3
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(
+        {"name": "ray_plugin_sweep", "base": "base.yaml", "axes": {"algorithms.0.compressor.ratio": [0.05, 0.1]}}))
+    res = run_cli("sweep", tmp_path / "sweep.yaml", "--out", tmp_path / "out", "--backend", "ray", "--workers", 2,
+                  "--quiet", "--plugin", EXAMPLE)
+    assert res.returncode == 0, res.stderr
+    rows = read_csv(tmp_path / "out" / "sweep_summary.csv")
+    assert [r["point_status"] for r in rows] == ["done", "done"]
+    for i in range(2):
+        host = yaml.safe_load((tmp_path / "out" / "points" / f"{i:03d}" / "host.yaml").read_text())
+        assert [p["module"] for p in host["plugins"]] == ["my_plugin"] and host["torch_threads"] == 1   # a Ray task
 
 
 # --------------------------------------------------------------------------- #

@@ -10,9 +10,9 @@ other jobs go on, on every backend.
 
 Plugins (sim/plugins.py): ``plugins`` is the driver's ``worker_specs()``; a
 spawned process or a Ray task loads them before its job (a plugin that fails
-there fails the job with its message), and a Ray task ships file plugins in its
-``runtime_env`` ``py_modules``, so a node without the file imports it by its
-module name.
+there fails the job with its message), and a Ray connection made for the run
+ships file plugins in its job-level ``runtime_env`` ``py_modules``, so a node
+without the file imports it by its module name.
 
 Interruption: a job that returns ``{"status": "interrupted"}`` (a sweep point
 that caught Ctrl-C, see sim/study/runner.py) or a ``KeyboardInterrupt`` in the
@@ -461,14 +461,21 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
     connected_here = not ray.is_initialized()
     private = connected_here and not address
     term_handler = signal.getsignal(signal.SIGTERM)    # ray.init replaces it with sys.exit: a sweep's comes back
+    # file plugins travel with the job (Ray accepts local paths only at the job level, in ray.init)
+    files = [s["file"] for s in plugins if s.get("how") == "file"]
+    shipped = {"py_modules": files} if files else {}
     if connected_here:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     **({"runtime_env": shipped} if shipped else {}))
         else:
             # address="local": always a new private instance (RAY_ADDRESS is not consulted)
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
                      object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, logging_level=logging.ERROR,
-                     runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}})
+                     runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}, **shipped})
+    elif files:
+        print(f"warning: Ray was connected before this sweep, so the plugin file(s) {', '.join(files)} are not "
+              "shipped to its nodes (runtime_env py_modules); a node needs them at the same path", file=sys.stderr)
         if callable(term_handler) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, term_handler)
     pending: dict[Any, Job] = {}
@@ -486,9 +493,7 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
             if short:
                 print(f"warning: job {job.key} asks for {'; '.join(short)} in the Ray cluster now; "
                       "it waits until such a node joins", file=sys.stderr)
-            files = [s["file"] for s in plugins if s.get("how") == "file"]
-            extra = {"runtime_env": {"py_modules": files}} if files else {}   # file plugins travel with the task
-            ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}", **extra) \
+            ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}") \
                 .remote(job.fn, job.args, job.key, plugins)
             pending[ref] = job
         while pending:
