@@ -73,10 +73,6 @@ class Plugin:
     sha256: str | None             # of that file
     registered: dict[str, list[str]] = field(default_factory=dict)   # registry kind -> names added
 
-    @property
-    def key(self) -> str:
-        return self.file if self.how == "file" else f"{self.how}:{self.spec}"
-
     def describe(self) -> str:
         added = "; ".join(f"{what} {', '.join(names)}" for what, names in self.registered.items()) or "nothing"
         return f"{self.spec} ({self.source}, module {self.module}): {added}"
@@ -154,7 +150,8 @@ def _entry_points() -> list[Any]:
 
 
 def is_file_spec(spec: str) -> bool:
-    return spec.endswith(".py") or "/" in spec or os.sep in spec or (os.altsep or "/") in spec
+    """A path (ends in .py or holds a separator), not a module name."""
+    return spec.endswith(".py") or "/" in spec or os.sep in spec
 
 
 def load(spec: str, source: str = "--plugin") -> Plugin:
@@ -252,6 +249,9 @@ def _snapshot() -> dict[str, dict[str, Any]]:
 def _import(spec: str, how: str, source: str, module_name: str, run, path: Path | None,
             label: str | None = None) -> Plugin:
     label = label or spec
+    for p in _LOADED:                  # the same module by another route (a file and its module name, ...)
+        if p.module == module_name and (path is None or p.file == str(path)):
+            return p
     regs = registries()
     before = _snapshot()
     had = set(sys.modules)
@@ -332,11 +332,17 @@ def ray_py_modules() -> list[str]:
 
 
 # --- run folders ----------------------------------------------------------------
-def recorded(folder: str | Path) -> list[dict[str, Any]]:
-    """The plugins a run folder's host.yaml lists (none if it lists none or is unreadable)."""
+def recorded(folder: str | Path, _depth: int = 0) -> list[dict[str, Any]]:
+    """The plugins a run folder's host.yaml lists (none if it lists none or is
+    unreadable); a replay's folder: those of the run it replays (replay.yaml)."""
     import yaml
+    folder = Path(folder)
     try:
-        data = yaml.safe_load((Path(folder) / "host.yaml").read_text())
+        if not (folder / "host.yaml").is_file() and (folder / "replay.yaml").is_file() and _depth < 8:
+            source = yaml.safe_load((folder / "replay.yaml").read_text())
+            if isinstance(source, dict) and isinstance(source.get("source"), str):
+                return recorded(source["source"], _depth + 1)
+        data = yaml.safe_load((folder / "host.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return []
     plugins = data.get("plugins") if isinstance(data, dict) else None
@@ -366,11 +372,15 @@ def explain_missing(folder: str | Path) -> Iterator[None]:
         gone = missing(folder)
         if not gone:
             raise
+        def spec(p: dict) -> str:     # a file by its path; a module (or an entry point's) by its name
+            how = p.get("how")
+            return str(p.get("file") if how == "file" else p.get("module") if how == "entry point"
+                       else p.get("plugin"))
         names = "; ".join(
-            f"{p.get('file') or p.get('plugin')} (registered "
+            f"{spec(p)} (registered "
             + ", ".join(f"{w} {', '.join(n)}" for w, n in (p.get("registered") or {}).items()) + ")"
             for p in gone)
-        hint = " ".join(f"--plugin {p.get('file') or p.get('plugin')}" for p in gone)
+        hint = " ".join(f"--plugin {spec(p)}" for p in gone)
         raise ConfigError(f"{exc.message}\n  note: {folder} was run with plugin(s) not loaded now: {names}; "
                           f"load them: {hint} (or COMMSIM_PLUGINS)", field=exc.field, file=exc.file) from None
 
