@@ -365,11 +365,11 @@ def _allowed_tags(loc: list, key: str) -> str:
 
 def _is_tag(p: str) -> bool:
     if not _TAGS:
-        from algorithms import ALGORITHMS, COMPRESSORS
-        from sim.learn.compute import COMPUTE_MODELS
-        for reg in (ALGORITHMS, COMPRESSORS, MODELS, COMPUTE_MODELS):
-            _TAGS.update(reg.names())
-        _TAGS.update(TOPOLOGIES.names())
+        # the kinds of the static unions (the built-ins): only they put their tag into an error's loc;
+        # a plugin's kind is validated by its class (sim/registry.py), so its name is never a tag
+        from algorithms.compressors import CompressorConfig
+        for union in (AlgorithmEntry, CompressorConfig, ModelSpec, ComputeConfig, Topology):
+            _TAGS.update(*(m.static for m in union.__metadata__ if isinstance(m, RegistryUnion)))
         _TAGS.update({"iid", "dirichlet", "shards", "lognormal", "uniform", "choice", "one", "list", "dist"})
     return p in _TAGS
 
