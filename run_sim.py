@@ -8,6 +8,7 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
+    python run_sim.py check PLUGIN      (the conformance checks over what a plugin registers)
     python run_sim.py papers [--quick] [--workers N] [--out DIR] [--only NAME ...]
     python run_sim.py schema [scenario|sweep] [--write]   (JSON Schema; --write: scenarios/schema, docs/reference.md)
 
@@ -20,6 +21,10 @@ Installed (``pip install .``), the same commands are ``commsim run ...``.  A
 SCENARIO or SWEEP that is not an existing path may name a shipped one
 (``commsim run quickstart``; sim/study/shipped.py).  The Python API,
 sim/api.py, runs the same core (sim/study/runner.py ``run_scenario``).
+
+``--plugin FILE_OR_MODULE`` (run, validate, list, sweep, replay, check, schema; also
+COMMSIM_PLUGINS and the commsim.plugins entry points) imports a user's code that
+registers algorithms, compressors, ... first: sim/plugins.py, docs/plugins.md.
 """
 from __future__ import annotations
 
@@ -81,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="network override, e.g. --set network.uplink.latency='50 ms'")
     rp.add_argument("--out", help="results folder (default: RUN_DIR/replays/<timestamp>/)")
     rp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    ck = sub.add_parser("check", help="run the conformance checks over what a plugin registers (PASS/FAIL each)")
+    ck.add_argument("plugin_under_test", metavar="PLUGIN", help="a .py file or an importable module")
+    from sim.plugins import FLAG_HELP
+    for cmd in (run, val, ls, sw, rp, ck, sc):  # sim/plugins.py: loaded before the command runs
+        cmd.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE", help=FLAG_HELP)
     return p.parse_args(argv)
 
 
@@ -106,6 +116,9 @@ def cmd_list(args) -> int:
                        ("algorithms", algorithms.ALGORITHMS), ("compressors", algorithms.COMPRESSORS),
                        ("topologies", TOPOLOGIES), ("compute models", COMPUTE_MODELS)]:
         print(f"{title}: {', '.join(reg.names())}")
+    from sim.plugins import loaded
+    for plugin in loaded():
+        print(f"plugin {plugin.describe()}")
     return 0
 
 
@@ -170,7 +183,9 @@ def cmd_replay(args) -> int:
     if not run_dir.is_dir() or not scenario.is_file():
         raise ConfigError("not a results folder (no scenario.yaml); allowed: the folder a run wrote",
                           file=str(run_dir))
-    scn = load_scenario(scenario, args.set)
+    from sim.plugins import explain_missing
+    with explain_missing(run_dir):     # a plugin the run had that is not loaded now is named
+        scn = load_scenario(scenario, args.set)
     out = Path(args.out) if args.out else default_out(run_dir / "replays")
     check_out(out, args.overwrite, str(run_dir))
     try:
@@ -199,9 +214,12 @@ def cmd_schema(args) -> int:
     sys.stdout.write(schema.dumps(schema.schema(args.kind)))
     return 0
 
+def cmd_check(args) -> int:
+    from sim.conformance import check_plugin
+    return check_plugin(args.plugin_under_test)
 
 COMMANDS = {"schema": cmd_schema, "list": cmd_list, "validate": cmd_validate, "sweep": cmd_sweep,
-            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers}
+            "replay": cmd_replay, "plot": cmd_plot, "run": cmd_run, "papers": cmd_papers, "check": cmd_check}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     from sim.study.signals import sigterm_interrupts
     try:
         with sigterm_interrupts():       # `kill PID` stops like Ctrl-C: what was written is kept
+            if hasattr(args, "plugin"):  # entry points, COMMSIM_PLUGINS, --plugin (sim/plugins.py)
+                from sim.plugins import load_all
+                load_all(args.plugin)
             return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

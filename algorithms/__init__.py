@@ -5,7 +5,7 @@ discriminated union the scenario schema validates ``algorithms:`` against.
 """
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -423,6 +423,7 @@ ALGORITHMS.add("sgp", SgpConfig)
 ALGORITHMS.add("ad_psgd", AdPsgdConfig)
 
 
-AlgorithmEntry = Annotated[Union[tuple(c for _, c in ALGORITHMS.items())], Field(discriminator="kind")]
+# built-ins by the static union; kinds registered later (plugins) looked up at validation
+AlgorithmEntry = ALGORITHMS.config_union()
 
 __all__ = ["ALGORITHMS", "COMPRESSORS", "AlgorithmEntry", "AlgorithmConfig", "Context"]

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, Protocol, Union
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -921,7 +921,8 @@ class Int8Config(_Config):
         return Int8(ctx.d, layer_bounds(ctx), self.stochastic)
 
 
-CompressorConfig = Annotated[Union[tuple(c for _, c in COMPRESSORS.items())], Field(discriminator="kind")]
+# built-ins by the static union; kinds registered later (plugins) looked up at validation
+CompressorConfig = COMPRESSORS.config_union()
 
 
 @dataclass(frozen=True)

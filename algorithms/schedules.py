@@ -5,7 +5,7 @@ Every algorithm takes ``lr_schedule:`` (default constant).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,4 +68,4 @@ class Warmup(_Config):
         return self.then.factor(t - self.rounds)
 
 
-ScheduleConfig = Annotated[Union[tuple(c for _, c in SCHEDULES.items())], Field(discriminator="kind")]
+ScheduleConfig = SCHEDULES.config_union()   # plugins' kinds too (sim/registry.py)

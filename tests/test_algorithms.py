@@ -1,28 +1,18 @@
 """Conformance over the compressor and algorithm registries, plus reference checks."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 import algorithms
-from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context
+from algorithms.base import INDEX_BYTES, VALUE_BYTES
 from algorithms.compressors import TopKConfig
 from algorithms.ps import mean_over_arrived, update_bytes
-from sim.learn.models import Block
+from sim import conformance
+from sim.conformance import D, N, quadratic_problem
+from sim.conformance import context as ctx
+from sim.conformance import randn as x
 from sim.learn.rng import WorkerStreams
-
-N, D = 4, 103
-
-
-def ctx(n=N, d=D) -> Context:
-    return Context(d=d, n=n, blocks=(Block("w", 0, d - 3, (d - 3,)), Block("b", d - 3, d, (3,))),
-                   device=torch.device("cpu"))
-
-
-def x(seed=0, n=N, d=D) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
 # --- algorithms ----------------------------------------------------------------
@@ -61,93 +51,26 @@ ALGORITHM_EXAMPLES = {
 }
 
 
-class QuadraticLocal:
-    """``local`` for algorithms with local steps on the quadratic problem."""
-
-    def __init__(self, grads, theta):
-        self.grads, self.theta = grads, theta
-
-    def grad(self, h, thetas, rows):
-        full = torch.zeros(N, thetas.shape[1])
-        full[rows] = thetas
-        return self.grads(full)[rows]
-
-
 def test_every_algorithm_has_an_example():
     assert sorted(ALGORITHM_EXAMPLES) == algorithms.ALGORITHMS.names()
 
 
-def quadratic_problem(n=N, d=D, seed=0):
-    """f_i(theta) = 0.5 ||A_i theta - b_i||^2 / m: a convex synthetic task."""
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n, 20, d, generator=g) / math.sqrt(d)
-    b = torch.randn(n, 20, generator=g)
-
-    def grads(theta):  # [n, d]; theta [d], or [n, d] (each worker at its own parameters)
-        if theta.dim() == 2:
-            r = torch.einsum("nmd,nd->nm", A, theta) - b
-        else:
-            r = torch.einsum("nmd,d->nm", A, theta) - b
-        return torch.einsum("nmd,nm->nd", A, r) / 20
-
-    def loss(theta):
-        r = torch.einsum("nmd,d->nm", A, theta) - b
-        return float(0.5 * (r ** 2).sum(1).mean() / 20)
-
-    return grads, loss
-
-
 @pytest.mark.parametrize("kind", algorithms.ALGORITHMS.names())
 def test_algorithm_decreases_loss_on_a_convex_task(kind):
-    cfg = algorithms.ALGORITHMS[kind](**ALGORITHM_EXAMPLES[kind])
-    alg = cfg.build(ctx())
-    grads, loss = quadratic_problem()
-    theta = torch.zeros(D)
-    state = alg.init(theta)
-    streams = WorkerStreams(0, N)
-    start = loss(theta)
-    arrived = torch.ones(N, dtype=torch.bool)
-    if getattr(cfg, "decentralized", False):     # every worker its own model; the averaged model's loss
-        state = alg.init(theta)
-        pairs = torch.Generator().manual_seed(1)
-        for t in range(200 if hasattr(alg, "round") else 200 * N):   # ad_psgd: N steps a round
-            if hasattr(alg, "round"):
-                state, nbytes = alg.round(state, t, lambda h, th: grads(th), streams)
-                assert len(nbytes) == N and all(0 < b <= VALUE_BYTES * D + 8 for b in nbytes)
-            else:                                # ad_psgd: one random pair a step, then the gradient
-                i = t % N
-                g = grads(state.x)[i]
-                j = alg.neighbours[i][int(torch.randint(len(alg.neighbours[i]), (1,), generator=pairs))]
-                alg.pair_average(state.x, i, j)
-                state.x[i] -= alg.lr(t // N) * g     # each worker steps its own model by lr
-        assert loss(alg.average(state)) < 0.5 * start
-        return
-    if getattr(cfg, "event_driven", False):      # one message at a time, round robin, one version stale
-        from sim.eventsim import Job
-        version, stale = 0, theta
-        for t in range(200 * N):
-            i = t % N
-            msg = grads(stale)[i]
-            if alg.local_steps:                  # Delta = theta - theta^(H) of H local steps
-                th = stale.expand(N, D).clone()
-                for _ in range(alg.local_steps):
-                    th = th - alg.local_lr(t // N) * grads(th)
-                msg = stale - th[i]
-            theta, state, info = alg.receive(state, theta, msg, Job(i, t // N, version, stale), 1, version)
-            assert info["step_size"] >= 0
-            if info["applied"]:
-                stale, version = theta, version + 1
-        assert loss(theta) < 0.5 * start
-        return
-    for t in range(200):
-        kw = {"local": QuadraticLocal(grads, theta)} if getattr(alg, "wants_local_steps", False) else {}
-        up, state = alg.worker_encode(state, grads(theta), t, streams, aux_grad=grads, **kw)
-        assert up.payload.nbytes.shape == (N,)
-        if hasattr(alg, "second_round"):
-            _, state = alg.second_round(state, arrived, t)
-        theta, down, state = alg.server_update(state, theta, up, arrived, t)
-        assert 0 < down.nbytes <= VALUE_BYTES * D
-    assert loss(theta) < 0.5 * start
+    """The checks of sim/conformance.py (also `run_sim.py check` for plugins): message
+    shapes on the way, then the loss of a convex least-squares task halved in 200 rounds."""
+    conformance.algorithm_convex(algorithms.ALGORITHMS[kind](**ALGORITHM_EXAMPLES[kind]))
+
+
+@pytest.mark.parametrize("kind", ["sgd", "topk_ef_sgd", "qadam", "sketched_sgd", "dgc", "fedavg", "async_sgd",
+                                  "choco_sgd", "ad_psgd", "powersgd", "sasg"])
+def test_algorithm_is_deterministic(kind):
+    conformance.algorithm_determinism(algorithms.ALGORITHMS[kind](**ALGORITHM_EXAMPLES[kind]))
+
+
+def test_the_convex_check_fails_an_algorithm_that_does_not_learn():
+    with pytest.raises(AssertionError, match="below half"):
+        conformance.algorithm_convex(algorithms.ALGORITHMS["sgd"](lr=1e-6))
 
 
 def test_comp_ams_with_identity_is_single_process_amsgrad():
@@ -317,31 +240,10 @@ def tiny_world():
 
 @pytest.mark.parametrize("kind", algorithms.ALGORITHMS.names())
 def test_every_algorithm_runs_a_short_scenario(kind, tiny_world):
-    from sim.engine import run_algorithm
     cfg = algorithms.ALGORITHMS[kind](name=kind, **ALGORITHM_EXAMPLES[kind])
-    res = run_algorithm(tiny_world, cfg)
-    assert not res.diverged and not res.stalled
-    if getattr(cfg, "decentralized", False):     # gossip: one message per graph edge, no server
-        alg = cfg.build(Context(d=tiny_world.model.d, n=tiny_world.n, blocks=tiny_world.model.blocks,
-                                device=tiny_world.device, seed=tiny_world.seed))
-        sends = sum(len(s) for s in getattr(alg, "sends", ())) or 2 * tiny_world.n   # ad_psgd: 2 per step
-        per = 1 if hasattr(alg, "sends") else tiny_world.n
-        assert [r["round"] for r in res.rows] == [0, 3 * per, 6 * per]
-        assert res.rows[-1]["uploads"] == 6 * sends and res.rows[-1]["bytes_down"] == 0
-        assert 0 <= res.rows[-1]["consensus_distance"] and res.rows[0]["consensus_distance"] == 0
-        assert 0 < res.spectral_gap <= 1
-        return
-    per = 1
-    if getattr(cfg, "event_driven", False):      # versions: one per applied message (FedBuff: per K)
-        per = tiny_world.n // getattr(cfg, "buffer", 1)
-    assert [r["round"] for r in res.rows] == [0, 3 * per, 6 * per]
-    last = res.rows[-1]
-    skipped = round(res.skipped_fraction * 6 * tiny_world.n)
-    per_round = 2 if kind.startswith("sketched") or kind == "powersgd" else 1   # sketches / P, then exact
-    # values / Q (second round)
-    assert last["uploads"] == per_round * 6 * tiny_world.n - skipped
-    assert last["bytes_up"] > 0 and last["bytes_down"] > 0
-    assert math.isfinite(last["train_loss"])
+    # sketches / P, then exact values / Q (second round)
+    per_round = 2 if kind.startswith("sketched") or kind == "powersgd" else 1
+    conformance.algorithm_short_scenario(cfg, tiny_world, uploads_per_round=per_round)
 
 
 def test_sketched_sgd_with_a_collision_free_sketch_is_global_topk_with_error_feedback():

@@ -10,25 +10,17 @@ import math
 
 import pytest
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 import algorithms
 from algorithms.base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 from algorithms.compressors import CompressorConfig, ErrorFeedback, TopKConfig
+from sim import conformance
+from sim.conformance import D, N
+from sim.conformance import context as ctx
+from sim.conformance import randn as x
 from sim.learn.models import Block
 from sim.learn.rng import WorkerStreams
-
-N, D = 4, 103
-
-
-def ctx(n=N, d=D, blocks=None) -> Context:
-    if blocks is None:
-        blocks = (Block("w", 0, d - 3, (d - 3,)), Block("b", d - 3, d, (3,)))
-    return Context(d=d, n=n, blocks=blocks, device=torch.device("cpu"))
-
-
-def x(seed=0, n=N, d=D) -> torch.Tensor:
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
 def build(kind, c=None, **over):
@@ -97,41 +89,50 @@ def test_every_compressor_has_an_example():
 
 @pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
 def test_compressor_conformance(kind):
-    comp = build(kind)
-    assert isinstance(comp.linear, bool)
-    streams = WorkerStreams(0, N)
-    inp = x()
-    rng_before = torch.random.get_rng_state()
-    p1 = comp.compress(inp, streams=streams, round=3)
-    out = comp.decompress(p1)
-    assert torch.equal(torch.random.get_rng_state(), rng_before)            # global RNG untouched
-    assert out.shape == inp.shape and out.dtype == inp.dtype                # shape and dtype kept
-    assert p1.nbytes.dtype == torch.int64 and p1.nbytes.shape == (N,)
-    assert p1.nbytes.tolist() == expected_bytes(kind, inp, out)             # bytes match the formula
-    again = comp.decompress(comp.compress(inp.clone(), streams=WorkerStreams(0, N), round=3))
-    assert torch.equal(out, again)                                          # same seed, same output
-    if kind in RANDOM:
-        other = comp.decompress(comp.compress(inp, streams=streams, round=4))
-        assert not torch.equal(out, other)                                  # another round, other draw
-        with pytest.raises(ValueError, match="streams"):
-            comp.compress(inp)                                              # no silent global RNG
-    ef = ErrorFeedback(comp)
-    e = ef.init(N, D, "cpu")
-    for t in range(3):                                                      # EF invariant, every round
-        g = x(10 + t)
-        _, decoded, e_new = ef.step(g, e, streams=streams, round=t)
-        torch.testing.assert_close(decoded + e_new, g + e, rtol=0, atol=1e-5)
-        e = e_new
-    zero = comp.decompress(comp.compress(torch.zeros(N, D), streams=streams, round=0))
-    assert bool(torch.isfinite(zero).all())                                 # all-zero input is fine
+    """The checks of sim/conformance.py (also `run_sim.py check` for plugins)."""
+    conformance.compressor_shapes(build(kind))                              # shapes, dtype, nbytes [n] int64
+    conformance.compressor_bytes(build(kind), lambda inp, out: expected_bytes(kind, inp, out))   # the formula
+    conformance.compressor_determinism(build(kind), random=kind in RANDOM)  # same seed, same output; RNG
+    conformance.compressor_error_feedback(build(kind))                      # EF invariant, every round
+
+
+def test_the_conformance_checks_catch_what_they_check():
+    """Each check fails on the fault it is about (they cannot pass vacuously)."""
+    comp = build("topk")
+    with pytest.raises(AssertionError, match="the formula gives"):
+        conformance.compressor_bytes(comp, lambda inp, out: [1] * N)
+
+    class Drifting:                 # draws from the global RNG: not reproducible
+        linear = False
+
+        def compress(self, x, *, streams=None, round=0):
+            return Payload({"x": x + torch.rand(x.shape)}, torch.full((x.shape[0],), 4 * x.shape[1]))
+
+        def decompress(self, p):
+            return p.tensors["x"]
+    with pytest.raises(AssertionError, match="global torch RNG"):
+        conformance.compressor_determinism(Drifting())
+
+    class Mutating(Drifting):       # decodes in place: the server's decode differs from the worker's
+        def compress(self, x, *, streams=None, round=0):
+            return Payload({"x": x.clone()}, torch.full((x.shape[0],), 4 * x.shape[1], dtype=torch.int64))
+
+        def decompress(self, p):
+            return p.tensors["x"].mul_(0.5)
+
+    conformance.compressor_shapes(Mutating())
+    with pytest.raises(AssertionError, match="decoded again"):
+        conformance.compressor_error_feedback(Mutating())
+    class OneSize(Mutating):        # one size for the whole batch, not one per worker
+        def compress(self, x, *, streams=None, round=0):
+            return Payload({"x": x.clone()}, torch.tensor([4 * x.shape[1]]))
+    with pytest.raises(AssertionError, match=r"int64 tensor of shape \(4,\)"):
+        conformance.compressor_shapes(OneSize())
 
 
 @pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
 def test_config_is_in_the_union_and_strict(kind):
-    cfg = TypeAdapter(CompressorConfig).validate_python({"kind": kind, **COMPRESSOR_EXAMPLES[kind]})
-    assert type(cfg) is algorithms.COMPRESSORS[kind]
-    with pytest.raises(ValidationError):
-        algorithms.COMPRESSORS[kind](**COMPRESSOR_EXAMPLES[kind], bogus=1)  # extra="forbid"
+    conformance.config_strict(CompressorConfig, algorithms.COMPRESSORS[kind], kind, COMPRESSOR_EXAMPLES[kind])
 
 
 @pytest.mark.parametrize("kind,bad", [
@@ -153,21 +154,7 @@ def test_config_validation(kind, bad):
 @pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())
 def test_linear_compressors_sum_in_compressed_form(kind):
     comp = build(kind, shared_seed=True) if kind == "randomk" else build(kind)
-    if not comp.linear:
-        return
-    s = WorkerStreams(0, N)
-    a, b = x(1), x(2)
-    pa, pb = comp.compress(a, streams=s, round=5), comp.compress(b, streams=s, round=5)
-    summed = {}
-    for name, ta in pa.tensors.items():
-        tb = pb.tensors[name]
-        if ta.is_floating_point():
-            summed[name] = ta + tb
-        else:
-            assert torch.equal(ta, tb)        # same structure (indices) for every input
-            summed[name] = ta
-    torch.testing.assert_close(comp.decompress(Payload(summed, pa.nbytes)),
-                               comp.decompress(comp.compress(a + b, streams=s, round=5)))
+    conformance.compressor_linear(comp)          # a no-op for the ones that are not linear
 
 
 def test_none_is_exact():

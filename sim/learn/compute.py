@@ -20,7 +20,7 @@ since the first count imports ``torch._dynamo``, seconds of ``validate``.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -122,4 +122,4 @@ class FixedCompute(_Config):
         return float(self.step_time)
 
 
-ComputeConfig = Annotated[Union[tuple(c for _, c in COMPUTE_MODELS.items())], Field(discriminator="kind")]
+ComputeConfig = COMPUTE_MODELS.config_union()   # plugins' kinds too (sim/registry.py)

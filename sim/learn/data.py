@@ -40,7 +40,7 @@ import torch
 
 from sim.errors import ConfigError, DataError
 from sim.learn import cache
-from sim.registry import Registry
+from sim.registry import PLUGIN_HINT, Registry
 
 # --------------------------------------------------------------------------- #
 # Dataset container and registry
@@ -83,7 +83,7 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Dataset:
     """
     if name not in DATASETS:
         raise ConfigError(
-            f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}",
+            f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}; {PLUGIN_HINT}",
             field="data.dataset",
         )
     return DATASETS[name](root, seed)
@@ -765,7 +765,7 @@ def partition(labels: Any, n: int, kind: str, seed: int, **params: Any) -> list[
     labels = np.asarray(labels).reshape(-1)
     if kind not in PARTITIONS:
         raise ConfigError(
-            f"unknown partition {kind!r}; allowed: {', '.join(PARTITIONS.names())}",
+            f"unknown partition {kind!r}; allowed: {', '.join(PARTITIONS.names())}; {PLUGIN_HINT}",
             field="data.partition.kind",
         )
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:

@@ -1,12 +1,18 @@
 """Execution backends: run independent jobs (sweep points) here or on a Ray cluster.
 
-``run_jobs(jobs, backend, workers, address, on_done)`` runs every :class:`Job`
+``run_jobs(jobs, backend, workers, address, on_done, plugins)`` runs every :class:`Job`
 and calls ``on_done(key, result)`` in the driver (this process) as each one
 finishes, **in completion order** (with one local worker that is submission
 order).  A job's function is called as ``fn(*args, out_dir=...)`` and returns a
 JSON-able dict such as ``{"status": "done", "error": ""}``; a job that raises
 is reported as ``{"status": "failed", "error": "<Type>: <message>"}`` and the
 other jobs go on, on every backend.
+
+Plugins (sim/plugins.py): ``plugins`` is the driver's ``worker_specs()``; a
+spawned process or a Ray task loads them before its job (a plugin that fails
+there fails the job with its message), and a Ray connection made for the run
+ships file plugins in its job-level ``runtime_env`` ``py_modules``, so a node
+without the file imports it by its module name.
 
 Interruption: a job that returns ``{"status": "interrupted"}`` (a sweep point
 that caught Ctrl-C, see sim/study/runner.py) or a ``KeyboardInterrupt`` in the
@@ -163,9 +169,13 @@ def _interrupted(why: str = "") -> dict:
     return {"status": "interrupted", "error": why}
 
 
-def _call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
-    """Run one job; an exception becomes a failed result (the same on every backend)."""
+def _call(fn: Callable[..., dict], args: tuple, out_dir: str, plugins: tuple = ()) -> dict:
+    """Run one job (the driver's plugins loaded first); an exception becomes a
+    failed result (the same on every backend)."""
     try:
+        if plugins:
+            from sim.plugins import load_specs
+            load_specs(plugins)
         return fn(*args, out_dir=out_dir)
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, the others go on
         return _failed(exc)
@@ -190,21 +200,22 @@ def _report_stopped(on_done: Callable[[int, dict], None], key: int, result: dict
 
 
 def run_jobs(jobs: list[Job], backend: str = "local", workers: int = 1, address: str | None = None,
-             on_done: Callable[[int, dict], None] = _noop) -> None:
+             on_done: Callable[[int, dict], None] = _noop, plugins: list[dict] | tuple = ()) -> None:
     """Run every job on ``backend`` and call ``on_done(key, result)`` here as each
     one finishes (completion order).  See the module docstring."""
+    plugins = tuple(plugins)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}", field="--backend")
     if workers < 1:
         raise ConfigError("--workers must be >= 1", field="--workers")
     if backend == "ray":
-        _run_ray(list(jobs), workers, address, on_done)
+        _run_ray(list(jobs), workers, address, on_done, plugins)
     else:
-        _run_local(list(jobs), workers, on_done)
+        _run_local(list(jobs), workers, on_done, plugins)
 
 
 # --- local ----------------------------------------------------------------------
-def _run_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None]) -> None:
+def _run_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], None], plugins: tuple = ()) -> None:
     if not jobs:
         return
     if workers == 1:
@@ -239,12 +250,12 @@ def _run_local(jobs: list[Job], workers: int, on_done: Callable[[int, dict], Non
             while room(queue, running, retried, n):
                 job = queue.pop(0)
                 try:
-                    fut = pool.submit(_worker_call, job.fn, job.args, job.out_dir)
+                    fut = pool.submit(_worker_call, job.fn, job.args, job.out_dir, plugins)
                 except concurrent.futures.process.BrokenProcessPool:
                     # the pool broke between two jobs: go on in a new one
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = new_pool()
-                    fut = pool.submit(_worker_call, job.fn, job.args, job.out_dir)
+                    fut = pool.submit(_worker_call, job.fn, job.args, job.out_dir, plugins)
                 running[fut] = job
             done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
             retry = []
@@ -364,7 +375,7 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="commsim-parent-watch", daemon=True).start()
 
 
-def _worker_call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
+def _worker_call(fn: Callable[..., dict], args: tuple, out_dir: str, plugins: tuple = ()) -> dict:
     """One job in a local worker: SIGINT/SIGTERM raise KeyboardInterrupt once,
     a job that begins after the driver was interrupted does not run."""
     fired: list[int] = []
@@ -378,7 +389,7 @@ def _worker_call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
     try:
         if _STOP is not None and _STOP.is_set():       # checked after the handlers are in place
             return _interrupted("not started: the run was interrupted")
-        return _call(fn, args, out_dir)
+        return _call(fn, args, out_dir, plugins)
     except KeyboardInterrupt:
         return _interrupted()
     finally:
@@ -387,12 +398,12 @@ def _worker_call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
 
 
 # --- ray ------------------------------------------------------------------------
-def _gathered(fn: Callable[..., dict], args: tuple, key: int) -> tuple[dict, dict[str, bytes]]:
+def _gathered(fn: Callable[..., dict], args: tuple, key: int, plugins: tuple = ()) -> tuple[dict, dict[str, bytes]]:
     """The Ray task: run the job in a temporary folder on this node and return
     (result, {relative posix path: bytes}) in the order the files were last modified."""
     tmp = tempfile.mkdtemp(prefix=f"commsim-job{key}-")
     try:
-        result = _call(fn, args, tmp)
+        result = _call(fn, args, tmp, plugins)
         root = Path(tmp)
         found = [(p.stat().st_mtime_ns, p.relative_to(root).as_posix(), p) for p in root.rglob("*")
                  if p.is_file() and not p.is_symlink()]
@@ -439,7 +450,8 @@ def _driver_pythonpath() -> str:
     return os.pathsep.join(out)
 
 
-def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callable[[int, dict], None]) -> None:
+def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callable[[int, dict], None],
+             plugins: tuple = ()) -> None:
     try:
         import ray
     except ImportError:
@@ -449,14 +461,21 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
     connected_here = not ray.is_initialized()
     private = connected_here and not address
     term_handler = signal.getsignal(signal.SIGTERM)    # ray.init replaces it with sys.exit: a sweep's comes back
+    # file plugins travel with the job (Ray accepts local paths only at the job level, in ray.init)
+    files = [s["file"] for s in plugins if s.get("how") == "file"]
+    shipped = {"py_modules": files} if files else {}
     if connected_here:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     **({"runtime_env": shipped} if shipped else {}))
         else:
             # address="local": always a new private instance (RAY_ADDRESS is not consulted)
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
                      object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, logging_level=logging.ERROR,
-                     runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}})
+                     runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}, **shipped})
+    elif files:
+        print(f"warning: Ray was connected before this sweep, so the plugin file(s) {', '.join(files)} are not "
+              "shipped to its nodes (runtime_env py_modules); a node needs them at the same path", file=sys.stderr)
         if callable(term_handler) and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, term_handler)
     pending: dict[Any, Job] = {}
@@ -475,7 +494,7 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
                 print(f"warning: job {job.key} asks for {'; '.join(short)} in the Ray cluster now; "
                       "it waits until such a node joins", file=sys.stderr)
             ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}") \
-                .remote(job.fn, job.args, job.key)
+                .remote(job.fn, job.args, job.key, plugins)
             pending[ref] = job
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,6 +20,7 @@ from topologies.star import StarTopology
 from sim.learn.compute import ComputeConfig, FlopsCompute
 from sim.study import yamlfile
 from sim.errors import ConfigError
+from sim.registry import PLUGIN_HINT, RegistryUnion
 from sim.learn.models import MODELS, MlpConfig
 from sim.unitfields import Duration, PositiveDuration
 
@@ -44,7 +45,46 @@ class ShardsPartition(Strict):
     classes_per_worker: int = Field(ge=1)
 
 
-Partition = Annotated[Union[IidPartition, DirichletPartition, ShardsPartition], Field(discriminator="kind")]
+_PARTITION_CONFIGS: dict[str, type] = {"iid": IidPartition, "dirichlet": DirichletPartition,
+                                       "shards": ShardsPartition}
+_DERIVED: dict[tuple[str, Any], type] = {}
+
+
+def partition_config(kind: str) -> type | None:
+    """The config class of a registered partition: the built-ins' above; for one a
+    plugin registered (sim/learn/data.py PARTITIONS), a strict model made from its
+    keyword-only parameters (their annotations and defaults).  None if unknown."""
+    from sim.learn.data import PARTITIONS
+    fn = PARTITIONS.get(kind)
+    if fn is None:
+        return None
+    if kind in _PARTITION_CONFIGS:          # a registry refuses a second "iid": this is the built-in
+        return _PARTITION_CONFIGS[kind]
+    key = (kind, fn)
+    if key not in _DERIVED:
+        import inspect
+        import typing
+        from pydantic import create_model
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # noqa: BLE001 - an annotation that does not resolve: take any value
+            hints = {}
+        fields: dict[str, Any] = {"kind": (Literal[kind], kind)}
+        for p in inspect.signature(fn).parameters.values():
+            if p.kind is p.KEYWORD_ONLY:
+                default = ... if p.default is p.empty else p.default
+                fields[p.name] = (hints.get(p.name, Any), default)
+        _DERIVED[key] = create_model(f"Partition_{kind}", __base__=Strict, **fields)
+    return _DERIVED[key]
+
+
+def _partition_names() -> list[str]:
+    from sim.learn.data import PARTITIONS
+    return PARTITIONS.names()
+
+
+Partition = RegistryUnion("partition", _partition_names, partition_config).annotated(
+    [IidPartition, DirichletPartition, ShardsPartition])
 
 
 class DataSpec(Strict):
@@ -57,16 +97,16 @@ class DataSpec(Strict):
     def _known(cls, v: str) -> str:
         from sim.learn.data import DATASETS
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}")
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS.names())}; {PLUGIN_HINT}")
         return v
 
 
 # --- model ------------------------------------------------------------------
-ModelSpec = Annotated[Union[tuple(c for _, c in MODELS.items())], Field(discriminator="kind")]
+ModelSpec = MODELS.config_union()        # plugins' kinds too (sim/registry.py)
 
 
 # --- network ----------------------------------------------------------------
-Topology = Annotated[Union[tuple(c for _, c in TOPOLOGIES.items())], Field(discriminator="kind")]
+Topology = TOPOLOGIES.config_union()     # plugins' kinds too (sim/registry.py)
 
 
 class NetworkSpec(Strict):
@@ -86,7 +126,7 @@ class NetworkSpec(Strict):
     def _name_is_kind(cls, v):
         if isinstance(v, str):
             if v not in TOPOLOGIES:
-                raise ValueError(f"unknown topology {v!r}; allowed: {', '.join(TOPOLOGIES.names())}")
+                raise ValueError(f"unknown topology {v!r}; allowed: {', '.join(TOPOLOGIES.names())}; {PLUGIN_HINT}")
             return {"kind": v}
         return v
 
@@ -295,6 +335,9 @@ def _describe(err: dict) -> tuple[str, str]:
         path = f"{path}.{key}" if path else key
         if typ == "union_tag_not_found":
             return path, f"missing; allowed: {_allowed_tags(loc, key)}"
+        what = ctx.get("registry")
+        if what:            # a registry's union (sim/registry.py): every registered kind, and plugins
+            return path, f"unknown {what} {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}; {PLUGIN_HINT}"
         return path, f"unknown value {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
     if typ == "extra_forbidden":
         return path, "unknown key (not allowed here; check the spelling)"
@@ -322,11 +365,11 @@ def _allowed_tags(loc: list, key: str) -> str:
 
 def _is_tag(p: str) -> bool:
     if not _TAGS:
-        from algorithms import ALGORITHMS, COMPRESSORS
-        from sim.learn.compute import COMPUTE_MODELS
-        for reg in (ALGORITHMS, COMPRESSORS, MODELS, COMPUTE_MODELS):
-            _TAGS.update(reg.names())
-        _TAGS.update(TOPOLOGIES.names())
+        # the kinds of the static unions (the built-ins): only they put their tag into an error's loc;
+        # a plugin's kind is validated by its class (sim/registry.py), so its name is never a tag
+        from algorithms.compressors import CompressorConfig
+        for union in (AlgorithmEntry, CompressorConfig, ModelSpec, ComputeConfig, Topology):
+            _TAGS.update(*(m.static for m in union.__metadata__ if isinstance(m, RegistryUnion)))
         _TAGS.update({"iid", "dirichlet", "shards", "lognormal", "uniform", "choice", "one", "list", "dist"})
     return p in _TAGS
 

@@ -42,6 +42,10 @@ def _members(tp: Any) -> list[Any]:
         return [_ANY]
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
+        from sim.registry import RegistryUnion
+        for meta in getattr(tp, "__metadata__", ()):
+            if isinstance(meta, RegistryUnion):      # a registry's union: plugins' kinds included
+                return meta.members()
         return _members(typing.get_args(tp)[0])
     if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
         out: list[Any] = []
@@ -77,14 +81,24 @@ def _sequence_items(tp: Any) -> list[Any] | None:
     return args or [Any]
 
 
+def _annotation(info: Any) -> Any:
+    """A field's annotation; a registry's union (pydantic keeps its metadata on
+    the field) stays an Annotated one, so _members sees its plugins' kinds."""
+    from sim.registry import RegistryUnion
+    for meta in info.metadata:
+        if isinstance(meta, RegistryUnion):
+            return typing.Annotated[info.annotation, meta]
+    return info.annotation
+
+
 def _fields(model: type[BaseModel]) -> dict[str, Any]:
     """name -> annotation, aliases included."""
     out: dict[str, Any] = {}
     for name, info in model.model_fields.items():
-        out[name] = info.annotation
+        out[name] = _annotation(info)
         for alias in (info.alias, info.validation_alias):
             if isinstance(alias, str):
-                out[alias] = info.annotation
+                out[alias] = _annotation(info)
     return out
 
 
@@ -125,10 +139,16 @@ def is_valid(key: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
 def field_paths() -> tuple[str, ...]:
     """Every dotted field path of the scenario schema (list indices written as
-    ``0``; nothing below dict or ``Any`` fields), sorted."""
+    ``0``; nothing below dict or ``Any`` fields), sorted; computed again when a
+    registry changed (a plugin's kinds bring their fields)."""
+    from sim.registry import generation
+    return _field_paths(generation())
+
+
+@functools.lru_cache(maxsize=1)
+def _field_paths(generation: int) -> tuple[str, ...]:
     found: set[str] = set()
 
     def walk(types_: list[Any], prefix: str, depth: int, seen: frozenset) -> None:
@@ -142,7 +162,7 @@ def field_paths() -> tuple[str, ...]:
                 if tp in seen:
                     continue
                 for name, info in tp.model_fields.items():
-                    children.setdefault(name, []).extend(_members(info.annotation))
+                    children.setdefault(name, []).extend(_members(_annotation(info)))
                 continue
             items = _sequence_items(tp)
             if items is not None:

@@ -103,10 +103,12 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path | None, quiet: bo
     torch.use_deterministic_algorithms(True, warn_only=True)
     any_world = next(iter(worlds.values()))
     if out is not None:
+        from sim.plugins import facts as plugin_facts     # the plugins loaded, if any (replay names a missing one)
         out = Path(out)
         make_out_dir(out)
         write_scenario(out, scn)
-        write_text(out / HOST_FILE, yaml.safe_dump(host_facts(any_world.device), sort_keys=False))
+        write_text(out / HOST_FILE, yaml.safe_dump({**host_facts(any_world.device), **plugin_facts()},
+                                                   sort_keys=False))
     files = result_files(out)
     trace = LineFile(out / TRACE_FILE) if out is not None else MemoryLines(keep=False)
     summaries: list[dict] = []

@@ -549,6 +549,7 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
     from sim.study.backends import BACKENDS, RAY_MISSING, run_jobs
     from sim.study.config import load_scenario, read_yaml
     from sim.study.replay import refusal
+    from sim.plugins import explain_missing, worker_specs
 
     # 1. Check everything; nothing is written before this passes.
     spec, base, points = load_sweep(path, changes, data, folder)
@@ -574,7 +575,8 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
     first: dict[str, int] = {}
     for i in range(len(points)):
         try:
-            scenarios[i] = load_scenario(base, overrides[i])
+            with explain_missing(out_dir / "points" / f"{i:03d}"):   # its earlier run's plugins, if missing now
+                scenarios[i] = load_scenario(base, overrides[i])
         except ConfigError as exc:
             invalid[i] = {"status": "failed", "error": str(exc), "mode": "full", "note": ""}
             continue
@@ -609,7 +611,7 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
         try:
             _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
                         lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
-                                                       on_done=on_done))
+                                                       on_done=on_done, plugins=worker_specs()))
         except KeyboardInterrupt:
             interrupted = True
             if sw.current is not None and sw.current not in sw.results:
