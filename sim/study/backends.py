@@ -112,6 +112,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from sim.errors import ConfigError
+from sim.study.rayconnect import CONNECT_TIMEOUT_S     # Ray: seconds to join a cluster or say why not
 
 BACKENDS = ("local", "ray")
 RAY_MISSING = ("--backend ray needs Ray, an optional extra: pip install '.[ray]' "
@@ -120,6 +121,7 @@ CANCEL_WAIT_S = 10.0   # on interruption: how long to wait for force-cancelled R
 OBJECT_STORE_BYTES = 256 * 1024 ** 2   # a private local instance's object store (results pass through it)
 STOP_GRACE_S = 20.0                    # after an interruption: how long running local jobs get to stop
 PARENT_POLL_S = 0.5                    # a local worker checks this often that its parent is alive
+RETRIES = 2                            # Ray: a task whose node or worker dies runs again at most this often
 
 
 @dataclass(frozen=True)
@@ -130,29 +132,44 @@ class Job:
     out_dir: str             # where the job's files must end up on this (driver) machine
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    memory_bytes: int | None = None           # Ray: the estimated peak memory (refused if no node has it)
+    paths: tuple[tuple[str, str], ...] = ()   # Ray: (field, path) of the files it reads (sent to the nodes)
 
 
 def _noop(key: int, result: dict) -> None:
     pass
 
 
-def resources(scenario: Any) -> tuple[float, float]:
+def resources(scenario: Any, gpus_per_point: float = 1.0, cpus_per_point: float = 1.0) -> tuple[float, float]:
     """(num_cpus, num_gpus) a sweep point asks a Ray cluster for.
 
-    One CPU: a point is one process, and under Ray its torch runs one intra-op
-    thread (Ray sets OMP_NUM_THREADS to the task's CPU count).  A whole GPU when
-    the scenario's ``device`` is ``cuda``, or ``auto`` and this (driver) process
-    sees CUDA; otherwise none.  ``scenario`` is a Scenario or a dict with an
-    optional ``device``.
+    ``cpus_per_point`` CPUs (default 1: a point is one process; under Ray its
+    torch runs that many intra-op threads).  ``gpus_per_point`` of a GPU (default
+    a whole one; a fraction lets several points share one) when the scenario's
+    ``device`` is ``cuda``, or ``auto`` and this (driver) process sees CUDA;
+    otherwise none.  ``scenario`` is a Scenario or a dict with an optional
+    ``device``.
     """
     device = scenario.get("device", "auto") if isinstance(scenario, dict) else getattr(scenario, "device", "auto")
     if device == "cuda":
-        return 1.0, 1.0
+        return float(cpus_per_point), float(gpus_per_point)
     if device == "auto":
         import torch
         if torch.cuda.is_available():
-            return 1.0, 1.0
-    return 1.0, 0.0
+            return float(cpus_per_point), float(gpus_per_point)
+    return float(cpus_per_point), 0.0
+
+
+def check_point_resources(gpus_per_point: float, cpus_per_point: float, retries: int) -> None:
+    """ConfigError for --gpus-per-point, --cpus-per-point or --retries out of range."""
+    if not (gpus_per_point > 0 and (gpus_per_point <= 1 or float(gpus_per_point).is_integer())):
+        raise ConfigError(f"--gpus-per-point {gpus_per_point:g} is not allowed; allowed: a fraction in (0, 1] "
+                          "(points share a GPU) or a whole number of GPUs", field="--gpus-per-point")
+    if not (cpus_per_point > 0 and (cpus_per_point <= 1 or float(cpus_per_point).is_integer())):
+        raise ConfigError(f"--cpus-per-point {cpus_per_point:g} is not allowed; allowed: a fraction in (0, 1] "
+                          "or a whole number of CPUs", field="--cpus-per-point")
+    if retries < 0:
+        raise ConfigError(f"--retries {retries} is not allowed; allowed: 0 or more", field="--retries")
 
 
 def _failed(exc: BaseException) -> dict:
@@ -190,15 +207,22 @@ def _report_stopped(on_done: Callable[[int, dict], None], key: int, result: dict
 
 
 def run_jobs(jobs: list[Job], backend: str = "local", workers: int = 1, address: str | None = None,
-             on_done: Callable[[int, dict], None] = _noop) -> None:
+             on_done: Callable[[int, dict], None] = _noop, *, retries: int = RETRIES,
+             connect_timeout: float = CONNECT_TIMEOUT_S, extra_paths: tuple[str, ...] = ()) -> None:
     """Run every job on ``backend`` and call ``on_done(key, result)`` here as each
-    one finishes (completion order).  See the module docstring."""
+    one finishes (completion order).  See the module docstring.  Ray only:
+    ``retries`` (a task whose node or worker dies runs again, on another node,
+    at most that many times), ``connect_timeout`` (seconds to join a cluster,
+    sim/study/rayconnect.py), ``extra_paths`` (more files or folders every task
+    needs, sent to the nodes with the jobs' own, sim/study/shipping.py)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}", field="--backend")
     if workers < 1:
         raise ConfigError("--workers must be >= 1", field="--workers")
+    if retries < 0:
+        raise ConfigError(f"--retries {retries} is not allowed; allowed: 0 or more", field="--retries")
     if backend == "ray":
-        _run_ray(list(jobs), workers, address, on_done)
+        _run_ray(list(jobs), workers, address, on_done, retries, connect_timeout, tuple(extra_paths))
     else:
         _run_local(list(jobs), workers, on_done)
 
@@ -387,34 +411,81 @@ def _worker_call(fn: Callable[..., dict], args: tuple, out_dir: str) -> dict:
 
 
 # --- ray ------------------------------------------------------------------------
-def _gathered(fn: Callable[..., dict], args: tuple, key: int) -> tuple[dict, dict[str, bytes]]:
-    """The Ray task: run the job in a temporary folder on this node and return
-    (result, {relative posix path: bytes}) in the order the files were last modified."""
+def _gathered(fn: Callable[..., dict], args: tuple, key: int, cpus: float = 1.0,
+              paths: tuple = ()) -> tuple[dict, dict[str, bytes], str]:
+    """The Ray task: run the job in a temporary folder on this node, with torch
+    using the CPUs the task was given and the job's files where they reached
+    this node, and return (result, {relative posix path: bytes} in the order
+    the files were last modified, this node's id)."""
+    import ray
+    import torch
+    from sim.study.inputs import located
+    from sim.study.shipping import MissingInput, node_paths
+    torch.set_num_threads(max(1, int(cpus)))
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - only for the record
+        node = ""
+    try:
+        where = node_paths(paths, f"node {node[:8]}" if node else "")
+    except MissingInput as exc:
+        return {"status": "failed", "error": str(exc)}, {}, node
     tmp = tempfile.mkdtemp(prefix=f"commsim-job{key}-")
     try:
-        result = _call(fn, args, tmp)
+        with located(where):
+            result = _call(fn, args, tmp)
         root = Path(tmp)
         found = [(p.stat().st_mtime_ns, p.relative_to(root).as_posix(), p) for p in root.rglob("*")
                  if p.is_file() and not p.is_symlink()]
-        return result, {rel: p.read_bytes() for _, rel, p in sorted(found)}
+        return result, {rel: p.read_bytes() for _, rel, p in sorted(found)}, node
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_files(out_dir: str, files: dict[str, bytes]) -> None:
+    """Write a gathered job's files under ``out_dir``, all or none: into a
+    fresh folder beside it, renamed into place once every file is there (when
+    ``out_dir`` does not exist yet or is empty; into an ``out_dir`` holding files
+    already, each file is written whole and renamed into place)."""
+    if not files:
+        return
     root = Path(out_dir)
-    for rel, data in files.items():
+    rels = []
+    for rel in files:
         parts = PurePosixPath(rel).parts
         if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
             raise ValueError(f"refusing to write {rel!r} outside {out_dir}")
-        dest = root.joinpath(*parts)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        part.write_bytes(data)
-        os.replace(part, dest)
+        rels.append(parts)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    whole = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    stage = Path(tempfile.mkdtemp(prefix=f".{root.name}.part-", dir=root.parent)) if whole else root
+    try:
+        for parts, data in zip(rels, files.values()):
+            dest = stage.joinpath(*parts)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            part.write_bytes(data)
+            os.replace(part, dest)
+        if whole:
+            os.chmod(stage, 0o777 & ~_umask())        # mkdtemp makes it 0700; a folder made by mkdir would not be
+            os.replace(stage, root)                   # an empty root is replaced, atomically
+    except BaseException:
+        if whole:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
-def _ray_error(exc: BaseException) -> dict:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_LOST = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError", "LocalRayletDiedError",
+         "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError", "OutOfMemoryError")
+
+
+def _ray_error(exc: BaseException, retries: int = 0) -> dict:
     """A failed result for a task that Ray could not run (the job's own
     exceptions are caught inside the task)."""
     cause = getattr(exc, "cause", None) or exc
@@ -424,6 +495,10 @@ def _ray_error(exc: BaseException) -> dict:
         first = text.splitlines()[0] if text else ""
         res["error"] = (f"{type(cause).__name__}: {first} (the Ray node cannot import the job's code: install "
                         f"the same commsim there, see sim/study/backends.py)\n{text}")
+    elif type(exc).__name__ in _LOST or type(cause).__name__ in _LOST:
+        first = text.splitlines()[0] if text else ""
+        res["error"] = (f"{type(cause).__name__}: the node or worker running it was lost, {retries + 1} time(s) "
+                        f"(--retries {retries}): {first}\n{text}")
     return res
 
 
@@ -439,53 +514,132 @@ def _driver_pythonpath() -> str:
     return os.pathsep.join(out)
 
 
-def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callable[[int, dict], None]) -> None:
+def _import_ray():
     try:
         import ray
     except ImportError:
         raise ConfigError(RAY_MISSING, field="--backend") from None
+    return ray
+
+
+@contextlib.contextmanager
+def session(backend: str, address: str | None, connect_timeout: float = CONNECT_TIMEOUT_S,
+            jobs: list[Job] = (), extra_paths: tuple[str, ...] = ()):
+    """Within the block, the Ray cluster at ``address`` is joined (for
+    ``backend == "ray"`` with an address; otherwise nothing is done), so that a
+    caller learns that it cannot be joined (a ConfigError) before it writes
+    anything; run_jobs inside uses that connection.  What ``jobs`` (their
+    ``paths``) and ``extra_paths`` need is sent to the nodes as the
+    connection's runtime_env (sim/study/shipping.py): pass every job that may
+    run in the block.  Disconnects at the end."""
+    if backend != "ray" or not address:
+        yield
+        return
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    shipment = _join(ray, address, connect_timeout, jobs, extra_paths)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shipment.close()
+
+
+def _join(ray: Any, address: str, connect_timeout: float, jobs, extra_paths) -> Any:
+    """Connect to the cluster with the runtime_env for ``jobs``; returns the Shipment (close it after)."""
+    from sim.study.rayconnect import connect
+    from sim.study.shipping import runtime_env_for, warn_not_sent
+    term_handler = signal.getsignal(signal.SIGTERM)    # ray.init replaces it with sys.exit: a sweep's comes back
+    shipment = runtime_env_for(jobs, extra_paths)
+    try:
+        connect(address, connect_timeout, shipment.runtime_env)
+    except BaseException:
+        shipment.close()
+        raise
+    finally:
+        if callable(term_handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, term_handler)
+    warn_not_sent(shipment)
+    return shipment
+
+
+def _largest_node_memory(ray: Any) -> float | None:
+    """The most memory (bytes) that one alive node offers tasks, as Ray counts it."""
+    try:
+        mem = [n.get("Resources", {}).get("memory", 0.0) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - unknown: nothing is refused
+        return None
+    return max(mem) if mem else None
+
+
+def _refusal(job: Job, have: dict, memory: float | None, private: bool) -> tuple[str | None, list[str]]:
+    """(why the job is refused before it is scheduled, or None; what it asks that no node has now)."""
+    short = [f"{want:g} {name}(s), it has {have.get(name, 0):g}"
+             for name, want in (("CPU", job.num_cpus), ("GPU", job.num_gpus)) if want > have.get(name, 0)]
+    if short and private:
+        return "the local Ray instance cannot run this job: it asks for " + "; ".join(short), short
+    if job.memory_bytes and not job.num_gpus and memory is not None and job.memory_bytes > memory:
+        from sim.learn.memory import gib
+        where = "the local Ray instance" if private else "the largest node of the Ray cluster"
+        return (f"the point needs at least {gib(job.memory_bytes)} of memory (the estimate 4 * d * (n + 4) bytes of "
+                f"sim/learn/memory.py), more than the {gib(memory)} that {where} offers tasks; allowed: a smaller "
+                "model or fewer workers, or a node with more memory"), short
+    return None, short
+
+
+def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callable[[int, dict], None],
+             retries: int = RETRIES, connect_timeout: float = CONNECT_TIMEOUT_S, extra_paths: tuple = ()) -> None:
+    ray = _import_ray()
     if not jobs:
         return
     connected_here = not ray.is_initialized()
-    private = connected_here and not address
-    term_handler = signal.getsignal(signal.SIGTERM)    # ray.init replaces it with sys.exit: a sweep's comes back
+    private = not address
+    shipment = None
     if connected_here:
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            shipment = _join(ray, address, connect_timeout, jobs, extra_paths)
         else:
+            term_handler = signal.getsignal(signal.SIGTERM)
             # address="local": always a new private instance (RAY_ADDRESS is not consulted)
             ray.init(address="local", num_cpus=workers, include_dashboard=False,
                      object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False, logging_level=logging.ERROR,
                      runtime_env={"env_vars": {"PYTHONPATH": _driver_pythonpath()}})
-        if callable(term_handler) and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, term_handler)
+            if callable(term_handler) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, term_handler)
     pending: dict[Any, Job] = {}
     try:
+        options: dict[str, Any] = {"max_retries": retries, "retry_exceptions": False}
+        if not private:
+            options["scheduling_strategy"] = "SPREAD"          # a point per node before two on one
         have = ray.cluster_resources()
+        memory = _largest_node_memory(ray)
         task = ray.remote(_gathered)
         for job in jobs:
-            short = [f"{want:g} {name}(s), it has {have.get(name, 0):g}"
-                     for name, want in (("CPU", job.num_cpus), ("GPU", job.num_gpus))
-                     if want > have.get(name, 0)]
-            if short and private:
-                on_done(job.key, {"status": "failed", "error": "the local Ray instance cannot run this job: it asks "
-                                  "for " + "; ".join(short)})
+            why, short = _refusal(job, have, memory, private)
+            if why:
+                on_done(job.key, {"status": "failed", "error": why})
                 continue
             if short:
                 print(f"warning: job {job.key} asks for {'; '.join(short)} in the Ray cluster now; "
                       "it waits until such a node joins", file=sys.stderr)
-            ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}") \
-                .remote(job.fn, job.args, job.key)
+            extra = {"memory": int(job.memory_bytes)} if job.memory_bytes and not job.num_gpus else {}
+            ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}",
+                               **options, **extra).remote(job.fn, job.args, job.key, job.num_cpus, job.paths)
             pending[ref] = job
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 job = pending.pop(ref)
+                node = ""
                 try:
-                    result, files = ray.get(ref)
+                    result, files, node = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - a task Ray could not run (import error, node lost, OOM)
-                    result, files = _ray_error(exc), {}
+                    result, files = _ray_error(exc, retries), {}
                 _write_files(job.out_dir, files)
+                if node and not private:
+                    result = {**result, "node": node}
                 _report(on_done, job.key, result)
     except BaseException:
         # interrupted (or on_done failed): kill every task we started that has not finished
@@ -504,3 +658,5 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
     finally:
         if connected_here:
             ray.shutdown()               # stops a private instance; only disconnects from a cluster
+        if shipment is not None:
+            shipment.close()

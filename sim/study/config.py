@@ -358,9 +358,10 @@ def read_yaml(path: str | Path) -> Any:
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file."""
+    from sim.study.inputs import local_path
     file = str(path)
     p = Path(path)
-    data = read_yaml(p)
+    data = read_yaml(local_path(p))      # on a Ray node: the copy it received; paths stay the driver's
     if data is None:
         data = {}
     for key, value in parse_overrides(overrides, file):

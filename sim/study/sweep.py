@@ -77,6 +77,7 @@ import sys
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -487,6 +488,8 @@ class _Sweep:
         for i in scenarios:
             if i not in self.results and self.dir(i).exists():
                 shutil.rmtree(self.dir(i))          # no old file mixed into the new run
+        for stale in (self.out_dir / "points").glob(".*.part-*"):     # a Ray point's files half-gathered when
+            shutil.rmtree(stale, ignore_errors=True)                   # the driver died (sim/study/backends.py)
         extra = sorted(p.name for p in (self.out_dir / "points").glob("*")
                        if p.is_dir() and p.name.isdigit() and int(p.name) >= len(self.points))
         if extra:
@@ -518,30 +521,42 @@ class _Sweep:
         self.write_summary()
         if not self.quiet or result["status"] != "done":
             err = result["error"].splitlines()[0] if result["error"] else ""
+            node = f" on node {result['node'][:12]}" if result.get("node") else ""     # a Ray cluster's node
             print(f"point {i:03d} {result['status']} ({result['mode']}{': ' + result['note'] if result['note'] else ''})"
-                  f"{': ' + err if err else ''}", file=sys.stderr)
+                  f"{node}{': ' + err if err else ''}", file=sys.stderr)
 
     def write_summary(self) -> None:
         write_sweep_summary(self.out_dir, self.points, self.results, self.hashes, self.rows)
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """How full points run on Ray (sim/study/backends.py); ignored by the local backend."""
+    retries: int = 2                   # a point whose node dies runs again, on another node, at most this often
+    connect_timeout: float = 10.0      # seconds to join --address, or say why not (sim/study/rayconnect.py)
+    gpus_per_point: float = 1.0        # what a point on CUDA asks for (a fraction: points share a GPU)
+    cpus_per_point: float = 1.0        # what every point asks for (its torch threads)
+    extra_paths: tuple[str, ...] = ()  # more files every point needs, sent to the nodes with its own
+
+
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
-              address: str | None = None, changes: dict | None = None) -> int:
+              address: str | None = None, changes: dict | None = None,
+              ray_options: RayOptions | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
     where only the network does (sim/study/replay.py), on the chosen backend.
     ``changes``: see :func:`load_sweep`.  Returns the exit code (see the
     module docstring)."""
     with sigterm_interrupts():
         try:
-            return _run_sweep(path, out, backend, workers, quiet, address, changes)
+            return _run_sweep(path, out, backend, workers, quiet, address, changes, ray_options or RayOptions())
         except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
             print("\nsweep interrupted before it started", file=sys.stderr)
             return EXIT_INTERRUPTED
 
 
 def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
-               changes: dict | None = None) -> int:
-    from sim.study.backends import BACKENDS, RAY_MISSING, run_jobs
+               changes: dict | None = None, opts: RayOptions = RayOptions()) -> int:
+    from sim.study.backends import BACKENDS, RAY_MISSING, check_point_resources, run_jobs, session
     from sim.study.config import load_scenario, read_yaml
     from sim.study.replay import refusal
 
@@ -557,6 +572,10 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError(RAY_MISSING, field="--backend", file=path) from None
+    try:
+        check_point_resources(opts.gpus_per_point, opts.cpus_per_point, opts.retries)
+    except ConfigError as exc:
+        raise exc.with_file(path)
     read_yaml(base)                     # the base file is readable YAML (else every point would fail)
     out_dir = Path(out) if out else Path("results") / spec.name
     refuse_file_out(out_dir, path)
@@ -584,7 +603,23 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
             else:
                 refused[i] = f"replay refused: {why}"
 
-    # 3. Lock the folder, then write: resume, run, summarise.
+    # 3. Join the Ray cluster (one that cannot be joined is bad input: nothing
+    #    is written), lock the folder, then write: resume, run, summarise.
+    from sim.study.backends import Job
+    from sim.study.inputs import scenario_inputs
+    # what the points read, sent to the cluster's nodes when it is joined (sim/study/shipping.py)
+    shipped = [Job(i, run_point, (), "", paths=tuple(scenario_inputs(scn, base))) for i, scn in scenarios.items()] \
+        if backend == "ray" and address else []
+    try:
+        with session(backend, address, opts.connect_timeout, shipped, opts.extra_paths):
+            return _write_sweep(spec, path, out_dir, points, quiet, backend, workers, address, opts, base, overrides,
+                                scenarios, hashes, source_of, refused, invalid, run_jobs)
+    except ConfigError as exc:
+        raise exc.with_file(path)
+
+
+def _write_sweep(spec, path, out_dir, points, quiet, backend, workers, address, opts, base, overrides, scenarios,
+                 hashes, source_of, refused, invalid, run_jobs) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(out_dir, path)
     lock.acquire()
@@ -604,7 +639,10 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
         try:
             _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
                         lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
-                                                       on_done=on_done))
+                                                       on_done=on_done, retries=opts.retries,
+                                                       connect_timeout=opts.connect_timeout,
+                                                       extra_paths=opts.extra_paths),
+                        opts if backend == "ray" else None)
         except KeyboardInterrupt:
             interrupted = True
             if sw.current is not None and sw.current not in sw.results:
@@ -629,10 +667,14 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
 
 
 def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, list[str]], scenarios: dict,
-                source_of: dict[int, int], refused: dict[int, str], path: str, run: Any) -> None:
+                source_of: dict[int, int], refused: dict[int, str], path: str, run: Any,
+                ray: RayOptions | None = None) -> None:
     """Full points on the backend (``run(jobs, on_done)``), then the replays
-    here, then the points whose replay was refused at run time."""
+    here, then the points whose replay was refused at run time.  With ``ray``,
+    a job also carries its estimated memory and the paths it reads."""
+    from sim.learn.memory import scenario_bytes
     from sim.study.backends import Job, resources
+    from sim.study.inputs import scenario_inputs
     from sim.study.replay import replay_run
     from sim.study.trace import ReplayUnavailable
 
@@ -640,9 +682,12 @@ def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, li
         if not ids:
             return
         jobs = []
+        opts = ray or RayOptions()
         for i in ids:
-            cpus, gpus = resources(scenarios[i])
-            jobs.append(Job(i, run_point, (str(base), overrides[i], True), str(sw.dir(i)), cpus, gpus))
+            cpus, gpus = resources(scenarios[i], opts.gpus_per_point, opts.cpus_per_point)
+            extra = {"memory_bytes": scenario_bytes(scenarios[i]),
+                     "paths": tuple(scenario_inputs(scenarios[i], base))} if ray is not None else {}
+            jobs.append(Job(i, run_point, (str(base), overrides[i], True), str(sw.dir(i)), cpus, gpus, **extra))
         try:
             run(jobs, lambda i, r: sw.done(i, {**r, "mode": "full", "note": notes.get(i, "")}))
         except ConfigError as exc:
