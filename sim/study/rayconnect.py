@@ -17,10 +17,10 @@ says what failed, at which address, and what to change:
    token mode without a token is refused here (Ray itself would abort the
    process);
 3. a TCP connection to the address, within the time left;
-4. for a GCS address, a probe in a child process (bounded by the time left,
-   its output kept out of this terminal): the GCS answers and accepts the
-   token, and a node of that cluster runs on this machine (a ``HOST:PORT``
-   driver attaches to a local node; elsewhere use ``ray://``);
+4. a probe in a child process (bounded by the time left, its output kept out
+   of this terminal): the GCS (or the Ray Client server) answers and accepts
+   the token, and, for ``HOST:PORT``, a node of that cluster runs on this
+   machine (such a driver attaches to a local node; elsewhere use ``ray://``);
 5. ``ray.init`` itself.
 
 Ray retries a refused token for about 20 s and logs every retry; the probe
@@ -66,6 +66,31 @@ try:
     services.get_node_to_connect_for_driver(client, timeout_seconds=max(1.0, left - (time.monotonic() - t0)))
 except Exception as exc:
     out(ok=False, what="node", error=f"{type(exc).__name__}: {exc}")
+out(ok=True)
+"""
+
+
+# The same for a Ray Client address (sys.argv = [HOST:PORT, seconds]): the gRPC channel Ray Client
+# opens (with the token interceptors of this environment) and one ping.
+_CLIENT_PROBE = r"""
+import json, sys
+addr, left = sys.argv[1], float(sys.argv[2])
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+    sys.exit(0)
+import grpc
+from ray._private.grpc_utils import init_grpc_channel
+from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+channel = init_grpc_channel(addr, asynchronous=False)
+try:
+    grpc.channel_ready_future(channel).result(timeout=left)
+    stub = ray_client_pb2_grpc.RayletDriverStub(channel)
+    stub.ClusterInfo(ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING), timeout=left)
+except grpc.FutureTimeoutError:
+    out(ok=False, what="gcs", error="TimedOut: no answer")
+except grpc.RpcError as exc:
+    auth = exc.code() == grpc.StatusCode.UNAUTHENTICATED or "InvalidAuthToken" in str(exc.details())
+    out(ok=False, what="auth" if auth else "gcs", error=f"{exc.code().name}: {exc.details()}")
 out(ok=True)
 """
 
@@ -131,12 +156,13 @@ def _token_problem(shown: str, mode: str, error: str) -> ConfigError:
                        f"wrong token); {TOKEN_FIX}", field=FIELD)
 
 
-def probe(gcs: str, shown: str, mode: str, deadline: float) -> None:
-    """Step 4 of the module docstring, in a child process."""
+def probe(gcs: str, shown: str, mode: str, deadline: float, client: bool = False) -> None:
+    """Step 4 of the module docstring, in a child process (``client``: a Ray Client address)."""
     left = max(1.0, deadline - time.monotonic())
     env = dict(os.environ, RAY_AUTH_MODE=mode)
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, gcs, f"{left:.1f}"], env=env, capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", _CLIENT_PROBE if client else _PROBE, gcs, f"{left:.1f}"],
+                              env=env, capture_output=True,
                               text=True, timeout=left + 5.0, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the Ray cluster at {shown} did not answer within {left:.0f} s (is it a Ray head's GCS "
@@ -157,8 +183,10 @@ def probe(gcs: str, shown: str, mode: str, deadline: float) -> None:
                           "HOST:PORT attaches to a node of its own machine; start one here (`ray start --address "
                           f"{gcs}`), or join through Ray Client (ray://HOST:10001)", field=FIELD)
     why = "no answer" if "Timed out" in error or "TimedOut" in error else _first(error)
-    raise ConfigError(f"the Ray cluster at {shown} did not answer as a Ray GCS ({why}); check the address (the "
-                      "head's GCS port, 6379 by default) and that the head is running", field=FIELD)
+    what, port = ("Ray Client server", "the head's Ray Client port, 10001 by default") if client else \
+        ("Ray GCS", "the head's GCS port, 6379 by default")
+    raise ConfigError(f"the Ray cluster at {shown} did not answer as a {what} ({why}); check the address "
+                      f"({port}) and that the head is running", field=FIELD)
 
 
 def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S, runtime_env: dict | None = None) -> None:
@@ -190,6 +218,7 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S, runtime_env: dic
                               "'ray[client]' (or join with HOST:PORT from a node of the cluster)", field=FIELD) from None
         host, port = _split(target[len("ray://"):])
         _reach(host, port, target, deadline)
+        probe(f"{host}:{port}", target, mode, deadline, client=True)
     else:
         from ray._private import services
         try:
