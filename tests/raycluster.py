@@ -158,6 +158,23 @@ class LocalCluster:
         self.proc.stdin.flush()
         assert self._read(60.0) == {"killed": k}
 
+    def task_pids(self, prefix: str = "ray::commsim-job") -> list[int]:
+        """The processes of this cluster running a task named ``prefix...`` (Ray
+        titles a worker process by its task; its parent is its node's raylet)."""
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                parent = Path(f"/proc/{ppid}/cmdline").read_bytes().decode(errors="replace")
+            except (OSError, IndexError):
+                continue
+            if cmd.startswith(prefix) and self.dir in parent:
+                out.append(int(pid))
+        return out
+
     def __exit__(self, *exc) -> None:
         try:
             if self.proc is not None and self.proc.poll() is None:

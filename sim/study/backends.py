@@ -47,51 +47,68 @@ never started are not reported.
     store, worker output not copied to this terminal) and shuts it down at the
     end.  ``RAY_ADDRESS`` is not consulted when no address is given: pass
     ``--address auto`` to use the cluster it names.  If Ray is already
-    initialised in this process, that connection is used and left open.
-    ``workers`` only sizes a local instance; on a cluster the cluster's free
-    resources decide how many points run at once.
+    initialised in this process (by :func:`session`, or by the caller), that
+    connection is used and left open.  ``workers`` only sizes a local instance;
+    on a cluster the cluster's free resources decide how many points run at
+    once, and points are spread over the nodes (``SPREAD``: one per node before
+    two on one).
+
+    Joining (sim/study/rayconnect.py): the address, Ray's token authentication
+    (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``) and the cluster's answer are checked within
+    ``connect_timeout`` seconds; a cluster that cannot be joined is a
+    ConfigError (field ``--address``) saying what failed, where, and the fix.
+    :func:`session` joins before the caller writes anything (a sweep: before
+    its folder exists).
+
+    Node loss: a task whose worker or node dies (a machine lost, the OOM
+    killer) is run again by Ray, on a node that is alive, at most ``retries``
+    times (Ray's ``max_retries``; the job's own exceptions are never retried:
+    they are results); then it is reported failed with Ray's error and the
+    number of tries.
+
+    Resources: a job is refused at once (failed, not scheduled) when it needs
+    more CPUs or GPUs than a private instance has, or more memory
+    (``memory_bytes``, the estimate of sim/learn/memory.py; CPU jobs) than the
+    largest node offers tasks; a CPU job also asks Ray for that memory, so two
+    that do not fit together are not put on one node.  On a cluster a job
+    asking for more CPUs or GPUs than it has now is submitted anyway (an
+    autoscaler may add such a node) after a warning on stderr.  Each task sets
+    torch's intra-op threads to the CPUs it asked for.
 
     On interruption every unfinished task is cancelled with
     ``ray.cancel(ref, force=True)`` (its worker process is killed; a task
     writes nothing on the driver until it has finished, so nothing partial
     lands in ``out_dir``), waited for (at most ``CANCEL_WAIT_S``) until Ray
     says it ended, reported ``interrupted``, and then Ray is shut down
-    (or, for a connection that was open before, left open).
+    (or, for a connection that was open before, left open).  A driver killed
+    outright (``kill -9``) takes its tasks with it: Ray ends a dead driver's job.
 
     Results are *gathered*: a task runs ``fn`` with ``out_dir`` set to a fresh
     temporary folder on whichever node runs it, then returns the result and
     every regular file under that folder (relative path -> bytes; empty
-    folders and symlinks are not carried).  The driver writes those files under
-    the job's ``out_dir`` in the order they were last modified on the worker
-    (so a completion marker that ``fn`` writes last, like a sweep point's
-    ``done``, also lands last), each file written whole and then renamed into
-    place, and only then calls ``on_done``.  A job that needs more GPUs or CPUs
-    than a local instance has is reported failed at once instead of waiting
-    forever; on a cluster it is submitted anyway (an autoscaler may add such a
-    node) after a warning on stderr.
+    folders and symlinks are not carried).  The driver writes those files into
+    a fresh folder beside the job's ``out_dir`` (in the order they were last
+    modified on the worker) and renames it into place once all are there, and
+    only then calls ``on_done``: a job's files appear whole or not at all, and
+    a sweep's done marker is written after them.  On a cluster the result also
+    has ``node``: the id of the node that ran it.
 
-    Threads: Ray sets ``OMP_NUM_THREADS`` to a task's CPU count, so a point
-    asking for 1 CPU runs torch with one intra-op thread; the local backend's
-    processes keep torch's default (one thread per core, each).
-
-What a Ray cluster's nodes need (nothing is uploaded; ``runtime_env``'s
-``working_dir`` is deliberately not used: it would put the code somewhere else
-on each node but not the scenario and data files, which points name by absolute
-path):
-
-* the same Python with the same commsim installed (``pip install -e .`` of the
-  same checkout, or ``pip install .``) and its dependencies, torch included (a
-  CUDA build on GPU nodes); a job's function and arguments are pickled by
-  reference, so its module must be importable there;
-* the scenario file, and any trace, GraphML or data folders it names, at the
-  same absolute paths as on the driver (a shared filesystem, or the same
-  checkout at the same path on every node).
-
-A task whose function cannot be loaded on the node is reported failed with the
-import error and a pointer to this docstring.  A private local instance is
-started with the driver's own import path (``sys.path`` folders outside the
-Python installation, passed as ``PYTHONPATH``), so, like the spawned processes
-of the local backend, it can run whatever the driver can import.
+What a Ray cluster's nodes need: the same Python, with commsim's dependencies
+(torch included, a CUDA build on GPU nodes) and Ray.  What a job reads travels
+with it (sim/study/shipping.py): the driver's own commsim code (so every node
+runs exactly the driver's code, installed there or not), and the job's
+``paths`` (a sweep point's scenario file, bandwidth traces, GraphML files and
+local data roots) plus ``extra_paths``, sent as the connection's
+``runtime_env`` working directory.  A point reads those copies but records the
+driver's paths (sim/study/inputs.py), so its files are the same on every node.
+A path too large to send must be at the same absolute path on every node (a
+shared filesystem); one found in neither place fails the job with a message
+naming it.  A private local instance is started with the driver's own import
+path (``sys.path`` folders outside the Python installation, passed as
+``PYTHONPATH``) instead, so, like the spawned processes of the local backend,
+it can run whatever the driver can import.  A task whose function cannot be
+loaded on the node is reported failed with the import error.
 """
 from __future__ import annotations
 
@@ -493,8 +510,8 @@ def _ray_error(exc: BaseException, retries: int = 0) -> dict:
     res = {"status": "failed", "error": f"{type(cause).__name__}: {text}"}
     if "No module named" in text or isinstance(cause, ImportError):
         first = text.splitlines()[0] if text else ""
-        res["error"] = (f"{type(cause).__name__}: {first} (the Ray node cannot import the job's code: install "
-                        f"the same commsim there, see sim/study/backends.py)\n{text}")
+        res["error"] = (f"{type(cause).__name__}: {first} (the Ray node cannot import the job's code: its "
+                        f"dependencies must be installed there, see sim/study/backends.py)\n{text}")
     elif type(exc).__name__ in _LOST or type(cause).__name__ in _LOST:
         first = text.splitlines()[0] if text else ""
         res["error"] = (f"{type(cause).__name__}: the node or worker running it was lost, {retries + 1} time(s) "

@@ -10,8 +10,8 @@ says what failed, at which address, and what to change:
    ``pip install 'ray[client]'``);
 2. the token, before Ray is asked anything: Ray's token authentication (on by
    default for clusters started by Ray 2.60 once a token exists) sends the token
-   when ``RAY_AUTH_MODE=token`` is set (for ``auto``, also when unset and a
-   token is found, as ``ray.init`` does), taken from ``RAY_AUTH_TOKEN``, else
+   when ``RAY_AUTH_MODE=token`` is set (for ``auto`` without ``RAY_ADDRESS``,
+   also when unset and a token is found, as ``ray.init`` does), taken from ``RAY_AUTH_TOKEN``, else
    the file ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token`` (the
    file ``ray start --head`` and ``ray get-auth-token --generate`` write);
    token mode without a token is refused here (Ray itself would abort the
@@ -30,12 +30,14 @@ default ``CONNECT_TIMEOUT_S``); ``ray.init`` after a good probe is quick.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,8 +119,8 @@ def auth_mode(address: str) -> str:
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is not None:
         return mode.strip().lower()
-    if address == "auto" and token_source():          # ray.init's own rule for a local cluster found automatically
-        return "token"
+    if address == "auto" and not os.environ.get("RAY_ADDRESS") and token_source():
+        return "token"            # ray.init's own rule for a cluster it finds itself (RAY_ADDRESS counts as explicit)
     return "disabled"
 
 
@@ -163,7 +165,7 @@ def probe(gcs: str, shown: str, mode: str, deadline: float, client: bool = False
     try:
         proc = subprocess.run([sys.executable, "-c", _CLIENT_PROBE if client else _PROBE, gcs, f"{left:.1f}"],
                               env=env, capture_output=True,
-                              text=True, timeout=left + 5.0, stdin=subprocess.DEVNULL)
+                              text=True, timeout=left + 2.0, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ConfigError(f"the Ray cluster at {shown} did not answer within {left:.0f} s (is it a Ray head's GCS "
                           "port? `ray start --head` prints it); or raise --connect-timeout", field=FIELD) from None
@@ -237,11 +239,34 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S, runtime_env: dic
         _reach(host, port, shown, deadline)
         probe(gcs, shown, mode, deadline)
     try:                                          # (for auto, ray.init turns token mode on itself, as probed)
-        ray.init(address=target, log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env)
+        with _quiet_stderr():
+            ray.init(address=target, log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env)
     except Exception as exc:  # noqa: BLE001 - whatever Ray raises becomes one line
-        text = f"{type(exc).__name__}: {exc}"
-        if "InvalidAuthToken" in text or type(exc).__name__ == "AuthenticationError":
-            raise _token_problem(target, mode, text) from None
         cause = exc.__cause__
+        text = f"{type(exc).__name__}: {exc}" + (f"\n{type(cause).__name__}: {cause}" if cause else "")
+        if "InvalidAuthToken" in text or "AuthenticationError" in text:
+            raise _token_problem(target, mode, text) from None
         detail = _first(f"{type(cause).__name__}: {cause}") if cause else _first(text)
+        detail = detail.split(" Last connection error")[0]            # Ray appends a traceback's text there
         raise ConfigError(f"could not join the Ray cluster at {target}: {detail}", field=FIELD) from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Ray's native code logs every retry of a connection to file descriptor 2;
+    while ``ray.init`` runs they go to a scratch file (a failure is reported
+    as one message instead)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    with tempfile.TemporaryFile() as scratch:
+        sys.stderr.flush()
+        os.dup2(scratch.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
