@@ -206,8 +206,24 @@ def test_killing_the_driver_cancels_the_clusters_tasks(tmp_path):
         while cluster.task_pids():
             assert time.monotonic() < deadline, "tasks still running after the driver stopped"
             time.sleep(0.2)
-    assert "interrupted" in err and "Traceback" not in err
-    assert not any((out / "points" / f"{i:03d}" / "done").exists() for i in range(4))
+        assert "interrupted" in err and "Traceback" not in err
+        assert not any((out / "points" / f"{i:03d}" / "done").exists() for i in range(4))
+
+        # a driver killed outright (kill -9) takes its tasks with it too: Ray ends a dead driver's job
+        driver = subprocess.Popen(sweep_cmd(sweep, tmp_path / "killed", cluster.address), cwd=REPO,
+                                  env=cluster.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while len(cluster.task_pids()) < 2:
+                assert driver.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            driver.kill()
+            driver.wait()
+        deadline = time.monotonic() + 30
+        while cluster.task_pids():
+            assert time.monotonic() < deadline, "tasks still running after the driver was killed"
+            time.sleep(0.2)
 
 
 def where_job(trace: str, out_dir: str) -> dict:
