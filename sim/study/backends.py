@@ -643,7 +643,7 @@ def _run_ray(jobs: list[Job], workers: int, address: str | None, on_done: Callab
                       "it waits until such a node joins", file=sys.stderr)
             extra = {"memory": int(job.memory_bytes)} if job.memory_bytes and not job.num_gpus else {}
             ref = task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, name=f"commsim-job{job.key}",
-                               **options, **extra).remote(job.fn, job.args, job.key, job.num_cpus, job.paths)
+                               **options, **extra).remote(job.fn, job.args, job.key, job.num_cpus, () if private else job.paths)
             pending[ref] = job
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

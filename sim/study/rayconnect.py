@@ -56,16 +56,20 @@ t0 = time.monotonic()
 def out(**kw):
     print(json.dumps(kw), flush=True)
     sys.exit(0)
-try:
+try:                            # Ray's own internals: a Ray without them is joined without the probe
     import ray._raylet as raylet
     from ray._private import services
-    client = raylet.GcsClient(address=addr)
+    GcsClient, find_node = raylet.GcsClient, services.get_node_to_connect_for_driver
+except (ImportError, AttributeError) as exc:
+    out(ok=True, skipped=f"{type(exc).__name__}: {exc}")
+try:
+    client = GcsClient(address=addr)
     client.internal_kv_get(b"commsim-probe", None, timeout=max(1.0, left - (time.monotonic() - t0)))
 except Exception as exc:
     auth = type(exc).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(exc)
     out(ok=False, what="auth" if auth else "gcs", error=f"{type(exc).__name__}: {exc}")
 try:
-    services.get_node_to_connect_for_driver(client, timeout_seconds=max(1.0, left - (time.monotonic() - t0)))
+    find_node(client, timeout_seconds=max(1.0, left - (time.monotonic() - t0)))
 except Exception as exc:
     out(ok=False, what="node", error=f"{type(exc).__name__}: {exc}")
 out(ok=True)
@@ -80,9 +84,12 @@ addr, left = sys.argv[1], float(sys.argv[2])
 def out(**kw):
     print(json.dumps(kw), flush=True)
     sys.exit(0)
-import grpc
-from ray._private.grpc_utils import init_grpc_channel
-from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+try:                            # Ray's own internals: a Ray without them is joined without the probe
+    import grpc
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
+except (ImportError, AttributeError) as exc:
+    out(ok=True, skipped=f"{type(exc).__name__}: {exc}")
 channel = init_grpc_channel(addr, asynchronous=False)
 try:
     grpc.channel_ready_future(channel).result(timeout=left)

@@ -19,7 +19,9 @@ recorded with its error, the sweep goes on), ``interrupted`` or ``pending``
 Checked before anything runs or is written (bad input: exit 2): the sweep
 file itself; every axis and ``set:`` key must name a field of the scenario
 (sim/study/fields.py; the message names the nearest valid ones); at most
-``MAX_POINTS`` points; the base scenario must be readable YAML.  A value that
+``MAX_POINTS`` points; the base scenario must be readable YAML; with
+``--backend ray --address``, the cluster must be joinable (sim/study/rayconnect.py:
+the address, the token, an answer within ``--connect-timeout``).  A value that
 fails validation is a failed point, not bad input, even if it fails for every
 point.
 
@@ -610,60 +612,56 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
     # what the points read, sent to the cluster's nodes when it is joined (sim/study/shipping.py)
     shipped = [Job(i, run_point, (), "", paths=tuple(scenario_inputs(scn, base))) for i, scn in scenarios.items()] \
         if backend == "ray" and address else []
+    joined = contextlib.ExitStack()
     try:
-        with session(backend, address, opts.connect_timeout, shipped, opts.extra_paths):
-            return _write_sweep(spec, path, out_dir, points, quiet, backend, workers, address, opts, base, overrides,
-                                scenarios, hashes, source_of, refused, invalid, run_jobs)
+        joined.enter_context(session(backend, address, opts.connect_timeout, shipped, opts.extra_paths))
     except ConfigError as exc:
         raise exc.with_file(path)
-
-
-def _write_sweep(spec, path, out_dir, points, quiet, backend, workers, address, opts, base, overrides, scenarios,
-                 hashes, source_of, refused, invalid, run_jobs) -> int:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out_dir, path)
-    lock.acquire()
-    interrupted = False
-    try:
-        sw = _Sweep(out_dir, points, quiet, hashes)
-        (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
-        for i, res in invalid.items():
-            sw.results[i] = res
-            print(f"point {i:03d} failed: {res['error']}", file=sys.stderr)
-        sw.resume(scenarios)
-        todo = [i for i in range(len(points)) if i not in sw.results]
-        print(f"sweep {spec.name}: {len(points)} points ({len(points) - len(todo)} already done or invalid; "
-              f"{sum(1 for i in todo if i in source_of)} to replay), backend {backend}, results in {out_dir}",
-              file=sys.stderr)
-        sw.write_summary()
+    with joined:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(out_dir, path)
+        lock.acquire()
+        interrupted = False
         try:
-            _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
-                        lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
-                                                       on_done=on_done, retries=opts.retries,
-                                                       connect_timeout=opts.connect_timeout,
-                                                       extra_paths=opts.extra_paths),
-                        opts if backend == "ray" else None)
-        except KeyboardInterrupt:
-            interrupted = True
-            if sw.current is not None and sw.current not in sw.results:
-                sw.results[sw.current] = {"status": "interrupted", "error": "", "mode": "replay", "note": ""}
-        sw.write_summary()
-    finally:
-        lock.release()
+            sw = _Sweep(out_dir, points, quiet, hashes)
+            (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+            for i, res in invalid.items():
+                sw.results[i] = res
+                print(f"point {i:03d} failed: {res['error']}", file=sys.stderr)
+            sw.resume(scenarios)
+            todo = [i for i in range(len(points)) if i not in sw.results]
+            print(f"sweep {spec.name}: {len(points)} points ({len(points) - len(todo)} already done or invalid; "
+                  f"{sum(1 for i in todo if i in source_of)} to replay), backend {backend}, results in {out_dir}",
+                  file=sys.stderr)
+            sw.write_summary()
+            try:
+                _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
+                            lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
+                                                           on_done=on_done, retries=opts.retries,
+                                                           connect_timeout=opts.connect_timeout,
+                                                           extra_paths=opts.extra_paths),
+                            opts if backend == "ray" else None)
+            except KeyboardInterrupt:
+                interrupted = True
+                if sw.current is not None and sw.current not in sw.results:
+                    sw.results[sw.current] = {"status": "interrupted", "error": "", "mode": "replay", "note": ""}
+            sw.write_summary()
+        finally:
+            lock.release()
 
-    status = [r["status"] for r in sw.results.values()]
-    if interrupted:
-        print(f"sweep {spec.name} interrupted: {status.count('done')} of {len(points)} points done, "
-              f"{status.count('interrupted')} interrupted, {len(points) - len(status)} not started; "
-              "run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    failed = [i for i, r in sorted(sw.results.items()) if r["status"] != "done"]
-    if failed:
-        shown = ", ".join(f"{i:03d}" for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
-        print(f"sweep {spec.name}: {len(failed)} of {len(points)} points failed ({shown}); "
-              f"see {out_dir / 'sweep_summary.csv'}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        status = [r["status"] for r in sw.results.values()]
+        if interrupted:
+            print(f"sweep {spec.name} interrupted: {status.count('done')} of {len(points)} points done, "
+                  f"{status.count('interrupted')} interrupted, {len(points) - len(status)} not started; "
+                  "run the same command again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        failed = [i for i, r in sorted(sw.results.items()) if r["status"] != "done"]
+        if failed:
+            shown = ", ".join(f"{i:03d}" for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
+            print(f"sweep {spec.name}: {len(failed)} of {len(points)} points failed ({shown}); "
+                  f"see {out_dir / 'sweep_summary.csv'}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
 
 
 def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, list[str]], scenarios: dict,
