@@ -6,6 +6,7 @@ accuracy first, in simulated wall-clock time, on this network?
     python run_sim.py validate SCENARIO.yaml [--set ...]
     python run_sim.py list [scenarios]
     python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
+                            [--retries N] [--connect-timeout S] [--gpus-per-point F] [--cpus-per-point N]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
     python run_sim.py check PLUGIN      (the conformance checks over what a plugin registers)
@@ -64,6 +65,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="points run in parallel (local processes, or the CPUs of a local Ray instance)")
     sw.add_argument("--address", help="--backend ray: the Ray cluster to join (auto, HOST:6379, ray://HOST:10001); "
                                       "default: start a local instance for this sweep")
+    sw.add_argument("--retries", type=int, default=2,
+                    help="--backend ray: a point whose node dies runs again, on another node, at most N times "
+                         "(default 2); then it is failed with the node's error")
+    sw.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="--backend ray --address: how long joining the cluster may take before it is given up "
+                         "with the reason (default 10)")
+    sw.add_argument("--gpus-per-point", type=float, default=1.0, metavar="F",
+                    help="--backend ray: the GPUs a point on CUDA asks for (default 1; 0.5 lets two share one)")
+    sw.add_argument("--cpus-per-point", type=float, default=1.0, metavar="N",
+                    help="--backend ray: the CPUs every point asks for, and its torch threads (default 1)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
     pl = sub.add_parser("plot", help="figures and report.md for a run folder or a sweep folder")
     pl.add_argument("dir")
@@ -160,9 +171,11 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     from sim.study.shipped import resolve
-    from sim.study.sweep import run_sweep
+    from sim.study.sweep import RayOptions, run_sweep
+    ray = RayOptions(retries=args.retries, connect_timeout=args.connect_timeout,
+                     gpus_per_point=args.gpus_per_point, cpus_per_point=args.cpus_per_point)
     return run_sweep(resolve(args.sweep, "sweep"), args.out, backend=args.backend, workers=args.workers,
-                     quiet=args.quiet, address=args.address)
+                     quiet=args.quiet, address=args.address, ray_options=ray)
 
 
 def cmd_papers(args) -> int:

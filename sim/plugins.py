@@ -313,10 +313,12 @@ def load_specs(specs: list[dict[str, str]] | tuple = ()) -> None:
     (worker_specs) before running a point.  A file plugin that is not at the same
     path on this machine is imported by its module name (Ray's ``py_modules``
     ships the file under it)."""
+    from sim.study.inputs import local_path     # on a Ray node: the copy the sweep sent
     for s in specs:
         if s["how"] == "file":
-            if Path(s["file"]).is_file():
-                load(s["file"], source="the sweep's driver")
+            here = local_path(s["file"])
+            if here.is_file():
+                load(str(here), source="the sweep's driver")
             else:
                 load(s["module"], source=f"the sweep's driver (file {s['file']} shipped as module)")
         elif s["how"] == "entry point":

@@ -116,7 +116,9 @@ def ray_run(tmp_path_factory):
     points = point_jobs(root / "sweep")
     # no node has 64 GPUs: reported failed at once rather than waiting forever
     greedy = Job(99, write_job, ("g", 1), str(root / "greedy"), num_gpus=64)
-    results = run(toy + points + [greedy], backend="ray", workers=2)
+    # nor a petabyte of memory: refused with the estimate before it is scheduled
+    huge = Job(98, write_job, ("h", 1), str(root / "huge"), memory_bytes=10 ** 15)
+    results = run(toy + points + [greedy, huge], backend="ray", workers=2)
     return {"root": root, "results": results, "still_initialized": ray.is_initialized()}
 
 
@@ -144,6 +146,15 @@ def test_ray_job_asking_for_more_than_the_local_instance_has_fails_at_once(ray_r
     res = ray_run["results"][99]
     assert res["status"] == "failed" and "64 GPU(s)" in res["error"]
     assert not (ray_run["root"] / "greedy").exists()
+
+
+def test_ray_job_needing_more_memory_than_any_node_offers_is_refused_with_the_estimate(ray_run):
+    res = ray_run["results"][98]
+    assert res["status"] == "failed"
+    assert res["error"].startswith("the point needs at least 9.31e+05 GiB of memory (the estimate 4 * d * (n + 4) "
+                                   "bytes of sim/learn/memory.py), more than the ")
+    assert "that the local Ray instance offers tasks" in res["error"]
+    assert not (ray_run["root"] / "huge").exists()
 
 
 def test_sweep_points_on_ray_match_the_local_backend(tmp_path, ray_run):
@@ -177,6 +188,66 @@ def test_bad_backend_or_workers():
         run_jobs([], backend="dask")
     with pytest.raises(ConfigError, match="workers"):
         run_jobs([], workers=0)
+
+
+def test_gathered_files_land_whole_or_not_at_all(tmp_path, monkeypatch):
+    from sim.study.backends import _write_files
+    files = {"a.txt": b"a", "sub/b.bin": b"\x00" * 10, "done": b"ok\n"}
+    _write_files(str(tmp_path / "p" / "000"), files)
+    assert {p.relative_to(tmp_path / "p" / "000").as_posix(): p.read_bytes()
+            for p in (tmp_path / "p" / "000").rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["000"]          # no staging folder left
+    (tmp_path / "p" / "001").mkdir()                                                # an empty folder is replaced
+    _write_files(str(tmp_path / "p" / "001"), files)
+    assert (tmp_path / "p" / "001" / "sub" / "b.bin").read_bytes() == b"\x00" * 10
+    # the driver fails half-way (disk full): nothing of the point appears
+    real = Path.write_bytes
+
+    def failing(self, data):
+        if self.name.startswith("b.bin"):
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+    monkeypatch.setattr(Path, "write_bytes", failing)
+    with pytest.raises(OSError):
+        _write_files(str(tmp_path / "p" / "002"), files)
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["000", "001"]
+    with pytest.raises(ValueError, match="outside"):
+        _write_files(str(tmp_path / "p" / "003"), {"../escape": b""})
+
+
+def test_a_task_lost_with_its_node_is_failed_with_the_node_error_and_the_retries():
+    from sim.study.backends import _ray_error
+
+    class NodeDiedError(Exception):
+        pass
+    res = _ray_error(NodeDiedError("Task failed due to the node (where this task was running) was dead.\nmore"),
+                     retries=2)
+    assert res == {"status": "failed", "error": "NodeDiedError: the node or worker running it was lost, 3 time(s) "
+                   "(--retries 2): Task failed due to the node (where this task was running) was dead.\n"
+                   "Task failed due to the node (where this task was running) was dead.\nmore"}
+    with pytest.raises(ConfigError, match="--retries -1 is not allowed"):
+        run_jobs([], retries=-1)
+
+
+def test_point_resources_options(tmp_path):
+    from sim.study.backends import check_point_resources
+    from sim.study.sweep import RayOptions, run_sweep
+    assert resources({"device": "cuda"}, gpus_per_point=0.25) == (1.0, 0.25)
+    assert resources({"device": "cuda"}, gpus_per_point=2, cpus_per_point=4) == (4.0, 2.0)
+    assert resources({"device": "cpu"}, gpus_per_point=0.25, cpus_per_point=2) == (2.0, 0.0)
+    check_point_resources(0.5, 1, 0)
+    for args, field in (((1.5, 1, 2), "--gpus-per-point"), ((0, 1, 2), "--gpus-per-point"),
+                        ((1, 0, 2), "--cpus-per-point"), ((1, 2.5, 2), "--cpus-per-point"),
+                        ((1, 1, -1), "--retries")):
+        with pytest.raises(ConfigError) as err:
+            check_point_resources(*args)
+        assert err.value.field == field
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\nbase: {TINY}\naxes: {{seed: [0]}}\n")
+    with pytest.raises(ConfigError, match="--gpus-per-point 1.5 is not allowed") as err:
+        run_sweep(str(sweep), str(tmp_path / "out"), backend="ray", ray_options=RayOptions(gpus_per_point=1.5))
+    assert err.value.file == str(sweep)
+    assert not (tmp_path / "out").exists()
 
 
 def test_resources(monkeypatch, tiny_dict):

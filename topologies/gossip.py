@@ -163,6 +163,8 @@ from typing import Literal  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, model_validator  # noqa: E402
 
+from sim.study.inputs import local_path  # noqa: E402
+
 GRAPH_KINDS = ("ring", "torus", "hypercube", "complete", "random_regular", "erdos_renyi", "exponential", "graphml")
 
 
@@ -220,7 +222,7 @@ class GossipGraph(BaseModel):
         elif self.kind == "exponential":
             g = exponential(n)
         else:
-            g = read_graphml(base / str(self.file), n)
+            g = read_graphml(local_path(base / str(self.file)), n)   # a Ray node reads the copy it received
         return connected(g, f"the {self.kind} communication graph")
 
     def describe(self) -> str:

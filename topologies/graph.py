@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from sim.errors import ConfigError
-from sim.study.inputs import SHA256_PATTERN, pin
+from sim.study.inputs import SHA256_PATTERN, local_path, pin
 
 from . import TOPOLOGIES, worker_name
 from .spec import LinkSpec, link_attrs
@@ -65,12 +65,12 @@ class GraphTopology(BaseModel):
         path = Path(self.graphml)
         if not path.is_absolute():   # load_files made it absolute; a topology built in code may not have
             path = self._base / path
-        if not path.is_file():
+        if not local_path(path).is_file():
             raise ConfigError(f"GraphML file {str(path)!r} not found", field="network.topology.graphml")
         try:
-            src = nx.read_graphml(path)
+            src = nx.read_graphml(local_path(path))
         except Exception as exc:  # networkx raises several types for bad XML
-            culprit = _bad_number(path)
+            culprit = _bad_number(local_path(path))
             raise ConfigError(culprit or f"{path}: not a readable GraphML file ({exc})",
                               field="network.topology.graphml") from None
         g = nx.DiGraph()

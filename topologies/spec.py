@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, create_model, model_validator
 
-from sim.study.inputs import SHA256_PATTERN, pin
+from sim.study.inputs import SHA256_PATTERN, local_path, pin
 from sim.net.schedule import Schedule, read_trace, with_down_intervals
 from sim.unitfields import Bandwidth, BandwidthOrZero, Duration, PositiveDuration
 
@@ -167,7 +167,7 @@ class LinkSpec(Strict):
         line.  The path becomes absolute and its hash is recorded (sim/study/inputs.py)."""
         if self.trace is not None:
             path, digest = pin(self.trace, base, self.trace_sha256, field, "bandwidth trace (CSV)")
-            self._trace_points = read_trace(path, field)
+            self._trace_points = read_trace(local_path(path), field)
             self.trace, self.trace_sha256 = str(path), digest
 
     def nominal(self, n: int, rng: np.random.Generator, field: str) -> list[float]:

@@ -344,7 +344,8 @@ def _require_root(name: str, root: str | None, hint: str) -> Path:
             f"dataset {name!r} reads from a local folder: set data.root to {hint}",
             field="data.root",
         )
-    return Path(root).expanduser()
+    from sim.study.inputs import local_path      # a Ray node reads the copy it received (sim/study/shipping.py)
+    return local_path(Path(root).expanduser())
 
 
 def _missing_files_error(name: str, folders: Sequence[Path], missing: Sequence[str]) -> DataError:

@@ -15,6 +15,7 @@ then the allocator's failure is reported (exit 1) instead of a traceback.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -83,3 +84,21 @@ def allocation_failed(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return True
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in str(exc) or "out of memory" in str(exc))
+
+
+@functools.lru_cache(maxsize=16)
+def _data_shape(dataset: str, root: str | None) -> tuple[tuple[int, ...], int]:
+    from sim.learn.data import load_dataset
+    data = load_dataset(dataset, root)
+    return tuple(data.input_shape), int(data.num_classes)
+
+
+def scenario_bytes(scn) -> int | None:
+    """The estimate of the module docstring for a scenario, in bytes, or None
+    when it cannot be made here (the data set cannot be read on this machine,
+    the model cannot be built: the point itself reports that)."""
+    try:
+        shape, classes = _data_shape(scn.data.dataset, scn.data.root)
+        return estimate_bytes(count_params(scn.model, shape, classes), scn.workers)
+    except Exception:  # noqa: BLE001 - no estimate: nothing is refused before the point runs
+        return None

@@ -401,8 +401,10 @@ def read_yaml(path: str | Path) -> Any:
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
     """Read, override and validate a scenario file."""
+    from sim.study.inputs import local_path
     p = Path(path)
-    return scenario_from_data(read_yaml(p), str(path), p.resolve().parent, overrides)
+    # on a Ray node: the copy it received; paths (and relative trace/GraphML paths) stay the driver's
+    return scenario_from_data(read_yaml(local_path(p)), str(path), p.resolve().parent, overrides)
 
 
 def scenario_from_data(data: Any, file: str, base: Path, overrides: list[str] | None = None) -> Scenario:

@@ -19,7 +19,9 @@ recorded with its error, the sweep goes on), ``interrupted`` or ``pending``
 Checked before anything runs or is written (bad input: exit 2): the sweep
 file itself; every axis and ``set:`` key must name a field of the scenario
 (sim/study/fields.py; the message names the nearest valid ones); at most
-``MAX_POINTS`` points; the base scenario must be readable YAML.  A value that
+``MAX_POINTS`` points; the base scenario must be readable YAML; with
+``--backend ray --address``, the cluster must be joinable (sim/study/rayconnect.py:
+the address, the token, an answer within ``--connect-timeout``).  A value that
 fails validation is a failed point, not bad input, even if it fails for every
 point.
 
@@ -77,6 +79,7 @@ import sys
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -491,6 +494,8 @@ class _Sweep:
         for i in scenarios:
             if i not in self.results and self.dir(i).exists():
                 shutil.rmtree(self.dir(i))          # no old file mixed into the new run
+        for stale in (self.out_dir / "points").glob(".*.part-*"):     # a Ray point's files half-gathered when
+            shutil.rmtree(stale, ignore_errors=True)                   # the driver died (sim/study/backends.py)
         extra = sorted(p.name for p in (self.out_dir / "points").glob("*")
                        if p.is_dir() and p.name.isdigit() and int(p.name) >= len(self.points))
         if extra:
@@ -522,31 +527,44 @@ class _Sweep:
         self.write_summary()
         if not self.quiet or result["status"] != "done":
             err = result["error"].splitlines()[0] if result["error"] else ""
+            node = f" on node {result['node'][:12]}" if result.get("node") else ""     # a Ray cluster's node
             print(f"point {i:03d} {result['status']} ({result['mode']}{': ' + result['note'] if result['note'] else ''})"
-                  f"{': ' + err if err else ''}", file=sys.stderr)
+                  f"{node}{': ' + err if err else ''}", file=sys.stderr)
 
     def write_summary(self) -> None:
         write_sweep_summary(self.out_dir, self.points, self.results, self.hashes, self.rows)
 
 
+@dataclass(frozen=True)
+class RayOptions:
+    """How full points run on Ray (sim/study/backends.py); ignored by the local backend."""
+    retries: int = 2                   # a point whose node dies runs again, on another node, at most this often
+    connect_timeout: float = 10.0      # seconds to join --address, or say why not (sim/study/rayconnect.py)
+    gpus_per_point: float = 1.0        # what a point on CUDA asks for (a fraction: points share a GPU)
+    cpus_per_point: float = 1.0        # what every point asks for (its torch threads)
+    extra_paths: tuple[str, ...] = ()  # more files every point needs, sent to the nodes with its own
+
+
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
               address: str | None = None, changes: dict | None = None, data: Any = None,
-              folder: Path | None = None) -> int:
+              folder: Path | None = None, ray_options: RayOptions | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
     where only the network does (sim/study/replay.py), on the chosen backend.
-    ``changes``, ``data``, ``folder``: see :func:`load_sweep`.  Returns the exit
-    code (see the module docstring)."""
+    ``changes``, ``data``, ``folder``: see :func:`load_sweep`; ``ray_options``:
+    :class:`RayOptions`.  Returns the exit code (see the module docstring)."""
     with sigterm_interrupts():
         try:
-            return _run_sweep(path, out, backend, workers, quiet, address, changes, data, folder)
+            return _run_sweep(path, out, backend, workers, quiet, address, changes, data, folder,
+                              ray_options or RayOptions())
         except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
             print("\nsweep interrupted before it started", file=sys.stderr)
             return EXIT_INTERRUPTED
 
 
 def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
-               changes: dict | None = None, data: Any = None, folder: Path | None = None) -> int:
-    from sim.study.backends import BACKENDS, RAY_MISSING, run_jobs
+               changes: dict | None = None, data: Any = None, folder: Path | None = None,
+               opts: RayOptions = RayOptions()) -> int:
+    from sim.study.backends import BACKENDS, RAY_MISSING, check_point_resources, run_jobs, session
     from sim.study.config import load_scenario, read_yaml
     from sim.study.replay import refusal
     from sim.plugins import explain_missing, worker_specs
@@ -563,6 +581,10 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError(RAY_MISSING, field="--backend", file=path) from None
+    try:
+        check_point_resources(opts.gpus_per_point, opts.cpus_per_point, opts.retries)
+    except ConfigError as exc:
+        raise exc.with_file(path)
     read_yaml(base)                     # the base file is readable YAML (else every point would fail)
     out_dir = Path(out) if out else Path("results") / spec.name
     refuse_file_out(out_dir, path)
@@ -591,55 +613,76 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
             else:
                 refused[i] = f"replay refused: {why}"
 
-    # 3. Lock the folder, then write: resume, run, summarise.
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(out_dir, path)
-    lock.acquire()
-    interrupted = False
+    # 3. Join the Ray cluster (one that cannot be joined is bad input: nothing
+    #    is written), lock the folder, then write: resume, run, summarise.
+    from sim.study.backends import Job
+    from sim.study.inputs import scenario_inputs
+    plugins = worker_specs()                  # loaded by every point's process or Ray task (sim/plugins.py)
+    extra_paths = tuple(opts.extra_paths) + tuple(s["file"] for s in plugins if s.get("how") == "file")
+    # what the points read, sent to the cluster's nodes when it is joined (sim/study/shipping.py)
+    shipped = [Job(i, run_point, (), "", paths=tuple(scenario_inputs(scn, base))) for i, scn in scenarios.items()] \
+        if backend == "ray" and address else []
+    joined = contextlib.ExitStack()
     try:
-        sw = _Sweep(out_dir, points, quiet, hashes)
-        (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
-        for i, res in invalid.items():
-            sw.results[i] = res
-            print(f"point {i:03d} failed: {res['error']}", file=sys.stderr)
-        sw.resume(scenarios)
-        todo = [i for i in range(len(points)) if i not in sw.results]
-        print(f"sweep {spec.name}: {len(points)} points ({len(points) - len(todo)} already done or invalid; "
-              f"{sum(1 for i in todo if i in source_of)} to replay), backend {backend}, results in {out_dir}",
-              file=sys.stderr)
-        sw.write_summary()
+        joined.enter_context(session(backend, address, opts.connect_timeout, shipped, extra_paths))
+    except ConfigError as exc:
+        raise exc.with_file(path)
+    with joined:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(out_dir, path)
+        lock.acquire()
+        interrupted = False
         try:
-            _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
-                        lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
-                                                       on_done=on_done, plugins=worker_specs()))
-        except KeyboardInterrupt:
-            interrupted = True
-            if sw.current is not None and sw.current not in sw.results:
-                sw.results[sw.current] = {"status": "interrupted", "error": "", "mode": "replay", "note": ""}
-        sw.write_summary()
-    finally:
-        lock.release()
+            sw = _Sweep(out_dir, points, quiet, hashes)
+            (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
+            for i, res in invalid.items():
+                sw.results[i] = res
+                print(f"point {i:03d} failed: {res['error']}", file=sys.stderr)
+            sw.resume(scenarios)
+            todo = [i for i in range(len(points)) if i not in sw.results]
+            print(f"sweep {spec.name}: {len(points)} points ({len(points) - len(todo)} already done or invalid; "
+                  f"{sum(1 for i in todo if i in source_of)} to replay), backend {backend}, results in {out_dir}",
+                  file=sys.stderr)
+            sw.write_summary()
+            try:
+                _run_points(sw, todo, base, overrides, scenarios, source_of, refused, path,
+                            lambda jobs, on_done: run_jobs(jobs, backend=backend, workers=workers, address=address,
+                                                           on_done=on_done, retries=opts.retries,
+                                                           connect_timeout=opts.connect_timeout,
+                                                           extra_paths=extra_paths, plugins=plugins),
+                            opts if backend == "ray" else None)
+            except KeyboardInterrupt:
+                interrupted = True
+                if sw.current is not None and sw.current not in sw.results:
+                    sw.results[sw.current] = {"status": "interrupted", "error": "", "mode": "replay", "note": ""}
+            sw.write_summary()
+        finally:
+            lock.release()
 
-    status = [r["status"] for r in sw.results.values()]
-    if interrupted:
-        print(f"sweep {spec.name} interrupted: {status.count('done')} of {len(points)} points done, "
-              f"{status.count('interrupted')} interrupted, {len(points) - len(status)} not started; "
-              "run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    failed = [i for i, r in sorted(sw.results.items()) if r["status"] != "done"]
-    if failed:
-        shown = ", ".join(f"{i:03d}" for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
-        print(f"sweep {spec.name}: {len(failed)} of {len(points)} points failed ({shown}); "
-              f"see {out_dir / 'sweep_summary.csv'}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        status = [r["status"] for r in sw.results.values()]
+        if interrupted:
+            print(f"sweep {spec.name} interrupted: {status.count('done')} of {len(points)} points done, "
+                  f"{status.count('interrupted')} interrupted, {len(points) - len(status)} not started; "
+                  "run the same command again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        failed = [i for i, r in sorted(sw.results.items()) if r["status"] != "done"]
+        if failed:
+            shown = ", ".join(f"{i:03d}" for i in failed[:10]) + (" ..." if len(failed) > 10 else "")
+            print(f"sweep {spec.name}: {len(failed)} of {len(points)} points failed ({shown}); "
+                  f"see {out_dir / 'sweep_summary.csv'}", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK
 
 
 def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, list[str]], scenarios: dict,
-                source_of: dict[int, int], refused: dict[int, str], path: str, run: Any) -> None:
+                source_of: dict[int, int], refused: dict[int, str], path: str, run: Any,
+                ray: RayOptions | None = None) -> None:
     """Full points on the backend (``run(jobs, on_done)``), then the replays
-    here, then the points whose replay was refused at run time."""
+    here, then the points whose replay was refused at run time.  With ``ray``,
+    a job also carries its estimated memory and the paths it reads."""
+    from sim.learn.memory import scenario_bytes
     from sim.study.backends import Job, resources
+    from sim.study.inputs import scenario_inputs
     from sim.study.replay import replay_run
     from sim.study.trace import ReplayUnavailable
 
@@ -647,9 +690,12 @@ def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, li
         if not ids:
             return
         jobs = []
+        opts = ray or RayOptions()
         for i in ids:
-            cpus, gpus = resources(scenarios[i])
-            jobs.append(Job(i, run_point, (str(base), overrides[i], True), str(sw.dir(i)), cpus, gpus))
+            cpus, gpus = resources(scenarios[i], opts.gpus_per_point, opts.cpus_per_point)
+            extra = {"memory_bytes": scenario_bytes(scenarios[i]),
+                     "paths": tuple(scenario_inputs(scenarios[i], base))} if ray is not None else {}
+            jobs.append(Job(i, run_point, (str(base), overrides[i], True), str(sw.dir(i)), cpus, gpus, **extra))
         try:
             run(jobs, lambda i, r: sw.done(i, {**r, "mode": "full", "note": notes.get(i, "")}))
         except ConfigError as exc:
