@@ -2,10 +2,10 @@
 """commsim: which communication-efficient training algorithm reaches a target
 accuracy first, in simulated wall-clock time, on this network?
 
-    python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...]
+    python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...] [--log tensorboard]
     python run_sim.py validate SCENARIO.yaml [--set ...]
     python run_sim.py list
-    python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
+    python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR] [--log ...]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
     python run_sim.py papers [--quick] [--workers N] [--out DIR] [--only NAME ...]
@@ -28,6 +28,8 @@ EXIT_FAILED = 1
 RESULT_FILES = ("scenario.yaml", "metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv",
                 "updates.csv")
 EXIT_INTERRUPTED = 130
+LOG_CHOICES = ["tensorboard"]      # sim/study/tracking.py TRACKERS
+LOG_HELP = "also write the metrics for an experiment tracker: tensorboard -> RUN_DIR/tensorboard/"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="override a field, e.g. --set network.uplink.bandwidth='100 Mbps'")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--log", choices=LOG_CHOICES, help=LOG_HELP)
     val = sub.add_parser("validate", help="check a scenario without running it")
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -53,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("--address", help="--backend ray: the Ray cluster to join (auto, HOST:6379, ray://HOST:10001); "
                                       "default: start a local instance for this sweep")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--log", choices=LOG_CHOICES, help=LOG_HELP + " (each point, in its folder)")
     pl = sub.add_parser("plot", help="figures and report.md for a run folder or a sweep folder")
     pl.add_argument("dir")
     pl.add_argument("--baseline", help="the algorithm speed-ups are measured against (default: the first "
@@ -129,8 +133,10 @@ def cmd_run(args) -> int:
     from sim.study.config import load_scenario
     from sim.engine import build_world
     from sim.errors import ConfigError
+    from sim.study import tracking
     from sim.study.runner import execute
 
+    tracking.check(args.log)        # --log's package is installed (else exit 2, nothing written)
     # 1. Scenario: read, override, validate (nothing is written before this passes).
     scn = load_scenario(args.scenario, args.set)
     out = Path(args.out) if args.out else default_out(Path("results") / scn.name)
@@ -144,6 +150,7 @@ def cmd_run(args) -> int:
 
     # 3-5. Results folder, training, plots (sim/study/runner.py; sweeps use the same).
     status, summaries = execute(scn, worlds, out, quiet=args.quiet)
+    tracking.write(args.log, out)   # from metrics.csv, after it is written
     if summaries:
         print(time_to_target_table(summaries))
     return status
@@ -152,7 +159,7 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     from sim.study.sweep import run_sweep
     return run_sweep(args.sweep, args.out, backend=args.backend, workers=args.workers, quiet=args.quiet,
-                     address=args.address)
+                     address=args.address, log=args.log)
 
 
 def cmd_papers(args) -> int:

@@ -427,7 +427,9 @@ def _changes(old: Any, new: dict) -> str:
 class _Sweep:
     """The driver's bookkeeping: points, results, done markers, the summary."""
 
-    def __init__(self, out_dir: Path, points: list[dict], quiet: bool, hashes: dict[int, str]) -> None:
+    def __init__(self, out_dir: Path, points: list[dict], quiet: bool, hashes: dict[int, str],
+                 log: str | None = None) -> None:
+        self.log = log                              # a tracker logging each done point (sim/study/tracking.py)
         self.out_dir, self.points, self.quiet, self.hashes = out_dir, points, quiet, hashes
         self.results: dict[int, dict] = {}
         self.rows: dict[int, list[dict]] = {}      # summary rows of points checked done
@@ -505,6 +507,9 @@ class _Sweep:
                            "note": marker.get("note", "")}
         self.rows[i] = rows
         self.runs[i] = str(marker.get("run", ""))
+        if self.log and not (self.dir(i) / "tensorboard").exists():   # done before without --log
+            from sim.study import tracking
+            tracking.write(self.log, self.dir(i))
 
     def done(self, i: int, result: dict, source: int | None = None) -> None:
         self.results[i] = result
@@ -515,6 +520,9 @@ class _Sweep:
                 meta |= {"source": source, "source_hash": self.hashes[source], "source_run": self.runs.get(source)}
             _write_atomic(self.dir(i) / MARKER, yaml.safe_dump(meta, sort_keys=False))
             self.rows[i] = _point_rows(self.dir(i), None) or []
+            if self.log:
+                from sim.study import tracking
+                tracking.write(self.log, self.dir(i))
         self.write_summary()
         if not self.quiet or result["status"] != "done":
             err = result["error"].splitlines()[0] if result["error"] else ""
@@ -526,26 +534,29 @@ class _Sweep:
 
 
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
-              address: str | None = None, changes: dict | None = None) -> int:
+              address: str | None = None, changes: dict | None = None, log: str | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
     where only the network does (sim/study/replay.py), on the chosen backend.
-    ``changes``: see :func:`load_sweep`.  Returns the exit code (see the
+    ``changes``: see :func:`load_sweep`; ``log``: a tracker (sim/study/tracking.py)
+    that logs each point into its folder.  Returns the exit code (see the
     module docstring)."""
     with sigterm_interrupts():
         try:
-            return _run_sweep(path, out, backend, workers, quiet, address, changes)
+            return _run_sweep(path, out, backend, workers, quiet, address, changes, log)
         except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
             print("\nsweep interrupted before it started", file=sys.stderr)
             return EXIT_INTERRUPTED
 
 
 def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
-               changes: dict | None = None) -> int:
+               changes: dict | None = None, log: str | None = None) -> int:
+    from sim.study import tracking
     from sim.study.backends import BACKENDS, RAY_MISSING, run_jobs
     from sim.study.config import load_scenario, read_yaml
     from sim.study.replay import refusal
 
     # 1. Check everything; nothing is written before this passes.
+    tracking.check(log)
     spec, base, points = load_sweep(path, changes)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}", field="--backend",
@@ -590,7 +601,7 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
     lock.acquire()
     interrupted = False
     try:
-        sw = _Sweep(out_dir, points, quiet, hashes)
+        sw = _Sweep(out_dir, points, quiet, hashes, log)
         (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
         for i, res in invalid.items():
             sw.results[i] = res
