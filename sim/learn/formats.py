@@ -652,8 +652,7 @@ def load_femnist(root: str | None, seed: int) -> Dataset:
     and std (the mnist loaders' normalisation, with FEMNIST's statistics);
     ``y`` is 0..61 (digits, upper case, lower case).  The test set is every
     user's test samples; the split is LEAF's, so ``seed`` is unused.
-    Models: ``cnn_mnist`` (LEAF's FEMNIST CNN is of that shape), ``mlp``,
-    ``logreg``.
+    Models: the image models (``cnn_mnist``, ``mlp``, ``logreg``, ...).
     """
     (xs, ys, cids, users), (txs, tys, _, _) = _leaf_splits(
         "femnist", root, _femnist_x, lambda y: _class_ids(y, FEMNIST_CLASSES))
