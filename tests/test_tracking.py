@@ -122,6 +122,11 @@ def test_unknown_tracker_is_refused(tmp_path: Path) -> None:
     assert "allowed: tensorboard" in str(e.value)
 
 
+def test_the_cli_offers_every_registered_tracker() -> None:
+    import run_sim
+    assert run_sim.LOG_CHOICES == tracking.TRACKERS.names()
+
+
 def test_folder_names_from_labels() -> None:
     assert tracking._safe("comp-ams") == "comp-ams"
     assert tracking._safe("topk 1%/ef") == "topk_1__ef"
