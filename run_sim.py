@@ -2,10 +2,10 @@
 """commsim: which communication-efficient training algorithm reaches a target
 accuracy first, in simulated wall-clock time, on this network?
 
-    python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...]
+    python run_sim.py run SCENARIO.yaml [--out DIR] [--set dotted.key=value ...] [--log tensorboard]
     python run_sim.py validate SCENARIO.yaml [--set ...]
     python run_sim.py list [scenarios]
-    python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR]
+    python run_sim.py sweep SWEEP.yaml [--out DIR] [--backend local|ray] [--workers N] [--address ADDR] [--log ...]
                             [--retries N] [--connect-timeout S] [--gpus-per-point F] [--cpus-per-point N]
     python run_sim.py replay RUN_DIR --set network.KEY=VALUE ... [--out DIR]
     python run_sim.py plot DIR          (a run folder or a sweep folder)
@@ -37,6 +37,8 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+LOG_CHOICES = ["tensorboard"]      # sim/study/tracking.py TRACKERS
+LOG_HELP = "also write the metrics for an experiment tracker: tensorboard -> RUN_DIR/tensorboard/"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="override a field, e.g. --set network.uplink.bandwidth='100 Mbps'")
     run.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--log", choices=LOG_CHOICES, help=LOG_HELP)
     val = sub.add_parser("validate", help="check a scenario without running it")
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -76,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sw.add_argument("--cpus-per-point", type=float, default=1.0, metavar="N",
                     help="--backend ray: the CPUs every point asks for, and its torch threads (default 1)")
     sw.add_argument("--quiet", action="store_true", help="no progress bars")
+    sw.add_argument("--log", choices=LOG_CHOICES, help=LOG_HELP + " (each point, in its folder)")
     pl = sub.add_parser("plot", help="figures and report.md for a run folder or a sweep folder")
     pl.add_argument("dir")
     pl.add_argument("--baseline", help="the algorithm speed-ups are measured against (default: the first "
@@ -155,7 +159,9 @@ def cmd_run(args) -> int:
     from sim.study.config import load_scenario
     from sim.study.runner import run_scenario
     from sim.study.shipped import resolve
+    from sim.study import tracking
 
+    tracking.check(args.log)        # --log's package is installed (else exit 2, nothing written)
     # 1. Scenario: read, override, validate (nothing is written before this passes).
     path = resolve(args.scenario, "scenario")      # a path, or the name of a shipped scenario
     scn = load_scenario(path, args.set)
@@ -164,6 +170,7 @@ def cmd_run(args) -> int:
     # 2-5. --out checked, worlds (data, shards, model) per seed, results folder, training,
     #      plots: sim/study/runner.py, the core that sweeps and the Python API (sim/api.py) share.
     status, summaries = run_scenario(scn, path, out, overwrite=args.overwrite, quiet=args.quiet)
+    tracking.write(args.log, out)   # from metrics.csv, after it is written
     if summaries:
         print(time_to_target_table(summaries))
     return status
@@ -175,7 +182,7 @@ def cmd_sweep(args) -> int:
     ray = RayOptions(retries=args.retries, connect_timeout=args.connect_timeout,
                      gpus_per_point=args.gpus_per_point, cpus_per_point=args.cpus_per_point)
     return run_sweep(resolve(args.sweep, "sweep"), args.out, backend=args.backend, workers=args.workers,
-                     quiet=args.quiet, address=args.address, ray_options=ray)
+                     quiet=args.quiet, address=args.address, ray_options=ray, log=args.log)
 
 
 def cmd_papers(args) -> int:

@@ -37,8 +37,8 @@ BENCHES: dict[str, tuple[list[str], str | None]] = {
     "startup": (["bench_startup.py"], None),
     "sweep_threads": (["bench_sweep_threads.py"], None),
     # flwr pins its own ray: it runs from a venv of its own (make bench-flower), see --flower-python
-    "flower": (["bench_flower.py", "--sizes", "10", "32", "100", "1000", "--rounds", "20", "--flower-rounds", "6",
-                "--rounds-1000", "3", "--repeats", "3"], "flwr"),
+    "flower": (["bench_flower.py", "--sizes", "10", "32", "100", "1000", "--rounds", "10", "--flower-rounds", "4",
+                "--rounds-1000", "2", "--repeats", "2"], "flwr"),
 }
 
 

@@ -78,14 +78,18 @@ def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> Wor
     """Load data, partition it, build the model; raises ConfigError for
     settings that are only checkable against the data (batch > shard)."""
     device = pick_device(scn.device)
-    data = dataset or load_dataset(scn.data.dataset, scn.data.root)
+    data = dataset or load_dataset(scn.data.dataset, scn.data.root, **scn.data.loader_options())
     part = scn.data.partition
     params = part.model_dump(exclude={"kind"})
     labels = data.y_train.numpy()
     if scn.workers > len(labels):
         raise ConfigError(f"{scn.workers} workers but the training set has only {len(labels)} samples; "
                           f"allowed: 1 .. {len(labels)}", field="workers")
-    parts = partition(labels, scn.workers, part.kind, seed, **params)
+    vocab = getattr(scn.model, "vocab", None)
+    if data.vocab is not None and vocab is not None and vocab < data.vocab:
+        raise ConfigError(f"{scn.data.dataset} has token ids 1..{data.vocab}; allowed: vocab >= {data.vocab}",
+                          field="model.vocab")
+    parts = partition(labels, scn.workers, part.kind, seed, client_ids=data.client_ids, **params)
     smallest = min(len(p) for p in parts)
     if scn.batch_size > smallest:
         raise ConfigError(f"{scn.batch_size} is larger than the smallest worker shard "
@@ -99,6 +103,11 @@ def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> Wor
             raise
         raise ConfigError(f"{scn.model.kind}: the model does not fit in memory ({str(exc).splitlines()[0]})",
                           field="model") from None
+    if model.input_dtype != data.x_train.dtype:     # token ids (imdb, shakespeare) need an embedding model
+        what = {torch.int64: "token ids (int64)", torch.float32: "numbers (float32)"}
+        raise ConfigError(f"{scn.model.kind} reads {what.get(model.input_dtype, model.input_dtype)} but "
+                          f"{scn.data.dataset}'s inputs are {what.get(data.x_train.dtype, data.x_train.dtype)}; "
+                          "allowed: lstm_imdb for token ids, the other models for numbers", field="model.kind")
     g = torch.Generator().manual_seed(seed)
     n_eval = min(TRAIN_EVAL_SAMPLES, len(labels))
     train_eval_idx = torch.randperm(len(labels), generator=g)[:n_eval].sort().values

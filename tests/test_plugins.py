@@ -249,7 +249,7 @@ def test_a_kind_nobody_registered_names_the_kind_the_registered_ones_and_the_plu
     one_error(err, "unknown topology 'my_star'; allowed: graph, hierarchical, ring, star", "COMMSIM_PLUGINS")
     rc, _, err = cli("validate", TINY, "--set", "data.partition={kind: round_robin}")
     assert rc == 2
-    one_error(err, "data.partition.kind: unknown partition 'round_robin'; allowed: 'dirichlet', 'iid', 'shards'",
+    one_error(err, "data.partition.kind: unknown partition 'round_robin'; allowed: 'dirichlet', 'iid', 'natural', 'shards'",
               "--plugin")
     # with the plugin the same file is valid
     rc, out, err = cli("validate", EXAMPLE_SCENARIO, "--plugin", EXAMPLE)

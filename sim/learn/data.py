@@ -5,9 +5,12 @@ Three parts:
 * :data:`DATASETS` -- loaders returning a :class:`Dataset` of standardised CPU
   tensors. ``mnist5k``, ``digits``, ``mnist1d`` and ``synthetic`` ship with the
   installed packages (no download, ever); ``mnist``, ``cifar10``, ``cifar100``
-  and ``imdb`` read the standard files from a local folder (``data.root``).
+  and ``imdb`` read the standard files from a local folder (``data.root``);
+  ``hf_disk``, ``parquet``, ``femnist`` and ``shakespeare`` read the field's
+  file formats (sim/learn/formats.py).
 * :data:`PARTITIONS` -- ways to split the training set over ``n`` workers
-  (``iid``, ``dirichlet``, ``shards``); :func:`partition` seeds and validates them.
+  (``iid``, ``dirichlet``, ``shards``, ``natural``: the data set's own
+  clients); :func:`partition` seeds and validates them.
 * :func:`make_shards` -- packs per-worker index arrays into one padded
   ``[n, max_len]`` tensor, so all workers can sample minibatches in one op.
 
@@ -61,6 +64,11 @@ class Dataset:
     y_test: torch.Tensor = field(repr=False)  # [M] int64
     input_shape: tuple[int, ...]
     num_classes: int
+    # Each training sample's client (user, writer, role) as 0..U-1, numbered in
+    # the data set's own order (partition "natural"); None when it has none.
+    client_ids: np.ndarray | None = field(default=None, repr=False)
+    clients: tuple[str, ...] = field(default=(), repr=False)   # their names, by id
+    vocab: int | None = None   # token inputs: ids 1..vocab (0 = padding); None for other inputs
 
     @property
     def num_train(self) -> int:
@@ -71,12 +79,20 @@ class Dataset:
         return int(self.y_test.shape[0])
 
 
-Loader = Callable[[str | None, int], Dataset]
+Loader = Callable[..., Dataset]   # (root, seed, **options) -> Dataset
 DATASETS: Registry[Loader] = Registry("dataset")
 
 
-def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Dataset:
-    """Load data set ``name``; ``root`` is the local folder for file-based ones.
+def loader_options(name: str) -> list[str]:
+    """The ``data.*`` options a loader takes: its keyword-only parameters
+    (``hf_disk``'s ``image_column``...; none for most)."""
+    fn = DATASETS[name]
+    return [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def load_dataset(name: str, root: str | None = None, seed: int = 0, **options: Any) -> Dataset:
+    """Load data set ``name``; ``root`` is the local folder for file-based ones;
+    ``options`` the ``data.*`` fields its loader takes (:func:`loader_options`).
 
     ``seed`` drives the train/test split (``mnist5k``, ``digits``) or the
     generator (``synthetic``); the others have a fixed, canonical split.
@@ -86,7 +102,14 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Dataset:
             f"unknown dataset {name!r}; allowed: {', '.join(DATASETS.names())}; {PLUGIN_HINT}",
             field="data.dataset",
         )
-    return DATASETS[name](root, seed)
+    unknown = sorted(set(options) - set(loader_options(name)))
+    if unknown:
+        raise ConfigError(
+            f"dataset {name!r} takes no {', '.join(unknown)}; allowed: "
+            f"{', '.join(loader_options(name)) or '(no options)'}",
+            field=f"data.{unknown[0]}",
+        )
+    return DATASETS[name](root, seed, **options)
 
 
 def _make_dataset(
@@ -757,11 +780,15 @@ Partitioner = Callable[..., list[np.ndarray]]
 PARTITIONS: Registry[Partitioner] = Registry("partition")
 
 
-def partition(labels: Any, n: int, kind: str, seed: int, **params: Any) -> list[np.ndarray]:
+def partition(labels: Any, n: int, kind: str, seed: int, *, client_ids: Any = None,
+              **params: Any) -> list[np.ndarray]:
     """Split training indices ``0..N-1`` over ``n`` workers.
 
     Returns ``n`` sorted int64 index arrays that are pairwise disjoint; every
-    kind is deterministic for a given ``seed``.
+    kind is deterministic for a given ``seed``.  ``client_ids`` are the data
+    set's per-sample clients (:attr:`Dataset.client_ids`); they are handed to
+    a partitioner that has a keyword-only parameter of that name (``natural``),
+    which is not one of the scenario's ``data.partition`` fields.
     """
     labels = np.asarray(labels).reshape(-1)
     if kind not in PARTITIONS:
@@ -772,9 +799,8 @@ def partition(labels: Any, n: int, kind: str, seed: int, **params: Any) -> list[
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ConfigError(f"number of workers must be an integer >= 1, got {n!r}", field="data.partition")
     fn = PARTITIONS[kind]
-    accepted = [
-        p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY
-    ]
+    keywords = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    accepted = [p for p in keywords if p != "client_ids"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ConfigError(
@@ -782,6 +808,12 @@ def partition(labels: Any, n: int, kind: str, seed: int, **params: Any) -> list[
             f"allowed: {', '.join(accepted) or '(none)'}",
             field=f"data.partition.{unknown[0]}",
         )
+    if "client_ids" in keywords:
+        if client_ids is not None:
+            client_ids = np.asarray(client_ids, dtype=np.int64).reshape(-1)
+            if len(client_ids) != len(labels):
+                raise ValueError(f"{len(client_ids)} client ids for {len(labels)} samples")
+        params["client_ids"] = client_ids
     parts = fn(labels, int(n), np.random.default_rng(seed), **params)
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
@@ -882,6 +914,41 @@ def partition_shards(
     return [shards[row].reshape(-1) for row in owners]
 
 
+@PARTITIONS.register("natural")
+def partition_natural(
+    labels: np.ndarray, n: int, rng: np.random.Generator, *, client_ids: np.ndarray | None
+) -> list[np.ndarray]:
+    """The data set's own clients (LEAF's users, a ``client_column``): every
+    worker holds whole clients.
+
+    Clients are taken in the data set's order (their ids 0..U-1: LEAF's files
+    in name order and the users in each file's order; a column's values in
+    order of first appearance) and cut into ``n`` contiguous groups whose
+    numbers of clients differ by at most one, the first ``U mod n`` groups
+    one larger (``numpy.array_split``): with ``n == U`` worker ``i`` holds
+    client ``i``.  Deterministic; the seed is not used.  Refused: a data set
+    without client ids, and more workers than clients.
+    """
+    if client_ids is None:
+        raise ConfigError(
+            "partition 'natural' needs a data set with client ids (femnist, shakespeare, or hf_disk / "
+            "parquet with data.client_column); this one has none; allowed here: "
+            + ", ".join(k for k in PARTITIONS.names() if k != "natural"),
+            field="data.partition.kind",
+        )
+    users = int(client_ids.max()) + 1 if len(client_ids) else 0
+    if n > users:
+        raise ConfigError(
+            f"partition 'natural': {n} workers but the data set has {users} clients; each worker holds "
+            f"whole clients; allowed: workers 1 .. {users}",
+            field="workers",
+        )
+    order = np.argsort(client_ids, kind="stable")
+    firsts = [int(g[0]) for g in np.array_split(np.arange(users), n)] + [users]
+    bounds = np.searchsorted(client_ids[order], firsts)
+    return [order[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
 def label_histogram(labels: Any, parts: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     """``[n, num_classes]`` int64 counts of each class in each worker's part."""
     labels = np.asarray(labels).reshape(-1)
@@ -929,3 +996,7 @@ def make_shards(parts: Sequence[np.ndarray]) -> Shards:
         index[i, : len(p)] = p
         index[i, len(p):] = p[0]
     return Shards(index=torch.from_numpy(index), size=torch.tensor(sizes, dtype=torch.int64))
+
+
+# The file formats (hf_disk, parquet, femnist, shakespeare) register into DATASETS.
+from sim.learn import formats  # noqa: E402,F401

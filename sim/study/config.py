@@ -45,8 +45,15 @@ class ShardsPartition(Strict):
     classes_per_worker: int = Field(ge=1)
 
 
+class NaturalPartition(Strict):
+    """The data set's own clients (femnist's writers, shakespeare's roles, an hf_disk or parquet
+    data.client_column): every worker holds whole clients, contiguous groups in the data set's order
+    (sizes in clients differ by at most one); needs workers <= clients."""
+    kind: Literal["natural"] = "natural"
+
+
 _PARTITION_CONFIGS: dict[str, type] = {"iid": IidPartition, "dirichlet": DirichletPartition,
-                                       "shards": ShardsPartition}
+                                       "shards": ShardsPartition, "natural": NaturalPartition}
 _DERIVED: dict[tuple[str, Any], type] = {}
 
 
@@ -84,13 +91,42 @@ def _partition_names() -> list[str]:
 
 
 Partition = RegistryUnion("partition", _partition_names, partition_config).annotated(
-    [IidPartition, DirichletPartition, ShardsPartition])
+    [IidPartition, DirichletPartition, ShardsPartition, NaturalPartition])
+
+# The data.* fields below `root` that only some loaders take (their keyword-only
+# parameters, sim/learn/data.py loader_options): unset (null) unless given.
+DATA_OPTIONS = ("image_column", "label_column", "client_column", "split", "test_split", "test_fraction", "shape")
 
 
 class DataSpec(Strict):
     dataset: str = "mnist5k"
-    root: str | None = Field(None, description="folder of a local data set (mnist, cifar10, cifar100)")
+    root: str | None = Field(None, description="the local file or folder of a data set read from disk: mnist, "
+                                               "cifar10, cifar100, imdb; hf_disk, parquet; femnist, shakespeare")
+    image_column: str | None = Field(
+        None, description="hf_disk, parquet: the column of inputs: an Image feature, encoded image bytes or "
+                          "(nested lists or arrays of) numbers (default: image)")
+    label_column: str | None = Field(
+        None, description="hf_disk, parquet: the column of class labels: a ClassLabel, integers 0..K-1 or "
+                          "strings (default: label)")
+    client_column: str | None = Field(
+        None, description="hf_disk, parquet: the column naming each sample's client (user), numbered in order "
+                          "of first appearance: enables partition natural")
+    split: str | None = Field(None, description="hf_disk, parquet: the training split of data with splits "
+                                                "(default: train)")
+    test_split: str | None = Field(None, description="hf_disk, parquet: the test split of data with splits "
+                                                     "(default: test)")
+    test_fraction: float | None = Field(
+        None, gt=0, lt=1, description="hf_disk, parquet: hold out this fraction of the training data as the test "
+                                      "set (stratified by label) instead of a test split; data without splits: "
+                                      "default 0.2")
+    shape: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, min_length=1, description="hf_disk, parquet: reshape each input sample (row-major) to this shape, "
+                                        "e.g. [1, 28, 28] for rows of 784 pixels")
     partition: Partition = Field(default_factory=IidPartition)
+
+    def loader_options(self) -> dict[str, Any]:
+        """The data.* options given (not null), as the loader takes them."""
+        return {k: getattr(self, k) for k in DATA_OPTIONS if getattr(self, k) is not None}
 
     @field_validator("dataset")
     @classmethod
@@ -208,6 +244,7 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "Scenario":
+        _check_data_options(self.data)
         labels = [a.label for a in self.algorithms]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
@@ -269,6 +306,22 @@ class Scenario(Strict):
         """The resolved scenario, units written back ("1 Gbps"); unset optional
         fields (None) are left out, so the dump loads back to the same scenario."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _check_data_options(data: DataSpec) -> None:
+    """data.* options only for the loaders that take them; natural with hf_disk / parquet needs a client column."""
+    from sim.learn.data import DATASETS, loader_options
+    accepted = loader_options(data.dataset)
+    for name in DATA_OPTIONS:
+        if getattr(data, name) is not None and name not in accepted:
+            takers = [d for d in DATASETS.names() if name in loader_options(d)]
+            raise ValueError(f"data.{name}: dataset {data.dataset!r} takes no {name}; allowed for "
+                             f"{', '.join(takers) or 'no registered dataset'}")
+    if data.test_split is not None and data.test_fraction is not None:
+        raise ValueError("data.test_fraction: give test_split or test_fraction, not both")
+    if data.partition.kind == "natural" and "client_column" in accepted and data.client_column is None:
+        raise ValueError(f"data.partition.kind: natural needs data.client_column with dataset {data.dataset!r} "
+                         "(the column naming each sample's client)")
 
 
 # --- loading ----------------------------------------------------------------
@@ -370,7 +423,7 @@ def _is_tag(p: str) -> bool:
         from algorithms.compressors import CompressorConfig
         for union in (AlgorithmEntry, CompressorConfig, ModelSpec, ComputeConfig, Topology):
             _TAGS.update(*(m.static for m in union.__metadata__ if isinstance(m, RegistryUnion)))
-        _TAGS.update({"iid", "dirichlet", "shards", "lognormal", "uniform", "choice", "one", "list", "dist"})
+        _TAGS.update({"iid", "dirichlet", "shards", "natural", "lognormal", "uniform", "choice", "one", "list", "dist"})
     return p in _TAGS
 
 

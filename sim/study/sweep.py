@@ -434,7 +434,9 @@ def _changes(old: Any, new: dict) -> str:
 class _Sweep:
     """The driver's bookkeeping: points, results, done markers, the summary."""
 
-    def __init__(self, out_dir: Path, points: list[dict], quiet: bool, hashes: dict[int, str]) -> None:
+    def __init__(self, out_dir: Path, points: list[dict], quiet: bool, hashes: dict[int, str],
+                 log: str | None = None) -> None:
+        self.log = log                              # a tracker logging each done point (sim/study/tracking.py)
         self.out_dir, self.points, self.quiet, self.hashes = out_dir, points, quiet, hashes
         self.results: dict[int, dict] = {}
         self.rows: dict[int, list[dict]] = {}      # summary rows of points checked done
@@ -514,6 +516,9 @@ class _Sweep:
                            "note": marker.get("note", "")}
         self.rows[i] = rows
         self.runs[i] = str(marker.get("run", ""))
+        if self.log and not (self.dir(i) / "tensorboard").exists():   # done before without --log
+            from sim.study import tracking
+            tracking.write(self.log, self.dir(i))
 
     def done(self, i: int, result: dict, source: int | None = None) -> None:
         self.results[i] = result
@@ -524,6 +529,9 @@ class _Sweep:
                 meta |= {"source": source, "source_hash": self.hashes[source], "source_run": self.runs.get(source)}
             _write_atomic(self.dir(i) / MARKER, yaml.safe_dump(meta, sort_keys=False))
             self.rows[i] = _point_rows(self.dir(i), None) or []
+            if self.log:
+                from sim.study import tracking
+                tracking.write(self.log, self.dir(i))
         self.write_summary()
         if not self.quiet or result["status"] != "done":
             err = result["error"].splitlines()[0] if result["error"] else ""
@@ -547,15 +555,17 @@ class RayOptions:
 
 def run_sweep(path: str, out: str | None, backend: str = "local", workers: int = 1, quiet: bool = False,
               address: str | None = None, changes: dict | None = None, data: Any = None,
-              folder: Path | None = None, ray_options: RayOptions | None = None) -> int:
+              folder: Path | None = None, ray_options: RayOptions | None = None,
+              log: str | None = None) -> int:
     """Run a sweep: full co-simulations where the math changes, trace replays
     where only the network does (sim/study/replay.py), on the chosen backend.
     ``changes``, ``data``, ``folder``: see :func:`load_sweep`; ``ray_options``:
-    :class:`RayOptions`.  Returns the exit code (see the module docstring)."""
+    :class:`RayOptions`; ``log``: a tracker (sim/study/tracking.py)
+    that logs each point into its folder.  Returns the exit code (see the module docstring)."""
     with sigterm_interrupts():
         try:
             return _run_sweep(path, out, backend, workers, quiet, address, changes, data, folder,
-                              ray_options or RayOptions())
+                              ray_options or RayOptions(), log)
         except KeyboardInterrupt:      # before any point ran (while planning): nothing to record
             print("\nsweep interrupted before it started", file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -563,13 +573,15 @@ def run_sweep(path: str, out: str | None, backend: str = "local", workers: int =
 
 def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bool, address: str | None,
                changes: dict | None = None, data: Any = None, folder: Path | None = None,
-               opts: RayOptions = RayOptions()) -> int:
+               opts: RayOptions = RayOptions(), log: str | None = None) -> int:
+    from sim.study import tracking
     from sim.study.backends import BACKENDS, RAY_MISSING, check_point_resources, run_jobs, session
     from sim.study.config import load_scenario, read_yaml
     from sim.study.replay import refusal
     from sim.plugins import explain_missing, worker_specs
 
     # 1. Check everything; nothing is written before this passes.
+    tracking.check(log)
     spec, base, points = load_sweep(path, changes, data, folder)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}", field="--backend",
@@ -633,7 +645,7 @@ def _run_sweep(path: str, out: str | None, backend: str, workers: int, quiet: bo
         lock.acquire()
         interrupted = False
         try:
-            sw = _Sweep(out_dir, points, quiet, hashes)
+            sw = _Sweep(out_dir, points, quiet, hashes, log)
             (out_dir / "sweep.yaml").write_text(yaml.safe_dump(spec.model_dump(), sort_keys=False))
             for i, res in invalid.items():
                 sw.results[i] = res
