@@ -432,14 +432,19 @@ def test_docs_plugins_md_shows_the_files_the_tests_run():
 # Sweeps
 # --------------------------------------------------------------------------- #
 
-def test_a_sweep_passes_its_plugins_to_worker_processes_and_a_resume_names_a_missing_one(tmp_path):
+def _plugin_sweep(tmp_path, name: str) -> None:
+    """tmp_path/sweep.yaml: two points of the docs example's ef21 + sign_topk on tiny.yaml."""
     base = yaml.safe_load(TINY.read_text())
     base["algorithms"] = [{"name": "ef21", "kind": "ef21", "lr": 0.1, "compressor": {"kind": "sign_topk"}}]
     base["stop"] = {"max_rounds": 6, "on_target": False}
     base["eval_every"] = 3
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(
-        {"name": "plugin_sweep", "base": "base.yaml", "axes": {"algorithms.0.compressor.ratio": [0.05, 0.1]}}))
+        {"name": name, "base": "base.yaml", "axes": {"algorithms.0.compressor.ratio": [0.05, 0.1]}}))
+
+
+def test_a_sweep_passes_its_plugins_to_worker_processes_and_a_resume_names_a_missing_one(tmp_path):
+    _plugin_sweep(tmp_path, "plugin_sweep")
     out = tmp_path / "out"
     res = run_cli("sweep", tmp_path / "sweep.yaml", "--out", out, "--workers", 2, "--quiet", "--plugin", EXAMPLE)
     assert res.returncode == 0, res.stderr
@@ -496,13 +501,7 @@ def test_a_worker_loads_the_drivers_plugins(tmp_path):
 @pytest.mark.slow
 def test_a_ray_sweep_ships_a_file_plugin_to_its_tasks(tmp_path):
     pytest.importorskip("ray")
-    base = yaml.safe_load(TINY.read_text())
-    base["algorithms"] = [{"name": "ef21", "kind": "ef21", "lr": 0.1, "compressor": {"kind": "sign_topk"}}]
-    base["stop"] = {"max_rounds": 6, "on_target": False}
-    base["eval_every"] = 3
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(
-        {"name": "ray_plugin_sweep", "base": "base.yaml", "axes": {"algorithms.0.compressor.ratio": [0.05, 0.1]}}))
+    _plugin_sweep(tmp_path, "ray_plugin_sweep")
     res = run_cli("sweep", tmp_path / "sweep.yaml", "--out", tmp_path / "out", "--backend", "ray", "--workers", 2,
                   "--quiet", "--plugin", EXAMPLE)
     assert res.returncode == 0, res.stderr
