@@ -103,11 +103,14 @@ class AsyncSgd:
     concurrency: ClassVar[None] = None      # every worker computes all the time
     reply_at_once: ClassVar[bool] = True    # the new parameters go back as soon as the gradient is applied
 
+    receive_into: ClassVar[bool] = True      # receive(out=) writes the new theta there (sim/eventsim.py VersionRing)
+
     def receive(self, state: None, theta: torch.Tensor, grad: torch.Tensor, job, staleness: int,
-                version: int) -> tuple[torch.Tensor, None, dict]:
-        """One arrival: theta [d], grad [d] -> new theta, state, what was done."""
+                version: int, out: torch.Tensor | None = None) -> tuple[torch.Tensor, None, dict]:
+        """One arrival: theta [d], grad [d] -> new theta (in ``out`` when given), state, what was done."""
         eta = self.step_size(version, staleness)
-        return torch.add(theta, grad, alpha=-eta), state, {"applied": True, "step_size": eta}   # one pass
+        new = torch.add(theta, grad, alpha=-eta, out=out) if out is not None else torch.add(theta, grad, alpha=-eta)
+        return new, state, {"applied": True, "step_size": eta}   # one pass
 
     def may_proceed(self, clock: int, slowest: int) -> bool:
         """SSP: may a worker at ``clock`` get new parameters while the slowest is at ``slowest``?"""

@@ -184,6 +184,8 @@ class RunResult:
     server_state_bytes: int = 0     # server memory for stored worker messages (skip rules)
     compression_rate: float | str = ""   # the paper's formula, for algorithms that define one (sketching)
     mean_batch: float = 0.0         # event-driven runs: mean width of the batched gradient calls
+    ring_batches: int = 0           # event-driven runs: batches whose snapshots were a version-ring slice
+    ring_evacuated: int = 0         # event-driven runs: long-held versions copied out of the ring
     spectral_gap: float | str = ""  # decentralized runs: 1 - |lambda_2| of the mixing matrix (sim/gossip.py)
 
 

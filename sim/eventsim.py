@@ -144,6 +144,67 @@ class Job:
     params_sent_s: float = 0.0            # when its parameters left the server (0: held from the start)
     compute_start_s: float = 0.0
     upload_start_s: float = 0.0
+    slot: tuple | None = None             # (ring, row) when ``theta`` is a row of a VersionRing, else None
+
+
+@dataclass
+class Params:
+    """A params message in flight: what the worker will hold when it arrives."""
+
+    theta: torch.Tensor
+    version: int
+    sent_s: float
+    slot: tuple | None = None
+
+
+class VersionRing:
+    """The server's parameter versions as rows of one [R, d] buffer, version v in
+    row v mod R, so that the snapshots of consecutive versions (what the lazy
+    batch of an asynchronous run mostly holds) are a slice: no copy.
+
+    Why: stacking m snapshots into [m, d] for the batched gradient was one extra
+    read and write of m d floats per batch, a quarter of async_sgd's host time
+    per gradient (issue 13's benchmark); with the ring the update
+    theta - eta g is written straight into its row (``out=``) and a batch of
+    consecutive versions is ``buf[lo:hi]``.
+
+    Safety, so that no snapshot is ever read after being overwritten: a row is
+    written only after every holder of the version in it (a params message in
+    flight, a computation not yet evaluated: ``holders()``) was given its own
+    copy (``evacuate``, rare: a straggler holding a version older than R
+    updates); the current version is never overwritten (its successor goes to
+    the next row, R >= 2); evaluated jobs drop their snapshot (``theta =
+    None``) so a stale view cannot be read later; and every batch checks that
+    each row still holds the version its job was fixed at (``holds``),
+    raising if not, never computing on a wrong snapshot."""
+
+    def __init__(self, theta: torch.Tensor, rows: int, holders: Callable[[], list]) -> None:
+        assert rows >= 2
+        self.buf = torch.empty(rows, theta.numel(), dtype=theta.dtype, device=theta.device)   # [R, d]
+        self.version = [-1] * rows             # the version each row holds
+        self.holders = holders
+        self.evacuated = 0                     # copies made for long-held versions
+        self.buf[0].copy_(theta)
+        self.version[0] = 0
+
+    def row(self, v: int) -> tuple[torch.Tensor, tuple]:
+        r = v % len(self.version)
+        return self.buf[r], (self, r)
+
+    def holds(self, slot: tuple, v: int) -> bool:
+        ring, r = slot
+        return ring is self and self.version[r] == v
+
+    def claim(self, v: int) -> tuple[torch.Tensor, tuple]:
+        """Row for version v (to be written by the caller): its previous version's holders get copies."""
+        r = v % len(self.version)
+        old = self.version[r]
+        for h in self.holders():
+            if h.slot is not None and h.slot[0] is self and h.slot[1] == r and h.version == old:
+                h.theta, h.slot = h.theta.clone(), None
+                self.evacuated += 1
+        self.version[r] = v
+        return self.buf[r], (self, r)
 
 
 class LazyGrads:
@@ -170,6 +231,7 @@ class LazyGrads:
         self.alg = alg if alg is not None and hasattr(alg, "encode") else None
         self.errors = self.alg.init_workers(world.n, world.model.d, world.device) if self.alg else None
         self.encoded_step: dict[int, int] = {}   # worker -> the step of its last encoded job
+        self.sliced = 0                          # batches whose snapshots were a slice of the version ring
 
     def drop(self, job: Job) -> None:
         """A computation lost to a crash: never evaluated (when it still can be) or sent.
@@ -219,7 +281,8 @@ class LazyGrads:
         dev = self.world.device
         workers = torch.tensor([j.worker for j in jobs], dtype=torch.int64, device=dev)   # [m]
         steps = torch.tensor([j.step for j in jobs], dtype=torch.int64, device=dev)       # [m]
-        start = torch.stack([j.theta for j in jobs])                                      # [m, d]
+        start, jobs, workers, steps, sliced = self._snapshots(jobs, workers, steps)       # [m, d]
+        self.sliced += sliced
         if self.local_steps == 0:
             out = self._grads(start, workers, steps, 0)
         else:
@@ -239,11 +302,37 @@ class LazyGrads:
         for j, m, b in zip(jobs, out, sizes):
             j.message = m
             j.nbytes = j.nbytes if b is None else b      # None: a fixed size, set when it was sent
+            if j.slot is not None:                       # the ring may reuse its row from now on
+                j.theta, j.slot = None, None
+
+    @staticmethod
+    def _snapshots(jobs: list[Job], workers: torch.Tensor, steps: torch.Tensor):
+        """The jobs' snapshots as one [m, d] tensor: a slice of the VersionRing
+        when they are m consecutive rows of it (the jobs, workers and steps put
+        in row order; each row's gradient does not depend on the other rows
+        of its batch, which the lazy-equals-eager tests check bitwise), else
+        a stack."""
+        slots = [j.slot for j in jobs]
+        if slots[0] is not None and all(sl is not None and sl[0] is slots[0][0] for sl in slots):
+            ring = slots[0][0]
+            for j in jobs:
+                if not ring.holds(j.slot, j.version):
+                    raise AssertionError(f"version ring: row {j.slot[1]} no longer holds version {j.version}")
+            rows = [sl[1] for sl in slots]
+            lo = min(rows)
+            if sorted(rows) == list(range(lo, lo + len(rows))):
+                order = sorted(range(len(jobs)), key=lambda k: rows[k])
+                if order != list(range(len(jobs))):
+                    perm = torch.tensor(order, dtype=torch.int64, device=workers.device)
+                    jobs, workers, steps = [jobs[k] for k in order], workers[perm], steps[perm]
+                return ring.buf[lo:lo + len(rows)], jobs, workers, steps, True
+        return torch.stack([j.theta for j in jobs]), jobs, workers, steps, False
 
 
 def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda row: None,
                      on_round: Callable[[int, float], None] = lambda r, t: None,
-                     on_update: Callable[[dict], None] = lambda row: None, eager: bool = False) -> RunResult:
+                     on_update: Callable[[dict], None] = lambda row: None, eager: bool = False,
+                     ring_rows: int | None = None) -> RunResult:
     """Train one event-driven algorithm in ``world`` until a stop rule fires.
 
     The algorithm (algorithms/asynchronous.py) gives ``local_steps`` and
@@ -275,6 +364,15 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     stop = scn.stop
     s = {"theta": world.model.init_params(world.seed, dev), "version": 0, "state": None, "messages": 0}
     s["state"] = alg.init(s["theta"])
+    inflight: dict[int, Params] = {}     # params messages on their way, by message number
+    # Versions in a ring (no copy per batch) for algorithms that can write their update into a given
+    # row (``receive(..., out=)``); with local steps the snapshots are stacked as before.
+    # ``ring_rows``: R (default 2 n + 2: n versions held by the workers, plus the ones in flight); 0: no ring.
+    rows = 2 * n + 2 if ring_rows is None else int(ring_rows)
+    ring = VersionRing(s["theta"], rows, lambda: [*inflight.values(), *lazy.pending]) \
+        if getattr(alg, "receive_into", False) and H == 0 and rows >= 2 else None
+    if ring is not None:
+        s["theta"], s["slot"] = ring.row(0)
     clocks = [0] * n                     # messages of each worker processed so far
     held: list[int] = []                 # workers whose next start waits (bounded staleness)
     start = [env.event() for _ in range(n)]
@@ -303,11 +401,13 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
         return row
 
     def send_params(i: int) -> None:
-        theta, version = s["theta"], s["version"]
+        version = s["version"]
         msg = Message(server, f"w{i}", "params", version, alg.reply_bytes, header)
         c.bytes_down += msg.nbytes
-        ev, sent = start[i], env.now            # pending: the worker took the previous one and replaced it
-        net.send(msg).callbacks.append(lambda _e: ev.succeed((theta, version, sent)))
+        ev = start[i]                           # pending: the worker took the previous one and replaced it
+        key = s["sent"] = s.get("sent", 0) + 1
+        inflight[key] = Params(s["theta"], version, env.now, s.get("slot"))
+        net.send(msg).callbacks.append(lambda _e: ev.succeed(inflight.pop(key)))
 
     def fill() -> None:
         """C < n: give each open slot a client drawn uniformly from the idle ones that
@@ -363,7 +463,7 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     def worker(i: int):
         j = 0
         while True:
-            theta, version, sent = yield start[i]
+            got = yield start[i]                  # Params: the snapshot (maybe a ring row) and its version
             start[i] = env.event()                # where the next assignment will come
             if not failures.up(i, env.now):       # the parameters reached a worker that is down
                 if C < n:
@@ -371,7 +471,9 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
                 else:
                     yield from rejoin(i)
                 continue
-            job = Job(i, j, version, theta, params_sent_s=sent, compute_start_s=env.now)
+            job = Job(i, j, got.version, got.theta, params_sent_s=got.sent_s, compute_start_s=env.now,
+                      slot=got.slot)
+            del got
             lazy.add(job)
             crash_s = first_crash_s(failures, i, env.now, env.now + step_s(i, j)) if C < n else None
             if crash_s is not None:               # C < n: the server learns of it at once, the slot is free
@@ -416,7 +518,16 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
             for job in batch:
                 msg = lazy.get(job)
                 tau = s["version"] - job.version
-                s["theta"], s["state"], info = alg.receive(s["state"], s["theta"], msg, job, tau, s["version"])
+                if ring is not None:                 # written straight into the next version's row
+                    row, slot = ring.claim(s["version"] + 1)
+                    theta, s["state"], info = alg.receive(s["state"], s["theta"], msg, job, tau, s["version"],
+                                                          out=row)
+                    if theta is not row or not info["applied"]:
+                        raise AssertionError(f"{cfg.label}: receive(out=) must write the new version into out")
+                    s["theta"], s["slot"] = row, slot
+                else:
+                    s["theta"], s["state"], info = alg.receive(s["state"], s["theta"], msg, job, tau,
+                                                               s["version"])
                 s["version"] += 1 if info["applied"] else 0
                 s["messages"] += 1
                 clocks[job.worker] += 1
@@ -444,9 +555,10 @@ def run_event_driven(world: World, cfg, on_row: Callable[[dict], None] = lambda 
     for i in range(n):
         env.process(worker(i))
     for i in first:                              # they hold theta_0 at time 0
-        start[i].succeed((s["theta"], 0, 0.0))
+        start[i].succeed(Params(s["theta"], 0, 0.0, s.get("slot")))
     if slots["open"]:                            # C < n, fewer clients up at time 0 than slots
         env.process(refill(0.0))
     drive(env, done, net, result, record, lambda: f"version {s['version']}")
     result.mean_batch = lazy.mean_batch
+    result.ring_batches, result.ring_evacuated = lazy.sliced, (ring.evacuated if ring is not None else 0)
     return result

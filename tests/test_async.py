@@ -346,6 +346,7 @@ def run_watching_jobs(monkeypatch, w, cfg, eager=False):
 
         def add(self, job):
             self.added.append(job)
+            job.snapshot = job.theta.clone()    # evaluated jobs drop theta (a version-ring row may be reused)
             super().add(job)
 
         def drop(self, job):
@@ -372,7 +373,7 @@ def ef_memory_of(w, cfg, jobs, same_messages=True):
     errors = alg.init_workers(w.n, w.model.d, w.device)
     for job in jobs:
         rows, steps = torch.tensor([job.worker]), torch.tensor([job.step])
-        g = grads_at(w, grad_fn, streams, job.theta[None], rows, steps, 0)
+        g = grads_at(w, grad_fn, streams, job.snapshot[None], rows, steps, 0)
         errors, decoded, _ = alg.encode(errors, g, rows, RowStreams(streams, rows, steps))
         if same_messages:
             torch.testing.assert_close(decoded[0], job.message, rtol=0, atol=1e-6)
@@ -549,3 +550,56 @@ def test_ksync_with_late_apply_does_not_interrupt_and_applies_the_late_ones():
 def test_late_apply_is_refused_where_it_has_no_meaning(tmp_path, capsys, algs, words):
     code = run_sim.main(["run", str(TINY), "--out", str(tmp_path / "o"), "--set", f"algorithms={algs}"])
     assert code == 2 and words in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def _same_run(a, up_a, b, up_b):
+    assert up_a == up_b
+    assert [{k: r[k] for k in ("round", "sim_time_s", "train_loss", "test_loss", "test_acc")} for r in a.rows] == \
+        [{k: r[k] for k in ("round", "sim_time_s", "train_loss", "test_loss", "test_acc")} for r in b.rows]
+
+
+def test_version_ring_slices_batches_and_changes_nothing():
+    """async_sgd keeps its versions in a ring (sim/eventsim.py VersionRing): most
+    batches of snapshots are a slice of it, and the trajectory is bitwise the
+    one without the ring (every snapshot stacked, as before)."""
+    w = world(["compute={kind: fixed, step_time: 10 ms, speed: [1, 0.9, 0.8, 0.7]}", "stop.max_rounds=12"])
+    ring, up_ring = run_with(w, async_cfg(staleness_lr=True))
+    plain, up_plain = run_with(w, async_cfg(staleness_lr=True), ring_rows=0)
+    _same_run(ring, up_ring, plain, up_plain)
+    assert plain.ring_batches == 0 and ring.ring_batches > 0
+    assert ring.ring_evacuated == 0             # 2 n + 2 rows: nobody held a version that long
+
+
+def test_version_ring_copies_out_versions_held_longer_than_it_is():
+    """A straggler 10x slower holds its version while the others make many: with
+    a ring of 3 rows its snapshot (and pending ones) must be copied out before
+    their rows are reused.  The run is bitwise the one without the ring; the
+    copies happened; and evaluated jobs dropped their snapshot."""
+    over = ["compute={kind: fixed, step_time: 10 ms, speed: [1, 1, 1, 0.1]}", "stop.max_rounds=15"]
+    w = world(over)
+    small, up_small = run_with(w, async_cfg(), ring_rows=3)
+    plain, up_plain = run_with(w, async_cfg(), ring_rows=0)
+    _same_run(small, up_small, plain, up_plain)
+    assert small.ring_evacuated > 0
+    eager, up_eager = run_with(w, async_cfg(), ring_rows=2, eager=True)   # the smallest ring, one at a time
+    _same_run(eager, up_eager, plain, up_plain)
+
+
+def test_version_ring_refuses_a_row_that_was_overwritten():
+    """The check that keeps a wrong snapshot from ever being used: a job whose
+    ring row no longer holds its version raises instead of computing."""
+    from sim.eventsim import Job, VersionRing
+    theta = torch.arange(4.0)
+    ring = VersionRing(theta, 2, lambda: [])           # nobody registered as a holder
+    row, slot = ring.row(0)
+    job = Job(0, 0, 0, row, slot=slot)
+    ring.claim(1)
+    ring.claim(2)                                      # version 2 takes row 0, version 0 is gone
+    with pytest.raises(AssertionError, match="no longer holds version 0"):
+        LazyGrads._snapshots([job], torch.tensor([0]), torch.tensor([0]))
+
+
+def run_with(w, cfg, eager=False, ring_rows=None):
+    updates = []
+    res = run_event_driven(w, cfg, on_update=updates.append, eager=eager, ring_rows=ring_rows)
+    return res, updates

@@ -386,3 +386,47 @@ def test_random_small_graphs_conserve_bytes_and_respect_capacity(data):
     assert sorted(arrived) == sorted(s[3] for s in sends)
     for link in net.links.values():
         assert link.bytes_carried == expect.get(link.name, 0)
+
+
+def _filling_reference(flows):
+    """The progressive filling of max_min_rates without its disjoint-paths shortcut."""
+    cap, users = {}, {}
+    for f in flows:
+        for link in f.path:
+            cap.setdefault(link, link.bandwidth_bps / 8.0)
+            users.setdefault(link, []).append(f)
+    count = {link: len(fs) for link, fs in users.items()}
+    fixed = set()
+    while count:
+        link = min(count, key=lambda l: cap[l] / count[l])
+        share = max(cap[link] / count[link], 0.0)
+        for f in users[link]:
+            if id(f) in fixed:
+                continue
+            fixed.add(id(f))
+            f.rate_Bps = share
+            for other in f.path:
+                cap[other] -= share
+                count[other] -= 1
+                if count[other] == 0:
+                    del count[other]
+
+
+@given(st.data())
+def test_disjoint_paths_shortcut_is_bitwise_the_filling(data):
+    """Flows on disjoint paths (no link shared, as on a star's own links) take
+    max_min_rates' shortcut; it gives bitwise the rates of the full filling,
+    down links (0 bps) and empty paths included."""
+    n_flows = data.draw(st.integers(1, 12))
+    caps = st.one_of(st.just(0.0), st.floats(1e-3, 1e12, allow_nan=False))
+    ev = simpy.Environment().event()
+    fast, slow = [], []
+    for i in range(n_flows):
+        hops = data.draw(st.integers(0, 3))
+        links = tuple(Link(f"f{i}h{h}", f"f{i}h{h + 1}", data.draw(caps), 0.0) for h in range(hops))
+        for out in (fast, slow):
+            out.append(Flow(Message("a", "b", "x", 0, 1, 0), links, 1.0, ev, 0.0, rate_Bps=-1.0))
+    max_min_rates(fast)
+    _filling_reference(slow)
+    assert [f.rate_Bps for f in fast] == [f.rate_Bps for f in slow]
+    assert all(f.rate_Bps == -1.0 for f in fast if not f.path)       # an empty path keeps its rate

@@ -96,6 +96,15 @@ def max_min_rates(flows: list[Flow]) -> None:
                 users[link] = []
             users[link].append(f)
     count = {link: len(fs) for link, fs in users.items()}
+    if all(c == 1 for c in count.values()):
+        # No link is shared (one flow per link: disjoint paths, e.g. a star's own links): the
+        # filling below fixes each flow at the smallest capacity on its path, cap / 1 = cap, and
+        # what it takes off that flow's other links touches no other flow.  The same floats,
+        # without the O(links^2) search.
+        for f in flows:
+            if f.path:
+                f.rate_Bps = max(min(cap[link] for link in f.path), 0.0)
+        return
     fixed: set[int] = set()
     while count:
         link = min(count, key=lambda l: cap[l] / count[l])
