@@ -430,3 +430,25 @@ def test_disjoint_paths_shortcut_is_bitwise_the_filling(data):
     _filling_reference(slow)
     assert [f.rate_Bps for f in fast] == [f.rate_Bps for f in slow]
     assert all(f.rate_Bps == -1.0 for f in fast if not f.path)       # an empty path keeps its rate
+
+
+@settings(max_examples=1500, deadline=None)     # cheap examples; 100 missed a planted stale-entry bug
+@given(st.data())
+def test_heap_filling_is_bitwise_the_linear_search(data):
+    """max_min_rates picks the bottleneck from a heap; on random flow sets with
+    shared links, equal capacities (ties go to the link seen first) and down
+    links, its rates are bitwise those of the plain O(L) search each step."""
+    n_links = data.draw(st.integers(1, 7))
+    caps = data.draw(st.lists(st.sampled_from([0.0, 8.0, 16.0, 24.0, 1e9, 3.3e9]) | st.floats(1.0, 1e10),
+                              min_size=n_links, max_size=n_links))
+    links = [Link(f"a{i}", f"b{i}", c, 0.0) for i, c in enumerate(caps)]
+    ev = simpy.Environment().event()
+    fast, slow = [], []
+    for _ in range(data.draw(st.integers(1, 10))):
+        idx = data.draw(st.lists(st.integers(0, n_links - 1), min_size=1, max_size=n_links, unique=True))
+        path = tuple(links[i] for i in data.draw(st.permutations(idx)))
+        for out in (fast, slow):
+            out.append(Flow(Message("a", "b", "x", 0, 1, 0), path, 1.0, ev, 0.0))
+    max_min_rates(fast)
+    _filling_reference(slow)
+    assert [f.rate_Bps for f in fast] == [f.rate_Bps for f in slow]

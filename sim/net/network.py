@@ -32,6 +32,8 @@ import math
 from functools import partial
 from dataclasses import dataclass, field
 
+import heapq
+
 import networkx as nx
 import numpy as np
 import simpy
@@ -105,10 +107,21 @@ def max_min_rates(flows: list[Flow]) -> None:
             if f.path:
                 f.rate_Bps = max(min(cap[link] for link in f.path), 0.0)
         return
+    # The link with the smallest cap / count (ties: the link seen first) from a heap of
+    # (cap / count, first-seen index, stamp), an entry valid while its stamp is the link's
+    # latest: the same choice as min() over the links in first-seen order, in O(log L) a step
+    # instead of O(L) (a star's server link is shared by every flow, so L steps of O(L) each).
+    order = {link: k for k, link in enumerate(count)}
+    stamp = dict.fromkeys(count, 0)
+    heap = [(cap[link] / c, order[link], 0, link) for link, c in count.items()]
+    heapq.heapify(heap)
     fixed: set[int] = set()
     while count:
-        link = min(count, key=lambda l: cap[l] / count[l])
+        _, _, st, link = heapq.heappop(heap)
+        if link not in count or st != stamp[link]:
+            continue                                   # stale: the link changed (or is done) since
         share = max(cap[link] / count[link], 0.0)
+        touched = []
         for f in users[link]:
             if id(f) in fixed:
                 continue
@@ -119,6 +132,12 @@ def max_min_rates(flows: list[Flow]) -> None:
                 count[other] -= 1
                 if count[other] == 0:
                     del count[other]
+                else:
+                    touched.append(other)
+        for other in touched:
+            if other in count:
+                stamp[other] += 1
+                heapq.heappush(heap, (cap[other] / count[other], order[other], stamp[other], other))
 
 
 class Network:
