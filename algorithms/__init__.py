@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sim.registry import Registry
 
@@ -245,8 +245,8 @@ class LazyConfig(_LazyFields):
     ``sasg`` are this kind with fixed choices."""
 
     kind: Literal["lazy"] = "lazy"
-    rule: SkipRuleConfig = Field(description="the skip rule: {kind: NAME, ...} or NAME (lag, lasg_wk1, "
-                                             "lasg_wk2, lasg_ps, sasg, or a plugin's)")
+    rule: SkipRuleConfig = Field(description="the skip rule: {kind: NAME, ...} or NAME (run_sim.py list: "
+                                             "skip rules)")
     compressor: CompressorConfig = Field(default_factory=NoneConfig,
                                          description="what an uploading worker sends (default: the dense gradient)")
     error_feedback: bool = Field(False, description="error feedback around the compressor (SASG: true); a "
@@ -256,7 +256,12 @@ class LazyConfig(_LazyFields):
     @field_validator("rule", mode="before")
     @classmethod
     def _name_is_kind(cls, v):
-        return {"kind": v} if isinstance(v, str) else v
+        if isinstance(v, str):
+            return {"kind": v}
+        if not isinstance(v, dict) and not isinstance(v, BaseModel):
+            raise ValueError(f"{v!r} is not a skip rule; allowed: a rule's name or {{kind: NAME, ...}} "
+                             "(run_sim.py list: skip rules)")
+        return v
 
     def build(self, ctx: Context) -> Lazy:
         return self._lazy(ctx, self.rule.build(ctx), self.compressor, self.error_feedback, self.warmup_all)
