@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     val = sub.add_parser("validate", help="check a scenario without running it")
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ls = sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, topologies "
+    ls = sub.add_parser("list", help="print the registered datasets, models, algorithms, compressors, skip rules, topologies "
                                      "(or, with `scenarios`, the names of the shipped scenarios and sweeps)")
     ls.add_argument("what", nargs="?", choices=["registries", "scenarios"], default="registries",
                     help="scenarios: the shipped scenarios and sweeps, by the names run and sweep accept")
@@ -129,7 +129,8 @@ def cmd_list(args) -> int:
     from topologies import TOPOLOGIES
     for title, reg in [("datasets", DATASETS), ("partitions", PARTITIONS), ("models", MODELS),
                        ("algorithms", algorithms.ALGORITHMS), ("compressors", algorithms.COMPRESSORS),
-                       ("topologies", TOPOLOGIES), ("compute models", COMPUTE_MODELS)]:
+                       ("skip rules", algorithms.SKIP_RULES), ("topologies", TOPOLOGIES),
+                       ("compute models", COMPUTE_MODELS)]:
         print(f"{title}: {', '.join(reg.names())}")
     from sim.plugins import loaded
     for plugin in loaded():

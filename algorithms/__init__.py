@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from sim.registry import Registry
 
 from .base import AlgorithmConfig, Context
-from .compressors import COMPRESSORS, CompressorConfig, TopKConfig
+from .compressors import COMPRESSORS, CompressorConfig, NoneConfig, TopKConfig
 from .lazy import Lazy
 from .sketch import CountSketch
 from .sketched import FetchSgd, SketchedAmsGrad, SketchedSgd
 from .onebit import OneBitAdam
 from .optim import Adam, AmsGrad, Momentum, Sgd
 from .ps import LocalAdam, LocalMomentum, ParameterServer
+from .skiprules import SKIP_RULES, SkipRule, SkipRuleConfig
 
 ALGORITHMS: Registry = Registry("algorithm")
 
@@ -223,11 +224,47 @@ class _LazyFields(AlgorithmConfig):
         "theta_hat", description="the auxiliary gradient at the last-upload iterate, or the previous iterate")
     aggregate: Literal["mean", "sum"] = Field("mean", description="combine workers' messages by mean or sum")
 
-    def _lazy(self, ctx: Context, rule: str, inner: ParameterServer, **kw) -> Lazy:
+    def _lazy(self, ctx: Context, rule: SkipRule, compressor: CompressorConfig | None = None,
+              error_feedback: bool = False, warmup_all: bool = False) -> Lazy:
+        """``rule`` around a parameter-server round with SGD on the server and
+        ``compressor`` (default none) on the workers."""
         if self.xi is not None and len(self.xi) != self.D:
             raise ValueError(f"xi lists {len(self.xi)} weights; allowed: exactly D = {self.D}")
+        comp = compressor.build(ctx) if compressor is not None else _none(ctx)
+        inner = ParameterServer(self.label, comp, Sgd(self.lr_at), error_feedback, ctx.n)
         return Lazy(self.label, inner, rule, ctx.n, self.lr_at, self.D, tuple(self.xi or ()), self.max_delay,
-                    self.threshold_scaling, self.strict, self.stale_at, self.aggregate, **kw)
+                    self.threshold_scaling, self.strict, self.stale_at, self.aggregate, warmup_all)
+
+
+@ALGORITHMS.register("lazy")
+class LazyConfig(_LazyFields):
+    """Lazy aggregation with any registered skip rule (algorithms/skiprules.py,
+    ``run_sim.py list``: skip rules) around dense SGD or a compressed
+    parameter server: each round the rule says which workers upload, the
+    server reuses the stored message of the others.  ``lasg_wk2``, ...,
+    ``sasg`` are this kind with fixed choices."""
+
+    kind: Literal["lazy"] = "lazy"
+    rule: SkipRuleConfig = Field(description="the skip rule: {kind: NAME, ...} or NAME (run_sim.py list: "
+                                             "skip rules)")
+    compressor: CompressorConfig = Field(default_factory=NoneConfig,
+                                         description="what an uploading worker sends (default: the dense gradient)")
+    error_feedback: bool = Field(False, description="error feedback around the compressor (SASG: true); a "
+                                                    "skipping worker keeps its error")
+    warmup_all: bool = Field(False, description="every worker uploads while round < D (the SASG notebook)")
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _name_is_kind(cls, v):
+        if isinstance(v, str):
+            return {"kind": v}
+        if not isinstance(v, dict) and not isinstance(v, BaseModel):
+            raise ValueError(f"{v!r} is not a skip rule; allowed: a rule's name or {{kind: NAME, ...}} "
+                             "(run_sim.py list: skip rules)")
+        return v
+
+    def build(self, ctx: Context) -> Lazy:
+        return self._lazy(ctx, self.rule.build(ctx), self.compressor, self.error_feedback, self.warmup_all)
 
 
 @ALGORITHMS.register("lasg_wk2")
@@ -238,7 +275,7 @@ class LasgWk2Config(_LazyFields):
     kind: Literal["lasg_wk2"] = "lasg_wk2"
 
     def build(self, ctx: Context) -> Lazy:
-        return self._lazy(ctx, "lasg_wk2", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n))
+        return self._lazy(ctx, SKIP_RULES["lasg_wk2"]().build(ctx))
 
 
 @ALGORITHMS.register("lasg_wk1")
@@ -248,7 +285,7 @@ class LasgWk1Config(_LazyFields):
     kind: Literal["lasg_wk1"] = "lasg_wk1"
 
     def build(self, ctx: Context) -> Lazy:
-        return self._lazy(ctx, "lasg_wk1", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n))
+        return self._lazy(ctx, SKIP_RULES["lasg_wk1"]().build(ctx))
 
 
 @ALGORITHMS.register("lasg_ps")
@@ -260,8 +297,7 @@ class LasgPsConfig(_LazyFields):
     smoothness: float = Field(0.1, gt=0, description="L in the rule (reference code: 0.1)")
 
     def build(self, ctx: Context) -> Lazy:
-        return self._lazy(ctx, "lasg_ps", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n),
-                          smoothness=self.smoothness)
+        return self._lazy(ctx, SKIP_RULES["lasg_ps"](smoothness=self.smoothness).build(ctx))
 
 
 @ALGORITHMS.register("lag")
@@ -273,7 +309,7 @@ class LagConfig(_LazyFields):
     kind: Literal["lag"] = "lag"
 
     def build(self, ctx: Context) -> Lazy:
-        return self._lazy(ctx, "lag", ParameterServer(self.label, _none(ctx), Sgd(self.lr_at), False, ctx.n))
+        return self._lazy(ctx, SKIP_RULES["lag"]().build(ctx))
 
 
 @ALGORITHMS.register("sasg")
@@ -284,7 +320,10 @@ class SasgConfig(_LazyFields):
     reuses its stored sparse message.  Defaults follow the SASG notebook:
     top-k per tensor, sum of messages, threshold = (sum of the last D - 1
     parameter changes, no 1/D) / (2 lr M^2), strict, every worker
-    communicates in the first D rounds, at most D skips in a row."""
+    communicates in the first D rounds, at most D skips in a row.  The same
+    as ``kind: lazy`` with ``rule: sasg``, ``compressor: {kind: topk, ratio,
+    scope: layer}``, ``error_feedback: true``, ``warmup_all: true`` and these
+    settings (xi written out)."""
 
     kind: Literal["sasg"] = "sasg"
     ratio: float = Field(0.01, gt=0, le=1, description="top-k fraction, per tensor")
@@ -304,10 +343,9 @@ class SasgConfig(_LazyFields):
         return [1.0] * (self.D - 1) + [0.0]
 
     def build(self, ctx: Context) -> Lazy:
-        comp = TopKConfig(ratio=self.ratio, scope="layer").build(ctx)
-        inner = ParameterServer(self.label, comp, Sgd(self.lr_at), True, ctx.n)
         cfg = self if self.xi is not None else self.model_copy(update={"xi": self.notebook_xi()})
-        return cfg._lazy(ctx, "sasg", inner, warmup_all=True)
+        return cfg._lazy(ctx, SKIP_RULES["sasg"]().build(ctx), TopKConfig(ratio=self.ratio, scope="layer"),
+                         error_feedback=True, warmup_all=True)
 
 
 class _SketchFields(AlgorithmConfig):
@@ -426,4 +464,4 @@ ALGORITHMS.add("ad_psgd", AdPsgdConfig)
 # built-ins by the static union; kinds registered later (plugins) looked up at validation
 AlgorithmEntry = ALGORITHMS.config_union()
 
-__all__ = ["ALGORITHMS", "COMPRESSORS", "AlgorithmEntry", "AlgorithmConfig", "Context"]
+__all__ = ["ALGORITHMS", "COMPRESSORS", "SKIP_RULES", "AlgorithmEntry", "AlgorithmConfig", "Context"]

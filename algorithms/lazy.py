@@ -35,6 +35,11 @@ round's compute time is doubled for rules that need it), a skipping worker
 still receives the broadcast, and a worker-side skip costs a header-only skip
 notice on the uplink.  Messages are combined by ``aggregate: mean`` (LASG
 code) or ``sum`` (SASG notebook: theta^{k+1} = theta^k - sum_m Delta_m).
+
+The rules themselves are registered objects (algorithms/skiprules.py,
+``SKIP_RULES``); :class:`Lazy` holds what every rule shares (the threshold,
+forced uploads, the stored messages and their reuse, the costs) and asks its
+rule only which workers want to upload.
 """
 from __future__ import annotations
 
@@ -46,7 +51,9 @@ import torch
 from sim.learn.rng import WorkerStreams
 
 from .base import Downlink, INDEX_BYTES, Payload, Upload, VALUE_BYTES
+from .compressors import Identity
 from .ps import ParameterServer, keep_rows, update_bytes
+from .skiprules import Decision, RoundView, SkipRule
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,7 @@ class LazyState:
     inner: Any                   # the wrapped algorithm's state
     stored: torch.Tensor         # [n, d] the server's last decoded message of each worker
     theta_hat: torch.Tensor      # [n, d] the iterate at each worker's last upload
-    snapshot: torch.Tensor | None  # [d] (wk1) snapshot iterate
-    delta_stored: torch.Tensor | None  # [n, d] (wk1) last uploaded delta
+    rule: Any                    # the skip rule's own state (SkipRule.init), e.g. wk1's snapshot
     history: tuple[float, ...]   # the last D values of ||theta^{k+1} - theta^k||^2, newest last
     delay: torch.Tensor          # [n] rounds since each worker's last upload
     uploaded: torch.Tensor | None = None   # [n] bool, this round
@@ -69,7 +75,7 @@ class LazyState:
 class Lazy:
     name: str
     inner: ParameterServer
-    rule: str                    # lasg_wk2 | lasg_wk1 | lasg_ps | lag | sasg
+    rule: SkipRule               # algorithms/skiprules.py (SKIP_RULES)
     n: int
     lr: Any                      # lr(t)
     D: int = 10
@@ -79,7 +85,6 @@ class Lazy:
     strict: bool = False
     stale_at: str = "theta_hat"  # theta_hat | previous
     aggregate: str = "mean"      # mean | sum
-    smoothness: float = 0.1      # L of lasg_ps
     warmup_all: bool = False     # every worker communicates while k < D (SASG notebook)
 
     @property
@@ -91,16 +96,13 @@ class Lazy:
 
     @property
     def needs_aux_gradient(self) -> bool:
-        return self.rule in ("lasg_wk2", "lasg_wk1", "sasg")
+        return self.rule.needs_aux_gradient
 
     def init(self, theta: torch.Tensor) -> LazyState:
         n, d = self.n, theta.numel()
         z = torch.zeros(n, d, device=theta.device)
-        wk1 = self.rule == "lasg_wk1"
-        return LazyState(self.inner.init(theta), z, theta.expand(n, d).clone(),
-                         theta.clone() if wk1 else None, z.clone() if wk1 else None,
-                         (), torch.zeros(n, dtype=torch.long), prev_theta=theta.clone(),
-                         current=theta.clone())
+        return LazyState(self.inner.init(theta), z, theta.expand(n, d).clone(), self.rule.init(theta, n),
+                         (), torch.zeros(n, dtype=torch.long), prev_theta=theta.clone(), current=theta.clone())
 
     def threshold(self, s: LazyState, t: int) -> float:
         """scale * sum_d xi_d ||theta^{k+1-d} - theta^{k-d}||^2 over the last D changes."""
@@ -116,51 +118,29 @@ class Lazy:
         n = grads.shape[0]
         dev = grads.device
         act = torch.ones(n, dtype=torch.bool, device=dev) if active is None else active.to(dev)
-        thr = self.threshold(s, round)
         forced = s.delay >= self.max_delay
         if round == 0 or (self.warmup_all and round < self.D):   # nothing stored yet: all upload
             forced = torch.ones(n, dtype=torch.bool)
-        factor = torch.ones(n)
-        if self.rule in ("lasg_wk2", "sasg", "lag"):
-            if self.rule == "lag":
-                stale = s.stored                              # the gradient it last sent
-                diff = ((grads - stale) ** 2).sum(1)
-            else:
-                at = s.theta_hat if self.stale_at == "theta_hat" else s.prev_theta.expand(n, -1)
-                stale = aux_grad(at)                          # [n, d] same minibatch
-                diff = ((grads - stale) ** 2).sum(1)
-                factor = torch.full((n,), 2.0)                # two forward/backward passes
-            big = diff > thr if self.strict else diff >= thr
-            upload = big.cpu() | forced
+        stale = s.theta_hat if self.stale_at == "theta_hat" else s.prev_theta.expand(n, -1)
+        view = RoundView(round, grads, aux_grad, s.current, s.prev_theta, s.theta_hat, stale, s.stored,
+                         self.threshold(s, round), self.strict, s.rule)
+        decision = self.rule.decide(view)
+        wants = _wants(decision, n)
+        upload = wants.cpu() | forced
+        if self.rule.server_decides:        # not asked: no compute, no message
+            sends, factor = upload.clone(), upload.float()
+        else:                               # every worker computes; a skip is a header-only notice
             sends = torch.ones(n, dtype=torch.bool)
-            x = grads
-        elif self.rule == "lasg_wk1":
-            g_snap = aux_grad(s.snapshot.expand(n, -1))
-            delta = grads - g_snap
-            diff = ((delta - s.delta_stored) ** 2).sum(1)
-            big = diff > thr if self.strict else diff >= thr
-            upload = big.cpu() | forced
-            sends = torch.ones(n, dtype=torch.bool)
-            factor = torch.full((n,), 2.0)
-            x = grads
-        elif self.rule == "lasg_ps":
-            gap = ((s.current.view(1, -1) - s.theta_hat) ** 2).sum(1) * self.smoothness
-            big = gap > thr if self.strict else gap >= thr
-            upload = big.cpu() | forced
-            sends = upload.clone()                            # not asked: no compute, no message
-            factor = upload.float()
-            x = grads
-        else:  # pragma: no cover - validated by the config
-            raise ValueError(self.rule)
+            factor = torch.full((n,), 2.0) if self.rule.needs_aux_gradient else torch.ones(n)
         upload = upload & act.cpu()
         up_dev = upload.to(dev)
-        inner_up, inner = self.inner.worker_encode(s.inner, x, round, streams, up_dev)
+        inner_up, inner = self.inner.worker_encode(s.inner, grads, round, streams, up_dev)
         nbytes = torch.where(upload, inner_up.payload.nbytes, torch.zeros_like(inner_up.payload.nbytes))
         payload = Payload(inner_up.payload.tensors, nbytes)
         out = Upload(payload, upload, sends=sends & act.cpu(), compute_factor=factor)
         new = replace(s, inner=inner, uploaded=upload)
-        if self.rule == "lasg_wk1":
-            new = replace(new, delta_stored=keep_rows(up_dev, delta, s.delta_stored))
+        if decision.update is not None:
+            new = replace(new, rule=decision.update(up_dev))
         return out, new
 
     def server_update(self, s: LazyState, theta: torch.Tensor, upload: Upload, arrived: torch.Tensor,
@@ -174,24 +154,38 @@ class Lazy:
         history = (s.history + (change,))[-self.D:]
         theta_hat = keep_rows(fresh, theta.expand(self.n, -1), s.theta_hat)
         delay = torch.where(fresh.cpu(), torch.zeros_like(s.delay), s.delay + 1)
-        snapshot = s.snapshot
-        if self.rule == "lasg_wk1" and (round + 1) % self.max_delay == 0:
-            snapshot = new_theta.clone()
+        rule = self.rule.after_step(s.rule, new_theta, round, self)
         skips = s.skips + int((~s.uploaded).sum())
         inner = replace(s.inner, opt=opt, decoded=None)
         return new_theta, Downlink(update_bytes(delta), "update", delta), replace(
             s, inner=inner, stored=stored, theta_hat=theta_hat, history=history, delay=delay,
-            snapshot=snapshot, prev_theta=theta.clone(), current=new_theta.clone(), skips=skips,
+            rule=rule, prev_theta=theta.clone(), current=new_theta.clone(), skips=skips,
             slots=s.slots + self.n)
 
     def server_state_bytes(self, s: LazyState) -> int:
-        """The server's memory for stored messages: dense (4 d per worker) for
-        gradients, value + index per nonzero for sparse messages, whichever is
-        smaller for each worker (sasg.txt Table III)."""
-        nnz = (s.stored != 0).sum(1)
+        """The server's memory for stored messages.  Uncompressed gradients are
+        kept dense (4 d per worker, as the LASG code keeps them); compressed
+        messages (SASG's top-k) the cheaper of dense and value + index per
+        nonzero, for each worker (sasg.txt Table III).  A property of what the
+        wrapped algorithm sends, not of the rule."""
         d = s.stored.shape[1]
-        return int(torch.minimum(nnz * (VALUE_BYTES + INDEX_BYTES), torch.full_like(nnz, VALUE_BYTES * d)).sum()) \
-            if self.rule == "sasg" else VALUE_BYTES * d * self.n
+        if isinstance(self.inner.compressor, Identity):
+            return VALUE_BYTES * d * self.n
+        nnz = (s.stored != 0).sum(1)
+        return int(torch.minimum(nnz * (VALUE_BYTES + INDEX_BYTES), torch.full_like(nnz, VALUE_BYTES * d)).sum())
 
     def skipped_fraction(self, s: LazyState) -> float:
         return s.skips / s.slots if s.slots else 0.0
+
+
+def _wants(decision: Any, n: int) -> torch.Tensor:
+    """A rule's verdict, checked: [n] bool (a plugin's rule is told what is wrong)."""
+    if not isinstance(decision, Decision):
+        raise TypeError(f"a skip rule's decide() returned {type(decision).__name__}; allowed: "
+                        "Decision(wants [n] bool, update=None) (algorithms/skiprules.py)")
+    w = decision.wants
+    if not isinstance(w, torch.Tensor) or w.dtype != torch.bool or tuple(w.shape) != (n,):
+        got = f"{w.dtype} {tuple(w.shape)}" if isinstance(w, torch.Tensor) else type(w).__name__
+        raise ValueError(f"a skip rule's Decision.wants is {got}; allowed: a bool tensor of shape ({n},), "
+                         "one verdict per worker")
+    return w

@@ -19,6 +19,15 @@ Checks, per registry:
 * algorithm: ``schema``, ``shapes``, ``bytes`` (when it states a formula),
   ``determinism``, ``convex loss`` (halves a least-squares loss: f_i(theta) =
   0.5 ||A_i theta - b_i||^2 / m, convex), ``short scenario``;
+* skip rule (through the algorithm kind ``lazy`` around dense SGD): ``schema``,
+  ``interface`` (``needs_aux_gradient`` and ``server_decides`` bools, ``init``,
+  ``decide``, ``after_step``), ``invariants`` (40 rounds of the least-squares
+  task with max_delay 5: every worker uploads in round 0, a skipping worker
+  sends no payload and the server reuses its stored message bit for bit, no
+  worker waits longer than max_delay, the skipped fraction is the count of
+  skips over the worker-rounds and in [0, 1], and a rule that calls
+  ``aux_grad`` declares ``needs_aux_gradient``, so its compute is charged),
+  ``determinism``, ``convex loss``, ``short scenario``;
 * model, dataset, partition, topology, compute model, learning-rate schedule:
   ``schema`` (config classes), ``shapes`` and ``determinism`` where they have
   outputs of their own (models, data sets, partitions), ``short scenario``.
@@ -288,9 +297,9 @@ def algorithm_determinism(cfg: Any, rounds: int = 10) -> None:
     rng_before = torch.random.get_rng_state()
     _, _, a = train_quadratic(cfg, rounds)
     _, _, b = train_quadratic(cfg, rounds)
-    expect(torch.equal(a, b), f"two runs of {rounds} rounds from the same seed ended at different parameters")
-    expect(torch.equal(torch.random.get_rng_state(), rng_before),
+    expect(torch.equal(torch.random.get_rng_state(), rng_before),       # the likely cause first
            "the global torch RNG was used; allowed: the workers' streams only")
+    expect(torch.equal(a, b), f"two runs of {rounds} rounds from the same seed ended at different parameters")
 
 
 def algorithm_bytes(cfg: Any, expected: Callable[[Context], tuple[Any, Any]]) -> None:
@@ -349,6 +358,67 @@ def algorithm_short_scenario(cfg: Any, world: Any, uploads_per_round: int | None
     expect(last["bytes_up"] > 0 and last["bytes_down"] > 0,
            f"bytes up {last['bytes_up']}, down {last['bytes_down']}; both must be > 0")
     expect(math.isfinite(last["train_loss"]), f"train loss {last['train_loss']} is not finite")
+
+
+# --- skip rules -------------------------------------------------------------------
+def lazy_config(rule: str, example: dict | None = None, lr: float = 0.5, **settings: Any) -> Any:
+    """The algorithm kind ``lazy`` with skip rule ``rule`` around dense SGD."""
+    import algorithms
+    return algorithms.ALGORITHMS["lazy"](lr=lr, rule={"kind": rule, **(example or {})}, **settings)
+
+
+def skip_rule_interface(rule: Any) -> None:
+    for attr in ("needs_aux_gradient", "server_decides"):
+        expect(isinstance(getattr(rule, attr, None), bool),
+               f"{attr} must be a bool, got {getattr(rule, attr, None)!r} (subclass algorithms.skiprules.SkipRule "
+               "for the defaults)")
+    for method in ("init", "decide", "after_step"):
+        expect(callable(getattr(rule, method, None)),
+               f"no method {method}(); allowed: the interface of algorithms.skiprules.SkipRule")
+
+
+def skip_rule_invariants(cfg: Any, rounds: int = 40) -> None:
+    """``cfg``: a ``lazy`` config; its rule around SGD on the least-squares task."""
+    alg = cfg.build(context())
+    rule = alg.rule
+    grads, _ = quadratic_problem()
+    theta = torch.zeros(D)
+    state = alg.init(theta)
+    streams, arrived = WorkerStreams(0, N), torch.ones(N, dtype=torch.bool)
+    calls = [0]
+
+    def aux(thetas):
+        calls[0] += 1
+        expect(isinstance(thetas, torch.Tensor) and tuple(thetas.shape) == (N, D),
+               f"aux_grad was called with {tuple(getattr(thetas, 'shape', ()))}; allowed: iterates [n, d] = "
+               f"({N}, {D}), one per worker")
+        return grads(thetas)
+
+    skips = 0
+    for t in range(rounds):
+        before = state.stored.clone()
+        calls[0] = 0
+        up, state = alg.worker_encode(state, grads(theta), t, streams, aux_grad=aux)
+        expect(not calls[0] or rule.needs_aux_gradient,
+               f"round {t}: the rule computed an auxiliary gradient (aux_grad) but needs_aux_gradient is False, "
+               "so its compute would not be charged")
+        uploaded = up.carries_gradient
+        if t == 0:
+            expect(bool(uploaded.all()), f"round 0: workers {(~uploaded).nonzero().flatten().tolist()} skipped; "
+                                         "allowed: every worker uploads (nothing is stored yet)")
+        theta, _, state = alg.server_update(state, theta, up, arrived, t)
+        skipped = ~uploaded
+        skips += int(skipped.sum())
+        expect(bool((up.payload.nbytes[skipped] == 0).all()), f"round {t}: a skipping worker sent a payload")
+        expect(torch.equal(state.stored[skipped], before[skipped]),
+               f"round {t}: the server's stored message of a skipping worker changed; allowed: reused as it was")
+        expect(int(state.delay.max()) <= alg.max_delay,
+               f"round {t}: a worker skipped {int(state.delay.max())} rounds in a row; allowed: at most "
+               f"max_delay = {alg.max_delay}")
+        expect(bool(torch.isfinite(theta).all()), f"round {t}: theta is not finite")
+    frac = alg.skipped_fraction(state)
+    expect(0.0 <= frac <= 1.0 and frac == skips / (rounds * N),
+           f"skipped fraction {frac}; allowed: the {skips} skips over {rounds * N} worker-rounds")
 
 
 # --- short scenarios (every registry) ----------------------------------------------
@@ -523,6 +593,20 @@ def checks_for(what: str, name: str, obj: Any) -> list[tuple[str, Callable[[], A
                 ("determinism", lambda: algorithm_determinism(obj(**ex))),
                 ("convex loss", lambda: algorithm_convex(obj(**ex))),
                 ("short scenario", scenario)]
+    elif what == "skip rule":
+        ex = _example(obj)
+
+        def scenario():
+            world = short_world({"algorithms": [{"name": f"lazy+{name}", "kind": "lazy", "lr": 0.1,
+                                                 "rule": {"kind": name, **ex}}]})
+            algorithm_short_scenario(world.scenario.algorithms[0], world, uploads_per_round=1)
+
+        out += [("schema", lambda: config_strict(algorithms.skiprules.SkipRuleConfig, obj, name, ex)),
+                ("interface", lambda: skip_rule_interface(obj(**ex).build(context()))),
+                ("invariants", lambda: skip_rule_invariants(lazy_config(name, ex, max_delay=5))),
+                ("determinism", lambda: algorithm_determinism(lazy_config(name, ex))),
+                ("convex loss", lambda: algorithm_convex(lazy_config(name, ex))),
+                ("short scenario", scenario)]
     elif what == "model":
         ex = _example(obj)
         entry = {"kind": name, **ex}
@@ -599,8 +683,8 @@ def check_plugin(spec: str, out=None) -> int:
     plugin = load(spec, source="check")
     print(f"checking plugin {plugin.describe()}", file=out)
     if not plugin.registered:
-        print("FAIL  plugin: registers nothing (no algorithm, compressor, model, dataset, partition or topology "
-              "was added to a registry; see docs/plugins.md)", file=out)
+        print("FAIL  plugin: registers nothing (no algorithm, compressor, skip rule, model, dataset, partition or "
+              "topology was added to a registry; see docs/plugins.md)", file=out)
         return 1
     def show(r: Result) -> None:
         line = f"{r.status}  {r.subject}: {r.check}"

@@ -1,5 +1,5 @@
-"""Plugins: a user's own algorithms, compressors, models, data sets, partitions,
-topologies (and compute models, learning-rate schedules) in their own file or
+"""Plugins: a user's own algorithms, compressors, skip rules, models, data sets,
+partitions, topologies (and compute models, learning-rate schedules) in their own file or
 package, registered through the same registries and decorators as the built-ins
 (docs/plugins.md).
 
@@ -49,7 +49,8 @@ from sim.errors import ConfigError
 ENV_VAR = "COMMSIM_PLUGINS"
 ENTRY_POINT_GROUP = "commsim.plugins"
 FLAG_HELP = ("import a plugin first: a .py file or an importable module that registers algorithms, compressors, "
-             "models, data sets, partitions or topologies (repeatable; also COMMSIM_PLUGINS; docs/plugins.md)")
+             "skip rules, models, data sets, partitions or topologies (repeatable; also COMMSIM_PLUGINS; "
+             "docs/plugins.md)")
 
 
 class PluginError(ConfigError):
@@ -107,8 +108,8 @@ def registries() -> dict[str, Any]:
     from sim.learn.data import DATASETS, PARTITIONS
     from sim.learn.models import MODELS
     from topologies import TOPOLOGIES
-    regs = [algorithms.ALGORITHMS, algorithms.COMPRESSORS, MODELS, DATASETS, PARTITIONS, TOPOLOGIES,
-            COMPUTE_MODELS, SCHEDULES]
+    regs = [algorithms.ALGORITHMS, algorithms.COMPRESSORS, algorithms.SKIP_RULES, MODELS, DATASETS, PARTITIONS,
+            TOPOLOGIES, COMPUTE_MODELS, SCHEDULES]
     return {r.kind: r for r in regs}
 
 

@@ -1,7 +1,7 @@
 """A tiny name -> object registry, so factories are lookups, not if/elif chains.
 
-Every registry in commsim (datasets, models, algorithms, compressors, topologies)
-is an instance of :class:`Registry`; the conformance tests iterate over them, so a
+Every registry in commsim (datasets, models, algorithms, compressors, skip rules,
+topologies, ...) is an instance of :class:`Registry`; the conformance tests iterate over them, so a
 new entry is tested the moment it is registered.
 
 Plugins (sim/plugins.py, docs/plugins.md) register into the same registries, after

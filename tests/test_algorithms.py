@@ -34,6 +34,8 @@ ALGORITHM_EXAMPLES = {
     "lasg_ps": {"lr": 0.5},
     "lag": {"lr": 0.5},
     "sasg": {"lr": 0.1, "ratio": 0.25},
+    "lazy": {"lr": 0.5, "rule": {"kind": "lasg_wk2"}, "compressor": {"kind": "topk", "ratio": 0.5},
+             "error_feedback": True},
     "sketched_sgd": {"lr": 0.5, "rows": 3, "cols": 80, "k": 25, "P": 2},
     "fetchsgd": {"lr": 0.5, "rows": 3, "cols": 80, "k": 25, "momentum": 0.5},
     "sketched_amsgrad_pa": {"lr": 0.05, "rows": 3, "cols": 80, "k": 25, "P": 2},

@@ -421,7 +421,8 @@ def _is_tag(p: str) -> bool:
         # the kinds of the static unions (the built-ins): only they put their tag into an error's loc;
         # a plugin's kind is validated by its class (sim/registry.py), so its name is never a tag
         from algorithms.compressors import CompressorConfig
-        for union in (AlgorithmEntry, CompressorConfig, ModelSpec, ComputeConfig, Topology):
+        from algorithms.skiprules import SkipRuleConfig
+        for union in (AlgorithmEntry, CompressorConfig, SkipRuleConfig, ModelSpec, ComputeConfig, Topology):
             _TAGS.update(*(m.static for m in union.__metadata__ if isinstance(m, RegistryUnion)))
         _TAGS.update({"iid", "dirichlet", "shards", "natural", "lognormal", "uniform", "choice", "one", "list", "dist"})
     return p in _TAGS

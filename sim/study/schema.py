@@ -67,6 +67,12 @@ def _shorthands(kind: str, body: dict) -> None:
     union = {k: v for k, v in topo.items() if k in ("oneOf", "discriminator")}
     body["$defs"]["NetworkSpec"]["properties"]["topology"] = {
         "anyOf": [shorthand, union], **{k: v for k, v in topo.items() if k not in union}}
+    from algorithms.skiprules import SKIP_RULES
+    rule = body["$defs"]["LazyConfig"]["properties"]["rule"]       # the algorithm kind lazy
+    shorthand = {"type": "string", "enum": SKIP_RULES.names(), "description": "shorthand for {kind: NAME}"}
+    union = {k: v for k, v in rule.items() if k in ("oneOf", "discriminator")}
+    body["$defs"]["LazyConfig"]["properties"]["rule"] = {
+        "anyOf": [shorthand, union], **{k: v for k, v in rule.items() if k not in union}}
 
 
 def dumps(obj: dict) -> str:
