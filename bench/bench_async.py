@@ -50,17 +50,19 @@ def one(engine: str, n: int, rounds: int, repeat: int) -> dict:
     scn = load_scenario(ROOT / "scenarios" / "quickstart.yaml", overrides(n, rounds))
     world = build_world(scn, 0)
     cfg = algorithms.ALGORITHMS["sgd" if engine == "sync" else "async_sgd"](name=engine, lr=0.1)
-    best, batch = float("inf"), 0.0
+    best, batch, sliced, evacuated = float("inf"), 0.0, 0, 0
     for _ in range(repeat):
         t0 = time.perf_counter()
         res = run_algorithm(world, cfg)
         best = min(best, time.perf_counter() - t0)
         batch = res.mean_batch
+        sliced, evacuated = res.ring_batches, res.ring_evacuated
     grads = rounds * n
     return {"engine": engine, "n": n, "rounds": rounds, "gradients": grads, "host_s": best,
             "host_ms_per_gradient": 1e3 * best / grads, "mean_batch": batch if engine == "async" else n,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            "ring_sliced_batches": sliced, "ring_evacuated": evacuated}
 
 
 def main() -> None:
@@ -104,11 +106,14 @@ def main() -> None:
                             "speeds spread over [0.5, 1] so that arrivals interleave. Each (engine, n) runs in "
                             "a fresh process, so its peak RSS is its own; best of the repeats; world building "
                             "excluded. The mean batch width is how many fixed gradients the lazy evaluation "
-                            "computed per batched call.",
+                            "computed per batched call; 'ring slices' counts the batches whose snapshots were a "
+                            "slice of the version ring (sim/eventsim.py VersionRing), the others were stacked.",
                       tables=[_report.table("", ["n", "engine", "host ms per gradient", "mean batch width",
-                                                 "peak RSS (MB)"],
+                                                 "ring slices", "peak RSS (MB)"],
                                             [[r["n"], r["engine"], f"{r['host_ms_per_gradient']:.3f}",
-                                              f"{r['mean_batch']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in rows])],
+                                              f"{r['mean_batch']:.1f}",
+                                              str(r.get("ring_sliced_batches", "")) if r["engine"] == "async" else "",
+                                              f"{r['peak_rss_mb']:.0f}"] for r in rows])],
                       goals=[_report.goal(f"async / sync host time per gradient, n = {n}", v, "<=", 1.5)
                              for n, v in ratios.items()])
 
