@@ -91,13 +91,28 @@ def _xorshift_(x: torch.Tensor, s: int, tmp: torch.Tensor) -> torch.Tensor:
     return x.bitwise_xor_(tmp)
 
 
-def _rounds32_(x: torch.Tensor) -> torch.Tensor:
+def _rounds32_(x: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor:
     """The lowbias32 steps after the first xor-shift, in place on a contiguous
-    int32 tensor: x *= C1; x ^= x >>> 15; x *= C2; x ^= x >>> 16 (mod 2^32)."""
+    int32 tensor: x *= C1; x ^= x >>> 15; x *= C2; x ^= x >>> 16 (mod 2^32);
+    ``tmp``: a scratch tensor like x (a new one if None)."""
     x.mul_(_C1_I32)
-    _xorshift_(x, 15, torch.empty_like(x))
+    _xorshift_(x, 15, torch.empty_like(x) if tmp is None else tmp)
     x.mul_(_C2_I32)
     return _xorshift16_(x)
+
+
+# Row chunks on the CPU: a chunk's words stay in the core's cache through all
+# the rounds, and the scratch is one chunk, not a second [n, d] tensor (a
+# fresh [n, d] tensor costs about one pass in page faults alone).  Elementwise
+# work only, so chunking never changes a value; other devices get one chunk.
+CHUNK_WORDS = 1 << 19          # 2 MiB of int32 words per chunk
+
+
+def chunk_rows(rows: int, row_elems: int, device) -> int:
+    """Rows per chunk: about CHUNK_WORDS elements on the CPU, all rows elsewhere."""
+    if torch.device(device).type != "cpu":
+        return max(1, rows)
+    return max(1, min(rows, CHUNK_WORDS // max(1, row_elems)))
 
 
 def _first32(v: torch.Tensor) -> torch.Tensor:
@@ -198,11 +213,45 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
 
 def counter_bits32(h: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """hash32(h ^ j) as int32 bits, for int64 words in [0, 2^32) that broadcast
-    (h: one per row, j: the element counter); a new contiguous tensor."""
-    if fast32_ok(h.device):
-        x = torch.bitwise_xor(_first32(h), _first32(j))      # L(h ^ j) = L(h) ^ L(j)
-        return _rounds32_(x if x.is_contiguous() else x.contiguous())
-    return _to_int32_exact(hash32_int64(h ^ j))
+    (h: one per row, [m, 1, ...] or [m]; j: the element counter [1, *shape]
+    or [1]); a new contiguous tensor."""
+    if not fast32_ok(h.device):
+        return _to_int32_exact(hash32_int64(h ^ j))
+    x = torch.bitwise_xor(_first32(h), _first32(j))          # L(h ^ j) = L(h) ^ L(j)
+    x = x if x.is_contiguous() else x.contiguous()
+    m = x.shape[0] if x.dim() else 1
+    flat = x.view(m, -1)
+    r = chunk_rows(m, flat.shape[1], x.device)
+    tmp = torch.empty((r, flat.shape[1]), dtype=torch.int32, device=x.device)
+    for a in range(0, m, r):
+        b = min(m, a + r)
+        _rounds32_(flat[a:b], tmp[: b - a])
+    return x
+
+
+def counter_chunks32(h: torch.Tensor, j: torch.Tensor):
+    """:func:`counter_bits32` row chunk by row chunk: yields (start, stop,
+    words), words the rows start..stop as int32 [stop - start, *shape] in a
+    scratch buffer that the next chunk overwrites (copy what must outlive it)."""
+    shape = tuple(j.shape[1:])
+    m = int(h.shape[0])
+    if not fast32_ok(h.device):
+        full = counter_bits32(h, j)
+        r = chunk_rows(m, full[0].numel() if m else 1, h.device)
+        for a in range(0, m, r):
+            yield a, min(m, a + r), full[a:a + r]
+        return
+    numel = j.numel()
+    hw, jw = _first32(h).reshape(m, 1), _first32(j).reshape(1, numel)
+    r = chunk_rows(m, numel, h.device)
+    buf = torch.empty((min(r, m), numel), dtype=torch.int32, device=h.device)
+    tmp = torch.empty_like(buf)
+    for a in range(0, m, r):
+        b = min(m, a + r)
+        w = buf[: b - a]
+        torch.bitwise_xor(hw[a:b], jw, out=w)
+        _rounds32_(w, tmp[: b - a])
+        yield a, b, w.view(b - a, *shape) if shape else w.view(b - a)
 
 
 def _absorb(h: torch.Tensor, word) -> torch.Tensor:
@@ -233,6 +282,9 @@ class RowStreams:
     def bits32(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
         return self.streams.bits_at32(tag, self.workers, self.steps, shape)
 
+    def bits32_chunks(self, tag: int, round: int, shape: tuple[int, ...]):
+        return self.streams.bits_at32_chunks(tag, self.workers, self.steps, shape)
+
     def uniform(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
         return uniform_from32_(self.bits32(tag, round, shape))
 
@@ -243,6 +295,17 @@ def bits32_of(streams, tag: int, round: int, shape: tuple[int, ...]) -> torch.Te
     WorkerStreams ``bits`` method works."""
     f = getattr(streams, "bits32", None)
     return f(tag, round, shape) if f is not None else _to_int32_exact(streams.bits(tag, round, shape))
+
+
+def chunks32_of(streams, tag: int, round: int, shape: tuple[int, ...]):
+    """``streams.bits32_chunks(...)`` where the streams object has it, else
+    one chunk of :func:`bits32_of`: (start, stop, int32 words) per row chunk."""
+    f = getattr(streams, "bits32_chunks", None)
+    if f is not None:
+        yield from f(tag, round, shape)
+        return
+    w = bits32_of(streams, tag, round, shape)
+    yield 0, int(w.shape[0]), w
 
 
 class WorkerStreams:
@@ -256,10 +319,17 @@ class WorkerStreams:
         base = hash32_int64(torch.full_like(w, self.seed & _MASK32) ^ 0x9E3779B9)
         self.keys = _absorb(base, w)  # [n] one key per worker
 
+    def _words(self, tag: int, round: int, ndim: int) -> torch.Tensor:
+        k = self.keys.view(self.n, *([1] * ndim))
+        return _absorb(_absorb(k, tag), round)
+
     def bits32(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
         """:meth:`bits` as int32 bits (the same 32 bits in half the memory)."""
-        k = self.keys.view(self.n, *([1] * len(shape)))
-        return counter_bits32(_absorb(_absorb(k, tag), round), _counter(shape, self.device))
+        return counter_bits32(self._words(tag, round, len(shape)), _counter(shape, self.device))
+
+    def bits32_chunks(self, tag: int, round: int, shape: tuple[int, ...]):
+        """:meth:`bits32` by row chunks (:func:`counter_chunks32`)."""
+        return counter_chunks32(self._words(tag, round, len(shape)), _counter(shape, self.device))
 
     def bits(self, tag: int, round: int, shape: tuple[int, ...]) -> torch.Tensor:
         """Uniform 32-bit integers, shape [n, *shape], as int64 in [0, 2^32)."""
@@ -268,13 +338,20 @@ class WorkerStreams:
     def bits_at32(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, shape: tuple[int, ...],
                   sub: int | None = None) -> torch.Tensor:
         """:meth:`bits_at` as int32 bits."""
+        return counter_bits32(self._words_at(tag, workers, rounds, len(shape), sub), _counter(shape, self.device))
+
+    def bits_at32_chunks(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, shape: tuple[int, ...],
+                         sub: int | None = None):
+        """:meth:`bits_at32` by row chunks (:func:`counter_chunks32`)."""
+        return counter_chunks32(self._words_at(tag, workers, rounds, len(shape), sub), _counter(shape, self.device))
+
+    def _words_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, ndim: int,
+                  sub: int | None) -> torch.Tensor:
         m = int(workers.shape[0])
-        k = self.keys[workers.to(self.device)].view(m, *([1] * len(shape)))
-        r = rounds.to(device=self.device, dtype=torch.int64).view(m, *([1] * len(shape)))
+        k = self.keys[workers.to(self.device)].view(m, *([1] * ndim))
+        r = rounds.to(device=self.device, dtype=torch.int64).view(m, *([1] * ndim))
         h = _absorb(_absorb(k, tag), r)
-        if sub is not None:
-            h = _absorb(h, sub)
-        return counter_bits32(h, _counter(shape, self.device))
+        return _absorb(h, sub) if sub is not None else h
 
     def bits_at(self, tag: int, workers: torch.Tensor, rounds: torch.Tensor, shape: tuple[int, ...],
                 sub: int | None = None) -> torch.Tensor:
