@@ -58,7 +58,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.registry import Registry
-from sim.learn.rng import TAG_COMPRESS, WorkerStreams
+from sim.learn.rng import TAG_COMPRESS, WorkerStreams, chunks32_of, to_int64
 
 from .base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 
@@ -235,6 +235,63 @@ def topk_abs_indices(x: torch.Tensor, k: int, *, sample: int | None = None, sigm
     return idx
 
 
+# --- the k largest random keys per row (RandomK), fast path ---------------------
+
+RANDK_SIGMAS = 4.0       # candidates expected beyond k, in binomial standard deviations
+
+
+def largest_keys(chunks, d: int, k: int, device) -> torch.Tensor:
+    """For the 32-bit draws u [m, d] of ``chunks`` ((start, stop, int32 words)
+    row chunks, :func:`sim.learn.rng.chunks32_of`), the columns [m, k] of the
+    k largest keys u_ij d + j of every row (all distinct): what
+    ``torch.topk(keys, k, dim=1, sorted=False).indices`` gives, in its order.
+
+    When 64 k <= d, torch.topk on the CPU partial-sorts (TopKImpl.h), so its
+    order is by decreasing key.  Then a threshold t >= 2^31 with about
+    k + 4 sqrt(k) + 16 draws expected at or above it picks the candidates
+    (u >= t, read off the int32 words w as t - 2^32 <= w < 0, chunk by chunk),
+    whose keys are packed into a padded [m, c] matrix and sorted by
+    torch.topk(sorted=True).  Since u dominates the key, the top k keys all
+    have u >= t when at least k draws do, so the set and the order are
+    torch.topk's; a row with fewer than k candidates (probability about 3e-5)
+    takes torch.topk over all its keys.  When 64 k > d all keys go to
+    torch.topk, as before.
+    """
+    ar = torch.arange(d, dtype=torch.int64, device=device)
+
+    def full(words: torch.Tensor) -> torch.Tensor:
+        keys = to_int64(words.to(device)).mul_(d).add_(ar)
+        return torch.topk(keys, k, dim=1, sorted=False).indices
+
+    if 64 * k > d:
+        tops = [full(w) for _, _, w in chunks]
+        return torch.cat(tops) if tops else torch.empty((0, k), dtype=torch.int64, device=device)
+    q = min(0.5, (k + RANDK_SIGMAS * math.sqrt(k) + 16) / d)
+    ts = -math.ceil(q * 2**32)                        # t - 2^32 for t = 2^32 - ceil(q 2^32) >= 2^31
+    rows, cols, words, short, m = [], [], [], {}, 0
+    for a, b, w in chunks:
+        m = b
+        rr, cc = (w >= ts).logical_and_(w < 0).nonzero(as_tuple=True)          # row-major
+        rows.append(rr + a), cols.append(cc), words.append(w[rr, cc].to(device))
+        few = (torch.bincount(rr, minlength=b - a) < k).nonzero().squeeze(1).tolist()
+        if few:
+            short.update(zip((a + i for i in few), full(w[few])))
+    if not rows:
+        return torch.empty((0, k), dtype=torch.int64, device=device)
+    row, col = torch.cat(rows).to(device), torch.cat(cols).to(device)
+    counts = torch.bincount(row, minlength=m)
+    pos = torch.arange(row.numel(), device=device) - (counts.cumsum(0) - counts).index_select(0, row)
+    width = max(k, int(counts.max())) if m else k
+    keys = torch.full((m, width), -1, dtype=torch.int64, device=device)      # -1: padding, below any key
+    keys.index_put_((row, pos), to_int64(torch.cat(words)).mul_(d).add_(col))
+    where = torch.zeros((m, width), dtype=torch.int64, device=device)
+    where.index_put_((row, pos), col)
+    idx = torch.gather(where, 1, torch.topk(keys, k, dim=1, sorted=True).indices)
+    for i, top in short.items():
+        idx[i] = top
+    return idx
+
+
 # --- compressors -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -337,12 +394,11 @@ class RandomK:
     def _indices(self, n: int, streams: WorkerStreams, round: int, device) -> torch.Tensor:
         if self.shared_seed:
             # Worker 0's stream: a 1-worker stream with the same seed has worker 0's key.
-            bits = WorkerStreams(streams.seed, 1, streams.device).bits(TAG_COMPRESS, round, (self.d,))
-        else:
-            bits = streams.bits(TAG_COMPRESS, round, (self.d,))              # [n, d]
-        keys = bits * self.d + torch.arange(self.d, dtype=torch.int64, device=bits.device)
-        idx = torch.topk(keys, self.k, dim=1, sorted=False).indices.to(device)
-        return idx.expand(n, -1) if self.shared_seed else idx
+            one = WorkerStreams(streams.seed, 1, streams.device)
+            idx = largest_keys(one.bits32_chunks(TAG_COMPRESS, round, (self.d,)), self.d, self.k, device)
+            return idx.expand(n, -1)
+        chunks = chunks32_of(streams, TAG_COMPRESS, round, (self.d,))        # [n, d] int32 words
+        return largest_keys(chunks, self.d, self.k, device)
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
         streams = _need_streams(streams, "randomk")
@@ -353,8 +409,10 @@ class RandomK:
         return Payload({"values": vals, "indices": idx}, nbytes)
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        out = _scatter(self.d, p.tensors["values"], p.tensors["indices"])
-        return out * (self.d / self.k) if self.unbiased else out
+        # scaling the k values before the scatter is out * (d / k) value by value
+        # (the zeros stay +0), without a second [n, d] tensor
+        vals = p.tensors["values"]
+        return _scatter(self.d, vals * (self.d / self.k) if self.unbiased else vals, p.tensors["indices"])
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,84 @@ def test_bits32_of_reads_any_streams_object():
     got = rng.bits32_of(OnlyBits(), 3, 1, (1000,))
     assert got.dtype == torch.int32
     assert torch.equal(rng.to_int64(got), REF_RNG.WorkerStreams(8, 2).bits(3, 1, (1000,)))
+
+
+def test_chunks_cover_the_draws_row_by_row(monkeypatch):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", 1000)          # several rows per chunk, and one row per chunk
+    for n, shape in [(5, (300,)), (7, (2, 150)), (3, (4000,)), (4, ())]:
+        new, old = rng.WorkerStreams(9, n), REF_RNG.WorkerStreams(9, n)
+        got, stops = [], []
+        for a, b, w in new.bits32_chunks(3, 2, shape):
+            assert w.shape == (b - a, *shape) and w.dtype == torch.int32
+            got.append(rng.to_int64(w)), stops.append((a, b))   # to_int64 copies: the buffer is reused
+        assert stops[0][0] == 0 and stops[-1][1] == n and all(p[1] == q[0] for p, q in zip(stops, stops[1:]))
+        assert torch.equal(torch.cat(got), old.bits(3, 2, shape))
+        assert torch.equal(new.bits(3, 2, shape), old.bits(3, 2, shape))
+        w, r = torch.tensor([1, 0, n - 1]), torch.tensor([3, 3, 8])
+        got = [rng.to_int64(c) for _, _, c in rng.RowStreams(new, w, r).bits32_chunks(3, 0, shape)]
+        assert torch.equal(torch.cat(got), REF_RNG.RowStreams(old, w, r).bits(3, 0, shape))
+
+
+# --- compressors against the frozen reference ----------------------------------------
+
+import algorithms.compressors as NEW  # noqa: E402
+
+
+def pair(cls_name: str, **fields):
+    """The new compressor and the reference one with the same fields."""
+    new = getattr(NEW, cls_name)(**fields)
+    ref = getattr(REF, cls_name)(**{f.name: getattr(new, f.name) for f in dataclasses.fields(new)})
+    return new, ref
+
+
+def assert_same(new, ref, x, seed=0, round=1, streams=None):
+    """Payload tensors, nbytes and decoded output bit for bit (``streams``: a
+    function (module) -> streams object, default WorkerStreams(seed, n))."""
+    n = x.shape[0]
+    make = streams or (lambda mod: mod.WorkerStreams(seed, n))
+    a = new.compress(x.clone(), streams=make(rng), round=round)
+    b = ref.compress(x.clone(), streams=make(REF_RNG), round=round)
+    assert sorted(a.tensors) == sorted(b.tensors)
+    for key in b.tensors:
+        assert same_bits(a.tensors[key], b.tensors[key]), key
+    assert same_bits(a.nbytes, b.nbytes)
+    assert same_bits(new.decompress(a), ref.decompress(b))
+    return a
+
+
+def gaussian(n, d, seed=0, scale=1.0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+@pytest.mark.parametrize("n,d,k", [(32, 40_705, 407), (3, 70_001, 1), (1, 4096, 64), (5, 6400, 100), (4, 64, 1),
+                                   (2, 63, 1), (3, 1000, 16), (3, 1000, 17), (6, 1000, 500), (2, 5, 5), (2, 1, 1)])
+@pytest.mark.parametrize("unbiased,shared", [(False, False), (True, False), (False, True)])
+def test_randomk_keeps_the_same_indices_in_the_same_order(n, d, k, unbiased, shared):
+    new, ref = pair("RandomK", d=d, k=k, unbiased=unbiased, shared_seed=shared)
+    for seed, round in [(0, 1), (7, 0), (3, 2**33)]:
+        assert_same(new, ref, gaussian(n, d, seed), seed=seed, round=round)
+
+
+def test_randomk_rows_short_of_candidates_take_the_full_topk(monkeypatch):
+    # too few candidates expected: every row (or many) falls back, same result
+    new, ref = pair("RandomK", d=20_000, k=300)
+    for sigmas in (-3.0, -1.0, -100.0):
+        monkeypatch.setattr(NEW, "RANDK_SIGMAS", sigmas)
+        assert_same(new, ref, gaussian(6, 20_000, 1), seed=1)
+
+
+def test_randomk_with_row_streams_and_small_chunks(monkeypatch):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", 5000)
+    new, ref = pair("RandomK", d=3000, k=40)
+    w, r = torch.tensor([2, 0, 1, 2]), torch.tensor([4, 1, 1, 9])
+    assert_same(new, ref, gaussian(4, 3000), streams=lambda mod: mod.RowStreams(mod.WorkerStreams(5, 3), w, r))
+
+    class OnlyBits:              # a streams object without bits32 / bits32_chunks
+        seed, device, n = 5, torch.device("cpu"), 4
+
+        def __init__(self, mod):
+            self.inner = mod.WorkerStreams(5, 4)
+
+        def bits(self, tag, round, shape):
+            return self.inner.bits(tag, round, shape)
+    assert_same(new, ref, gaussian(4, 3000), streams=OnlyBits)
