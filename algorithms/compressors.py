@@ -58,7 +58,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.registry import Registry
-from sim.learn.rng import TAG_COMPRESS, WorkerStreams, chunks32_of, to_int64
+from sim.learn.rng import (TAG_COMPRESS, WorkerStreams, _fast32, _uniform_shift32, chunk_rows, chunks32_of,
+                           to_int64)
 
 from .base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 
@@ -612,21 +613,80 @@ class Qsgd:
         return (self.d * self.bits_per_entry + 7) // 8 + VALUE_BYTES * self.n_buckets
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old expression, value for value: v = x zero-padded to [n, M, b];
+        # norms = ||v||_2 per bucket; r = |v| / safe * s; levels = clamp(floor(r + u), 0, s).
+        # Here, row chunk by row chunk (the chunks of the stream's words, so a
+        # chunk stays in cache): |x| is padded instead of x (|x|^2 = x^2: the
+        # same reduction over the same values), r is formed in place, and u is
+        # added as exact multiples of 2^-32 straight from the int32 words.  floor
+        # is dropped: r + u >= 0 (or NaN), which the conversion to int32
+        # truncates exactly as floor would (and clamp commutes with both).
         streams = _need_streams(streams, "qsgd")
-        n = x.shape[0]
-        v = _padded_view(x, self.bucket_size)                                # [n, M, b]
-        norms = torch.linalg.vector_norm(v, dim=-1)                          # [n, M]
-        safe = norms.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
-        r = (v.abs() / safe * self.s).reshape(n, -1)[:, : self.d]            # s |v_i| / norm in [0, s]
-        u = streams.uniform(TAG_COMPRESS, round, (self.d,)).to(device=x.device, dtype=r.dtype)
-        levels = torch.floor(r + u).clamp_(0, self.s).to(torch.int32)
+        n, d, b, m = x.shape[0], self.d, self.bucket_size, self.n_buckets
+        levels = torch.empty((n, d), dtype=torch.int32, device=x.device)
+        norms = torch.empty((n, m), dtype=x.dtype, device=x.device)
+        tiny = torch.finfo(x.dtype).tiny
+        if m == 1 and n > 1:   # one bucket per row: the norms of all rows in one reduction, as before
+            torch.linalg.vector_norm(_padded_view(x, b), dim=-1, out=norms)
+        a = u = None
+        for lo, hi, w in chunks32_of(streams, TAG_COMPRESS, round, (d,)):
+            if a is None or a.shape[0] < hi - lo:
+                a = torch.empty((hi - lo, m * b), dtype=x.dtype, device=x.device)
+                u = torch.empty((hi - lo, d), dtype=x.dtype, device=x.device)
+            ac, uc = a[: hi - lo], u[: hi - lo]
+            torch.abs(x[lo:hi], out=ac[:, :d])
+            ac[:, d:].zero_()
+            v = ac.view(hi - lo, m, b)
+            if not (m == 1 and n > 1):
+                torch.linalg.vector_norm(v, dim=-1, out=norms[lo:hi])            # [rows, M]
+            v.div_(norms[lo:hi].clamp_min(tiny).unsqueeze(-1))
+            if self.s != 1:                                                     # (x * 1 is x)
+                v.mul_(self.s)
+            _uniform_times_2_32(w.to(x.device), out=uc)                         # u 2^32, exact
+            torch.add(ac[:, :d], uc, alpha=1.0 / 2**32, out=uc).clamp_(0, self.s)   # r + u
+            levels[lo:hi].copy_(uc)
         return Payload({"norms": norms, "levels": levels, "positive": x >= 0}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
         norms, levels, pos = p.tensors["norms"], p.tensors["levels"], p.tensors["positive"]
-        per = torch.repeat_interleave(norms, self.bucket_size, dim=1)[:, : self.d] / self.s
-        mag = per * levels.to(per.dtype)
-        return torch.where(pos, mag, -mag)
+        if not bool(torch.isfinite(norms).all()):
+            per = torch.repeat_interleave(norms, self.bucket_size, dim=1)[:, : self.d] / self.s
+            mag = per * levels.to(per.dtype)
+            return torch.where(pos, mag, -mag)
+        # Finite norms: per = norm / s is finite and >= 0 and levels are in [0, s],
+        # so mag = l per is +0, finite or +inf, never NaN, and -mag is mag * -1:
+        # where(pos, mag, -mag) = (l per) * (+-1), in place on one [n, d] tensor.
+        n, d, b = levels.shape[0], self.d, self.bucket_size
+        per = norms / self.s                                                 # [n, M]
+        out = levels.to(norms.dtype)
+        full = d // b
+        if full:
+            out[:, : full * b].view(n, full, b).mul_(per[:, :full].unsqueeze(-1))
+        if full * b < d:
+            out[:, full * b:].mul_(per[:, full:full + 1])
+        return _times_plus_minus_one_(out, pos)
+
+
+def _times_plus_minus_one_(out: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """out <- out * (+1 where pos, -1 elsewhere) in place, by row chunks (the
+    +-1 of a chunk made in a small buffer, :func:`_plus_minus_one`'s values)."""
+    n = out.shape[0]
+    r = chunk_rows(n, out[0].numel() if n else 1, out.device)
+    sg = None
+    for lo in range(0, n, r):
+        hi = min(n, lo + r)
+        sg = torch.empty_like(out[lo:hi]) if sg is None else sg[: hi - lo]
+        sg.copy_(pos[lo:hi].view(torch.uint8)).mul_(2).sub_(1)
+        out[lo:hi].mul_(sg)
+    return out
+
+
+def _uniform_times_2_32(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out <- float32(u & ~0xFF) for the int32 words w (overwritten): the
+    stream's uniform times 2^32, exactly (:func:`sim.learn.rng.uniform_from32_`)."""
+    if _fast32(w.device)["u32float"]:
+        return out.copy_(w.bitwise_and_(-256).view(torch.uint32))
+    return out.copy_(_uniform_shift32(w)).mul_(2.0**32)
 
 
 def layer_ids(bounds: tuple[tuple[int, int], ...], device=None) -> torch.Tensor:

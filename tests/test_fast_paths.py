@@ -191,3 +191,45 @@ def test_randomk_with_row_streams_and_small_chunks(monkeypatch):
         def bits(self, tag, round, shape):
             return self.inner.bits(tag, round, shape)
     assert_same(new, ref, gaussian(4, 3000), streams=OnlyBits)
+
+
+def edge_inputs(n, d, seed=0):
+    """Gaussian rows, and rows of zeros, ties, huge (norms overflow), tiny and
+    subnormal values, +-0 and infinities, in one batch of n >= 8 rows."""
+    x = gaussian(n, d, seed)
+    x[1] = 0.0
+    x[2] = torch.where(torch.arange(d) % 3 == 0, -1.5, 1.5)               # ties
+    x[3] *= 1e30                                                           # squares overflow
+    x[4] *= 1e-41                                                          # subnormal
+    x[5, ::2] = -0.0
+    x[6, ::7] = float("inf")
+    x[6, 1::7] = float("-inf")
+    x[7] = 3.4e38
+    return x
+
+
+@pytest.mark.parametrize("n,d,bucket", [(32, 40_705, 512), (3, 1024, 512), (1, 1000, 512), (2, 700, 1000),
+                                        (8, 700, 1000), (8, 5000, 7), (8, 257, 1)])
+@pytest.mark.parametrize("levels", [1, 3, 255])
+def test_qsgd_is_bit_identical(n, d, bucket, levels):
+    new, ref = pair("Qsgd", d=d, s=levels, bucket_size=bucket)
+    for seed, round in [(0, 1), (5, 2**32 + 3)]:
+        assert_same(new, ref, gaussian(n, d, seed), seed=seed, round=round)
+    if n >= 8:
+        assert_same(new, ref, edge_inputs(n, d), seed=2, round=4)
+
+
+@pytest.mark.parametrize("words", [1000, 700, 100_000])
+def test_qsgd_in_small_chunks_and_with_row_streams(monkeypatch, words):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", words)                        # 1 and several rows per chunk
+    for d, bucket in [(700, 128), (700, 1000)]:
+        new, ref = pair("Qsgd", d=d, s=2, bucket_size=bucket)
+        assert_same(new, ref, edge_inputs(9, d, 1), seed=3)
+        w, r = torch.tensor([2, 0, 1, 2]), torch.tensor([4, 1, 1, 9])
+        assert_same(new, ref, gaussian(4, d), streams=lambda mod: mod.RowStreams(mod.WorkerStreams(5, 3), w, r))
+
+
+def test_qsgd_without_the_uint32_conversion(monkeypatch):
+    monkeypatch.setitem(rng._FAST32, "cpu", {"hash": True, "u32float": False})
+    new, ref = pair("Qsgd", d=3000, s=3, bucket_size=512)
+    assert_same(new, ref, edge_inputs(8, 3000), seed=1)
