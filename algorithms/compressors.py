@@ -438,6 +438,56 @@ class Threshold:
         return p.tensors["values"]
 
 
+def _row_ranges(n: int, row_elems: int, device) -> list[tuple[int, int]]:
+    """Row chunks of :func:`sim.learn.rng.chunk_rows` size, but never a single
+    row out of several (a reduction over a lone row may be split across
+    threads, which sums in another order than the same row among others)."""
+    r = max(2, chunk_rows(n, row_elems, device))
+    bounds = [(a, min(n, a + r)) for a in range(0, n, r)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _rows_f64(a: torch.Tensor):
+    """Yields (lo, hi, buf): buf a float64 scratch [hi - lo, d] for the rows
+    lo..hi of ``a`` (reused; float32 -> float64 work on a chunk in cache
+    instead of mixed-dtype ops over all of ``a``, which are slow on the CPU)."""
+    n, d = a.shape
+    ranges = _row_ranges(n, 2 * d, a.device)
+    buf = torch.empty((max((hi - lo for lo, hi in ranges), default=0), d), dtype=torch.float64, device=a.device)
+    for lo, hi in ranges:
+        yield lo, hi, buf[: hi - lo]
+
+
+def _sum_f64(a: torch.Tensor, buf: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out <- a.sum(1, keepdim=True, dtype=torch.float64) bit for bit, ``buf``
+    a float64 scratch like a.  On the CPU that call sums a float64 copy of a
+    (tests/test_fast_paths.py checks it), so it sums buf <- a; other devices
+    make the call itself."""
+    if a.device.type != "cpu":
+        return torch.sum(a, 1, keepdim=True, dtype=torch.float64, out=out)
+    return torch.sum(buf.copy_(a), 1, keepdim=True, out=out)
+
+
+def _sum_rows_f64(a: torch.Tensor) -> torch.Tensor:
+    """a.sum(1, keepdim=True, dtype=torch.float64) bit for bit, by row chunks."""
+    out = torch.empty((a.shape[0], 1), dtype=torch.float64, device=a.device)
+    for lo, hi, buf in _rows_f64(a):
+        _sum_f64(a[lo:hi], buf, out[lo:hi])
+    return out
+
+
+def _saturate_(q: torch.Tensor) -> torch.Tensor:
+    """Entries of q at 1 or above -> -0.0 (the saturated mark), in place; their
+    count per row, [rows, 1] int64."""
+    if q.numel() == 0 or float(q.max()) < 1:                     # nothing saturates (one read, no mask)
+        return torch.zeros((q.shape[0], 1), dtype=torch.int64, device=q.device)
+    sat = q >= 1
+    q.masked_fill_(sat, -0.0)
+    return sat.sum(1, keepdim=True)
+
+
 @dataclass(frozen=True)
 class Mvss:
     """Minimal-variance stochastic sparsification (Wangni et al. 2018), unbiased.
@@ -465,6 +515,98 @@ class Mvss:
         """The keep probabilities p [n, d] of the greedy algorithm (sums in
         float64; a worker counts as done once c <= 1 + 1e-6, since float
         rounding makes c hover around 1 once nothing new saturates)."""
+        got = self._unsaturated(x)
+        if got is None:
+            return self._probabilities_general(x)
+        q, any_sat = got
+        return q.masked_fill_(torch.signbit(q), 1.0) if any_sat else q
+
+    def _unsaturated(self, x: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """The greedy algorithm of :meth:`_probabilities_general`, value for
+        value, in fewer passes, as q [n, d]: p where p < 1, and -0.0 where p
+        saturated at 1, and whether any entry saturated.  None if some row has
+        a non-finite l1 norm (then the general code runs).  With finite rows no p is NaN, so: the unsaturated
+        count is d minus the saturated count; the masked sum where(p < 1, p, 0)
+        is the sum of q (a -0.0 term changes no sum but an all-zero one's sign,
+        and den > 0 reads both zeros alike); c p for the unsaturated entries is
+        q times c (c = 1 for done rows, c > 1 keeps -0.0 at -0.0); and the
+        float32 result of a float64 product, then min(., 1), is min(float64
+        result, 1) in float32, since rounding is monotone and 1 is exact.  The
+        first p is float32(float64(target |x|) / l1) clamped to 1 (a zero row
+        gives +0 as the old where did).  The float64 sums and products run on
+        float64 copies of row chunks (:func:`_rows_f64`, :func:`_sum_f64`), one
+        pass over the chunks per iteration."""
+        n = x.shape[0]
+        q = torch.empty_like(x)
+        l1, den = (torch.empty((n, 1), dtype=torch.float64, device=x.device) for _ in range(2))
+        nsat = torch.empty((n, 1), dtype=torch.int64, device=x.device)
+        chunks = list(_rows_f64(q))
+        for lo, hi, buf in chunks:
+            _sum_f64(torch.abs(x[lo:hi], out=q[lo:hi]), buf, l1[lo:hi])
+        if not bool(torch.isfinite(l1).all()):
+            return None
+        target = self.rho * self.d
+        l1 = l1.clamp_min(1e-300)
+        for lo, hi, buf in chunks:                                           # p0, float32
+            qc = q[lo:hi].mul_(target)
+            qc.copy_(buf.copy_(qc).div_(l1[lo:hi])).clamp_(max=1.0)
+            nsat[lo:hi] = _saturate_(qc)
+            _sum_f64(qc, buf, den[lo:hi])
+        for _ in range(self.max_iters):
+            num = target - self.d + (self.d - nsat).to(torch.float64)
+            c = torch.where(den > 0, num / den.clamp_min(1e-300), torch.ones_like(den))
+            busy = c > 1 + 1e-6                                              # [n, 1]
+            if not bool(busy.any()):
+                break
+            c = torch.where(busy, c, torch.ones_like(c))
+            for lo, hi, buf in chunks:                                       # float64 products, to float32
+                qc = q[lo:hi]
+                qc.copy_(buf.copy_(qc).mul_(c[lo:hi]))
+                nsat[lo:hi] += _saturate_(qc)
+                _sum_f64(qc, buf, den[lo:hi])
+        return q, bool(nsat.any())
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old code: m = ceil(p 2^32) (int64), Z = [u < m], value x / (max(m, 1) / 2^32)
+        # in float64.  Here m stays float32 (p 2^32 is exact in float32 and so is
+        # its ceil, an integer <= 2^32), saturated entries get m = inf (always
+        # kept, as u < 2^32), and u < m is read off float32(u) (rounded to nearest,
+        # monotone): float32(u) > m means u > m; the entries with float32(u) <= m
+        # (the kept ones and the rare ties) are compared exactly in int64, and
+        # their values computed, chunk by chunk with the stream's words.
+        streams = _need_streams(streams, "mvss")
+        got = self._unsaturated(x) if _fast32(x.device)["u32float"] else None
+        if got is None:
+            return self._compress_general(x, streams, round)
+        q, any_sat = got
+        n, d = x.shape
+        m = q.mul_(2.0**32).ceil_()                                          # float32 m; -0.0: saturated
+        if any_sat:
+            m.masked_fill_(torch.signbit(m), math.inf)
+        kept = torch.empty((n, d), dtype=torch.bool, device=x.device)
+        vals = m                      # each chunk of m, once read, becomes that chunk of the values
+        counts = torch.empty((n,), dtype=torch.int64, device=x.device)
+        uf = None
+        for lo, hi, w in chunks32_of(streams, TAG_COMPRESS, round, (d,)):
+            w = w.to(x.device)
+            uf = torch.empty((hi - lo, d), dtype=torch.float32, device=x.device) if uf is None else uf[: hi - lo]
+            uf.copy_(w.view(torch.uint32))                                   # float32(u), rounded to nearest
+            mc, kc = m[lo:hi], kept[lo:hi]
+            torch.le(uf, mc, out=kc)                                         # kept, or float32(u) == m
+            at = kc.view(-1).nonzero().squeeze(1)
+            mk = mc.reshape(-1)[at].double().nan_to_num_(posinf=2.0**32)      # m as float64 (saturated: 2^32)
+            keep = to_int64(w.reshape(-1)[at]) < mk.to(torch.int64)          # u < m exactly
+            if not bool(keep.all()):
+                kc.view(-1)[at[~keep]] = False
+                at, mk = at[keep], mk[keep]
+            mc.zero_().view(-1)[at] = (x[lo:hi].reshape(-1)[at].double() / (mk / 2.0**32)).to(x.dtype)
+            counts[lo:hi] = torch.bincount(at // d, minlength=hi - lo)          # kept per row
+        return Payload({"values": vals, "kept": kept}, sparse_bytes(counts, self.d, self.index_bits))
+
+    def _probabilities_general(self, x: torch.Tensor) -> torch.Tensor:
+        """The keep probabilities p [n, d] of the greedy algorithm (sums in
+        float64; a worker counts as done once c <= 1 + 1e-6, since float
+        rounding makes c hover around 1 once nothing new saturates)."""
         a = x.abs()
         l1 = a.sum(1, keepdim=True, dtype=torch.float64)
         target = self.rho * self.d
@@ -481,9 +623,8 @@ class Mvss:
             p = torch.where(unsat & busy, (c * p).clamp(max=1.0).to(p.dtype), p)
         return p
 
-    def compress(self, x, *, streams=None, round=0) -> Payload:
-        streams = _need_streams(streams, "mvss")
-        p = self.probabilities(x)
+    def _compress_general(self, x, streams, round) -> Payload:
+        p = self._probabilities_general(x)
         m = torch.ceil(p.double() * 2.0 ** 32).to(torch.int64)                # P(keep) = m / 2^32
         bits = streams.bits(TAG_COMPRESS, round, (self.d,)).to(x.device)     # [n, d] in [0, 2^32)
         kept = bits < m

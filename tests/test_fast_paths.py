@@ -233,3 +233,72 @@ def test_qsgd_without_the_uint32_conversion(monkeypatch):
     monkeypatch.setitem(rng._FAST32, "cpu", {"hash": True, "u32float": False})
     new, ref = pair("Qsgd", d=3000, s=3, bucket_size=512)
     assert_same(new, ref, edge_inputs(8, 3000), seed=1)
+
+
+def skewed(n, d, seed=0):
+    """Heavy-tailed rows, so that mvss saturates entries over several passes."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * torch.rand(n, d, generator=g).pow(8) * 100
+
+
+@pytest.mark.parametrize("n,d", [(32, 40_705), (1, 1000), (8, 257), (3, 5)])
+@pytest.mark.parametrize("rho,iters", [(0.01, 20), (0.3, 20), (0.5, 3), (1.0, 20), (0.2, 0)])
+def test_mvss_is_bit_identical(n, d, rho, iters):
+    new, ref = pair("Mvss", d=d, rho=rho, max_iters=iters)
+    for seed, round in [(0, 1), (4, 7)]:
+        for x in (gaussian(n, d, seed), skewed(n, d, seed)):
+            assert same_bits(new.probabilities(x), ref.probabilities(x))
+            assert_same(new, ref, x, seed=seed, round=round)
+    if n >= 8:
+        x = edge_inputs(n, d)
+        x[6:8] = skewed(2, d)                         # finite rows (infinite ones: below)
+        assert same_bits(new.probabilities(x), ref.probabilities(x))
+        assert_same(new, ref, x, seed=1)
+
+
+def test_mvss_rows_with_infinities_or_nan_take_the_general_code():
+    new, ref = pair("Mvss", d=300, rho=0.1)
+    x = edge_inputs(8, 300)
+    x[0, 3] = float("nan")
+    assert same_bits(new.probabilities(x), ref.probabilities(x))
+    assert_same(new, ref, x, seed=2)
+
+
+class FixedBits:
+    """A streams object whose draws are given words (int64 in [0, 2^32))."""
+
+    def __init__(self, words: torch.Tensor) -> None:
+        self.words, self.n, self.seed, self.device = words, words.shape[0], 0, torch.device("cpu")
+
+    def bits(self, tag, round, shape):
+        return self.words.clone()
+
+
+def test_mvss_ties_of_float32_u_and_m_are_decided_exactly():
+    # draws within +-130 of m = ceil(p 2^32): float32(u) == m for many of them
+    d = 5000
+    new, ref = pair("Mvss", d=d, rho=0.6, max_iters=2)
+    x = skewed(4, d, 2)
+    m = torch.ceil(ref.probabilities(x).double() * 2.0**32).to(torch.int64)
+    off = torch.randint(-130, 131, (4, d), generator=torch.Generator().manual_seed(0))
+    words = (m + off).clamp(0, 2**32 - 1)
+    uf, mf = rng._to_int32_exact(words).view(torch.uint32).to(torch.float32), m.to(torch.float32)
+    assert int((uf == mf).sum()) > 1000 and int(((uf == mf) & (words >= m)).sum()) > 100
+    assert_same(new, ref, x, streams=lambda mod: FixedBits(words))
+
+
+def test_mvss_with_row_streams_and_small_chunks(monkeypatch):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", 3000)
+    new, ref = pair("Mvss", d=2000, rho=0.3)
+    w, r = torch.tensor([2, 0, 1]), torch.tensor([4, 1, 1])
+    assert_same(new, ref, skewed(3, 2000), streams=lambda mod: mod.RowStreams(mod.WorkerStreams(5, 3), w, r))
+    assert_same(new, ref, skewed(7, 2000), seed=3)
+
+
+@pytest.mark.parametrize("words", [1, 60_000, 1 << 19])
+def test_float64_row_sums_by_chunks_are_the_sums_of_the_whole(monkeypatch, words):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", words)
+    for n, d in [(1, 100_000), (2, 50_000), (3, 50_000), (5, 40_001), (32, 4070), (7, 1)]:
+        a = skewed(n, d, n).abs()
+        assert same_bits(NEW._sum_rows_f64(a), a.sum(1, keepdim=True, dtype=torch.float64))
+        assert all(b - a_ >= 2 or n == 1 for a_, b in NEW._row_ranges(n, d, "cpu"))
