@@ -119,11 +119,28 @@ def _scatter(d: int, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, idx, vals)
 
 
-def _plus_minus_one(pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """+1.0 where ``pos``, else -1.0 (exactly pos.to(dtype) * 2 - 1), in one new
-    tensor: the bools read as uint8 (0 / 1; torch converts uint8 to float much
-    faster than bool), then doubled and shifted in place."""
-    return pos.view(torch.uint8).to(dtype).mul_(2).sub_(1)
+def _plus_minus_one(pos: torch.Tensor, dtype: torch.dtype, then=None) -> torch.Tensor:
+    """+1.0 where ``pos`` [n, ...], else -1.0 (exactly pos.to(dtype) * 2 - 1), in
+    one new tensor: the bools read as uint8 (0 / 1; torch converts uint8 to
+    float much faster than bool), then doubled and shifted in place, row chunk
+    by row chunk so that each chunk is in cache for every step; ``then(chunk,
+    lo, hi)``, if given, finishes rows lo..hi in place (elementwise steps only:
+    chunking never changes a value)."""
+    out = torch.empty(pos.shape, dtype=dtype, device=pos.device)
+    if pos.dim() < 2:
+        out.copy_(pos.view(torch.uint8)).mul_(2).sub_(1)
+        if then is not None:
+            then(out, 0, out.shape[0] if pos.dim() else 1)
+        return out
+    n = pos.shape[0]
+    r = chunk_rows(n, out[0].numel() if n else 1, pos.device)
+    for lo in range(0, n, r):
+        hi = min(n, lo + r)
+        oc = out[lo:hi]
+        oc.copy_(pos[lo:hi].view(torch.uint8)).mul_(2).sub_(1)
+        if then is not None:
+            then(oc, lo, hi)
+    return out
 
 
 def _need_streams(streams: WorkerStreams | None, who: str) -> WorkerStreams:
@@ -675,32 +692,48 @@ class BlockSign:
         return sizes
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
-        n = x.shape[0]
-        a = x.abs()
-        if self.block_size is not None:
-            l1 = _padded_view(a, self.block_size).sum(-1)                     # [n, M]
-        else:  # a loop over the layers (a handful), deterministic on every device
-            l1 = torch.stack([a[:, s:e].sum(1) for s, e in self.bounds], dim=1)
+        # ||x_B||_1 per block: the sums of |x| (zero-padded to whole blocks with
+        # block_size), as before, but of |x| made chunk by chunk of rows into one
+        # small buffer (the same reduction per row; chunks of two rows or more,
+        # :func:`_row_ranges`), not of a second [n, d] tensor
+        n, d = x.shape
+        m = self.n_blocks
+        width = m * self.block_size if self.block_size is not None else d
+        l1 = torch.empty((n, m), dtype=x.dtype, device=x.device)
+        positive = torch.empty((n, d), dtype=torch.bool, device=x.device)
+        ranges = _row_ranges(n, width, x.device)
+        buf = torch.empty((max((hi - lo for lo, hi in ranges), default=0), width), dtype=x.dtype, device=x.device)
+        for lo, hi in ranges:
+            a = buf[: hi - lo]
+            torch.ge(x[lo:hi], 0, out=positive[lo:hi])
+            torch.abs(x[lo:hi], out=a[:, :d])
+            if self.block_size is not None:
+                a[:, d:].zero_()
+                torch.sum(a.view(hi - lo, m, self.block_size), -1, out=l1[lo:hi])      # [rows, M]
+            else:  # a loop over the layers (a handful), deterministic on every device
+                for j, (s, e) in enumerate(self.bounds):
+                    torch.sum(a[:, s:e], 1, out=l1[lo:hi, j])
         scales = l1 / self._sizes(x.device).to(x.dtype)
-        return Payload({"positive": x >= 0, "scales": scales}, _full(n, self.nbytes))
+        return Payload({"positive": positive, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
         # +-1 from the bits, then times each block's scale, in place on one [n, d]
         # buffer: (+-1) * s is exactly +-s (also for s = 0, giving -0.0 as -mag did,
         # and s = inf), the values of repeat_interleave + where(pos, mag, -mag).
         scales, pos = p.tensors["scales"], p.tensors["positive"]
-        n = scales.shape[0]
-        out = _plus_minus_one(pos, scales.dtype)
-        if self.block_size is not None:
-            b, full = self.block_size, self.d // self.block_size
-            if full:
-                out[:, : full * b].view(n, full, b).mul_(scales[:, :full].unsqueeze(-1))
-            if full * b < self.d:
-                out[:, full * b:].mul_(scales[:, full:full + 1])
-        else:   # a loop over the layers (a handful)
-            for j, (a, e) in enumerate(self.bounds):
-                out[:, a:e].mul_(scales[:, j:j + 1])
-        return out
+
+        def scale(out: torch.Tensor, lo: int, hi: int) -> None:     # rows lo..hi, in cache
+            sc, n = scales[lo:hi], hi - lo
+            if self.block_size is not None:
+                b, full = self.block_size, self.d // self.block_size
+                if full:
+                    out[:, : full * b].view(n, full, b).mul_(sc[:, :full].unsqueeze(-1))
+                if full * b < self.d:
+                    out[:, full * b:].mul_(sc[:, full:full + 1])
+            else:   # a loop over the layers (a handful)
+                for j, (a, e) in enumerate(self.bounds):
+                    out[:, a:e].mul_(sc[:, j:j + 1])
+        return _plus_minus_one(pos, scales.dtype, scale)
 
 
 @dataclass(frozen=True)

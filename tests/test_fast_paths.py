@@ -302,3 +302,23 @@ def test_float64_row_sums_by_chunks_are_the_sums_of_the_whole(monkeypatch, words
         a = skewed(n, d, n).abs()
         assert same_bits(NEW._sum_rows_f64(a), a.sum(1, keepdim=True, dtype=torch.float64))
         assert all(b - a_ >= 2 or n == 1 for a_, b in NEW._row_ranges(n, d, "cpu"))
+
+
+def with_nan(x):
+    x = x.clone()
+    x[0, x.shape[1] // 2] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("words", [1000, 1 << 19])
+@pytest.mark.parametrize("n,d", [(32, 40_705), (1, 1000), (9, 777), (8, 5)])
+def test_sign_block_sign_and_scaled_sign_are_bit_identical(monkeypatch, words, n, d):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", words)
+    cuts = sorted({0, d // 3, d // 3 + 1, d - 1, d})
+    layers = tuple((a, b) for a, b in zip(cuts, cuts[1:]) if b > a)
+    comps = [pair("Sign", d=d), pair("BlockSign", d=d, bounds=((0, d),)), pair("BlockSign", d=d, bounds=layers)]
+    comps += [pair("BlockSign", d=d, block_size=bs) for bs in {1, 7, 512, d} if bs <= d]
+    inputs = [gaussian(n, d, 3)] + ([edge_inputs(n, d), with_nan(edge_inputs(n, d))] if n >= 8 else [])
+    for new, ref in comps:
+        for x in inputs:
+            assert_same(new, ref, x)
