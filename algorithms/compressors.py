@@ -876,6 +876,30 @@ def _layer_absmax(a: torch.Tensor, ids: torch.Tensor, n_layers: int) -> torch.Te
     return out.scatter_reduce_(1, ids.expand(a.shape[0], -1), a, reduce="amax", include_self=True)
 
 
+def _layer_absmax_fast(x: torch.Tensor, bounds: tuple[tuple[int, int], ...]) -> torch.Tensor | None:
+    """:func:`_layer_absmax` of |x| by one amax per layer (a max is exact in any
+    order): the same [n, L] scales, or None if any is NaN (NaN inputs: the
+    caller runs its old code, whose scatter_reduce handles NaN its own way)."""
+    out = torch.stack([x[:, a:b].abs().amax(1) if b - a < 4096 else
+                       torch.maximum(x[:, a:b].amax(1), x[:, a:b].amin(1).neg_()).abs_()
+                       for a, b in bounds], dim=1).clamp_min_(0.0)
+    return None if bool(torch.isnan(out).any()) else out
+
+
+def _times_layer_scales(q: torch.Tensor, scales: torch.Tensor, bounds) -> torch.Tensor:
+    """q.to(float) * scales.index_select(1, layer_ids(bounds)) value for value
+    (the same products q_k s_L), as one converted tensor scaled in place per
+    layer, row chunk by row chunk in cache."""
+    out = torch.empty(q.shape, dtype=scales.dtype, device=scales.device)
+    n = q.shape[0]
+    r = chunk_rows(n, q.shape[1] if n else 1, q.device)
+    for lo in range(0, n, r):
+        oc = out[lo:lo + r].copy_(q[lo:lo + r])
+        for j, (a, b) in enumerate(bounds):
+            oc[:, a:b].mul_(scales[lo:lo + r, j:j + 1])
+    return out
+
+
 @dataclass(frozen=True)
 class TernGrad:
     """TernGrad (Wen et al., NeurIPS 2017, arXiv:1705.07878): stochastic
@@ -923,9 +947,36 @@ class TernGrad:
         return torch.cat(parts, dim=1)
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old expression (:meth:`_compress_general`), value for value, by row
+        # chunks of the stream's words: s_L by per-layer amax (a max is exact in
+        # any order; NaN anywhere takes the old code), p = float64(|g|) / s_L
+        # and u < p 2^32 on float64 copies of the chunk (u exact in float64;
+        # s_L > 0 or |g| = 0 there, so the old where and clamp change nothing),
+        # and the ternary symbol as the integer (2 [g >= 0] - 1) [u < p 2^32].
         streams = _need_streams(streams, "terngrad")
-        n = x.shape[0]
         g = self._clip(x) if self.clip_sigma is not None else x
+        scales = _layer_absmax_fast(g, self.bounds)
+        if scales is None or not _fast32(x.device)["u32float"]:
+            return self._compress_general(x, g, streams, round)
+        n, d = g.shape
+        tern = torch.empty((n, d), dtype=torch.int8, device=x.device)
+        pf = uf = None
+        for lo, hi, w in chunks32_of(streams, TAG_COMPRESS, round, (d,)):
+            if pf is None:
+                pf, uf = (torch.empty((hi - lo, d), dtype=torch.float64, device=x.device) for _ in range(2))
+            pc, uc, tc, gc = pf[: hi - lo], uf[: hi - lo], tern[lo:hi], g[lo:hi]
+            pc.copy_(gc).abs_()
+            for j, (a, e) in enumerate(self.bounds):
+                pc[:, a:e].div_(scales[lo:hi, j:j + 1].double().clamp_min(1e-300))
+            uc.copy_(w.to(x.device).view(torch.uint32))
+            b = uc < pc.mul_(2.0**32)                                        # Bernoulli(p)
+            torch.ge(gc, 0, out=tc.view(torch.bool))                         # 0 / 1 as int8
+            tc.mul_(2).sub_(1).mul_(b.view(torch.int8))                      # in {-1, 0, 1}
+        # nbytes = ceil(2 d / 8) + 4 L
+        return Payload({"ternary": tern, "scales": scales}, _full(n, self.nbytes))
+
+    def _compress_general(self, x, g, streams, round) -> Payload:
+        n = x.shape[0]
         ids = layer_ids(self.bounds, x.device)                                # [d]
         a = g.abs()
         scales = _layer_absmax(a, ids, len(self.bounds))                      # [n, L] s_L
@@ -938,8 +989,7 @@ class TernGrad:
         return Payload({"ternary": tern, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        scales = p.tensors["scales"]
-        return p.tensors["ternary"].to(scales.dtype) * scales.index_select(1, layer_ids(self.bounds, scales.device))
+        return _times_layer_scales(p.tensors["ternary"], p.tensors["scales"], self.bounds)
 
 
 @dataclass(frozen=True)
@@ -1000,6 +1050,48 @@ class Int8:
         return self.d + VALUE_BYTES * len(self.bounds)
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old expression (:meth:`_compress_general`), value for value, row
+        # chunk by row chunk in cache: the scales from per-layer amax (exact in
+        # any order; NaN takes the old code), v = x / scale per layer (0 in a
+        # layer whose scale is not > 0, as the old where), then R(v): round half
+        # to even, or floor(v + u) with u added as an exact multiple of 2^-32
+        # from the stream's int32 words.
+        if self.stochastic:
+            streams = _need_streams(streams, "int8 (stochastic)")
+        amax = _layer_absmax_fast(x, self.bounds)
+        if amax is None:
+            return self._compress_general(x, streams=streams, round=round)
+        n, d = x.shape
+        scales = amax / 127.0                                                # [n, L]
+        safe = scales.clamp_min(torch.finfo(x.dtype).tiny)
+        bad = ~(scales > 0)
+        q = torch.empty((n, d), dtype=torch.int8, device=x.device)
+        if self.stochastic:
+            chunks = chunks32_of(streams, TAG_COMPRESS, round, (d,))
+        else:
+            r = chunk_rows(n, d, x.device)
+            chunks = ((lo, min(n, lo + r), None) for lo in range(0, n, r))
+        v = u = None
+        for lo, hi, w in chunks:
+            if v is None or v.shape[0] < hi - lo:
+                v = torch.empty((hi - lo, d), dtype=x.dtype, device=x.device)
+                u = torch.empty_like(v) if self.stochastic else None
+            vc = v[: hi - lo]
+            for j, (a, b) in enumerate(self.bounds):
+                torch.div(x[lo:hi, a:b], safe[lo:hi, j:j + 1], out=vc[:, a:b])
+                rows = bad[lo:hi, j].nonzero().squeeze(1).tolist() if bool(bad[lo:hi, j].any()) else ()
+                for i in rows:
+                    vc[i, a:b] = 0.0
+            if self.stochastic:
+                uc = _uniform_times_2_32(w.to(x.device), out=u[: hi - lo])    # u 2^32, exact
+                torch.add(vc, uc, alpha=1.0 / 2**32, out=vc).floor_()
+            else:
+                vc.round_()                                                  # half to even
+            q[lo:hi].copy_(vc.clamp_(-127, 127))
+        # nbytes = d + 4 L (an int8 per coordinate, a float32 scale per layer)
+        return Payload({"q": q, "scales": scales}, _full(n, self.nbytes))
+
+    def _compress_general(self, x, *, streams=None, round=0) -> Payload:
         n = x.shape[0]
         ids = layer_ids(self.bounds, x.device)                                # [d]
         scales = _layer_absmax(x.abs(), ids, len(self.bounds)) / 127.0       # [n, L]
@@ -1016,8 +1108,7 @@ class Int8:
         return Payload({"q": q, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        scales = p.tensors["scales"]
-        return p.tensors["q"].to(scales.dtype) * scales.index_select(1, layer_ids(self.bounds, scales.device))
+        return _times_layer_scales(p.tensors["q"], p.tensors["scales"], self.bounds)
 
 
 # --- configs -----------------------------------------------------------------------

@@ -322,3 +322,46 @@ def test_sign_block_sign_and_scaled_sign_are_bit_identical(monkeypatch, words, n
     for new, ref in comps:
         for x in inputs:
             assert_same(new, ref, x)
+
+
+def layers_of(d):
+    cuts = sorted({0, 1, d // 3, d // 2, d - 1, d} & set(range(d + 1)))
+    return tuple((a, b) for a, b in zip(cuts, cuts[1:]) if b > a)
+
+
+@pytest.mark.parametrize("words", [1000, 1 << 19])
+@pytest.mark.parametrize("n,d", [(32, 40_705), (1, 1000), (9, 10_000), (8, 3)])
+@pytest.mark.parametrize("clip", [None, 2.5])
+def test_terngrad_is_bit_identical(monkeypatch, words, n, d, clip):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", words)
+    for bounds in [((0, d),), layers_of(d)]:
+        new, ref = pair("TernGrad", d=d, bounds=bounds, clip_sigma=clip)
+        inputs = [gaussian(n, d, 1), skewed(n, d, 2)] + ([edge_inputs(n, d), with_nan(gaussian(n, d))] if n >= 8 else [])
+        for i, x in enumerate(inputs):
+            assert_same(new, ref, x, seed=i, round=i + 1)
+    w, r = torch.tensor([0, 0, 1]), torch.tensor([4, 1, 1])
+    assert_same(new, ref, gaussian(3, d), streams=lambda mod: mod.RowStreams(mod.WorkerStreams(5, 2), w, r))
+
+
+def test_terngrad_without_the_uint32_conversion(monkeypatch):
+    monkeypatch.setitem(rng._FAST32, "cpu", {"hash": True, "u32float": False})
+    new, ref = pair("TernGrad", d=3000, bounds=layers_of(3000))
+    assert_same(new, ref, edge_inputs(8, 3000), seed=1)
+
+
+@pytest.mark.parametrize("words", [1000, 1 << 19])
+@pytest.mark.parametrize("n,d", [(32, 40_705), (1, 1000), (9, 10_000), (8, 3)])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_int8_is_bit_identical(monkeypatch, words, n, d, stochastic):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", words)
+    for bounds in [((0, d),), layers_of(d)]:
+        new, ref = pair("Int8", d=d, bounds=bounds, stochastic=stochastic)
+        inputs = [gaussian(n, d, 1), skewed(n, d, 2)]
+        if n >= 8:
+            tiny = edge_inputs(n, d)
+            tiny[4] = 1e-43                                  # max |x| / 127 underflows to a 0 scale
+            tiny[5] = (torch.arange(d) % 254) - 126.5         # ties of round half to even (scale 1)
+            tiny[5, 0] = 127.0
+            inputs += [edge_inputs(n, d), tiny, with_nan(gaussian(n, d))]
+        for i, x in enumerate(inputs):
+            assert_same(new, ref, x, seed=i, round=i + 1)
