@@ -447,9 +447,25 @@ class Threshold:
     linear: ClassVar[bool] = False
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
-        kept = x.abs() >= self.tau                                           # [n, d]
-        vals = torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        return Payload({"values": vals, "kept": kept}, sparse_bytes(kept.sum(1), self.d, self.index_bits))
+        # kept = |x| >= tau, values = where(kept, x, 0), nnz = kept.sum(1), row
+        # chunk by row chunk in cache (the values as x with the rest set to +0,
+        # the counts as int32 sums of the bools read as uint8: exact integers)
+        n, d = x.shape
+        kept = torch.empty((n, d), dtype=torch.bool, device=x.device)
+        vals = torch.empty((n, d), dtype=x.dtype, device=x.device)
+        nnz = torch.empty((n,), dtype=torch.int64, device=x.device)
+        r = chunk_rows(n, d, x.device)
+        a = drop = None
+        for lo in range(0, n, r):
+            hi = min(n, lo + r)
+            if a is None:
+                a = torch.empty((hi - lo, d), dtype=x.dtype, device=x.device)
+                drop = torch.empty((hi - lo, d), dtype=torch.bool, device=x.device)
+            kc = kept[lo:hi]
+            torch.ge(torch.abs(x[lo:hi], out=a[: hi - lo]), self.tau, out=kc)             # [rows, d]
+            vals[lo:hi].copy_(x[lo:hi]).masked_fill_(torch.logical_not(kc, out=drop[: hi - lo]), 0.0)
+            nnz[lo:hi] = kc.view(torch.uint8).sum(1, dtype=torch.int32)
+        return Payload({"values": vals, "kept": kept}, sparse_bytes(nnz, self.d, self.index_bits))
 
     def decompress(self, p: Payload) -> torch.Tensor:
         return p.tensors["values"]

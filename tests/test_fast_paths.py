@@ -365,3 +365,16 @@ def test_int8_is_bit_identical(monkeypatch, words, n, d, stochastic):
             inputs += [edge_inputs(n, d), tiny, with_nan(gaussian(n, d))]
         for i, x in enumerate(inputs):
             assert_same(new, ref, x, seed=i, round=i + 1)
+
+
+@pytest.mark.parametrize("words", [1000, 1 << 19])
+@pytest.mark.parametrize("n,d", [(32, 40_705), (1, 1000), (9, 777), (8, 3)])
+@pytest.mark.parametrize("tau", [2.58, 0.1, 1e-45, 1.0000001])
+def test_threshold_is_bit_identical(monkeypatch, words, n, d, tau):
+    monkeypatch.setattr(rng, "CHUNK_WORDS", words)
+    new, ref = pair("Threshold", d=d, tau=tau)
+    x = gaussian(n, d, 1)
+    x[0, : d // 2] = 1.0000001                               # at tau (ties of >=)
+    inputs = [x] + ([edge_inputs(n, d), with_nan(gaussian(n, d))] if n >= 8 else [])
+    for x in inputs:
+        assert_same(new, ref, x)
