@@ -47,6 +47,18 @@ Sign convention: one bit cannot encode three values, so every sign-based
 compressor (block_sign, scaled_sign, sign, and qsgd's sign bit) sends bit 1 for
 x >= 0 and bit 0 for x < 0, i.e. sign(0) = +1, and decodes exactly what the bit
 says (a 0 input decodes to +scale, not to 0 as torch.sign would give).
+
+Fast paths (issue 15): every compressor gives, bit for bit, what its first,
+plain tensor expression gave (frozen in tests/_reference_compressors.py and
+checked by tests/test_fast_paths.py).  The per-element work runs by row chunks
+that stay in the core's cache (:func:`sim.learn.rng.chunk_rows`; one chunk on
+other devices, i.e. the old whole-tensor ops), in place on the outputs, with
+the random draws as int32 words straight from the stream's 32-bit hash
+(:func:`sim.learn.rng.chunks32_of`); mixed-dtype ops run on float64 copies of
+chunks; a reduction runs on the old shape, or per chunk where each reduced
+slice is summed alone as it was among the others (never one output alone out
+of several, which torch may split across threads).  Inputs where an equivalence needs finite values (a NaN or an
+infinity in mvss, terngrad, int8; non-finite qsgd norms) take the old code.
 """
 from __future__ import annotations
 

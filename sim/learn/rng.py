@@ -124,7 +124,7 @@ def _first32(v: torch.Tensor) -> torch.Tensor:
 def hash32_i32(x: torch.Tensor) -> torch.Tensor:
     """lowbias32 of int32 words (the 32 bits, read unsigned), as int32 bits; a
     new contiguous tensor.  Only on a device where :func:`fast32_ok` holds."""
-    x = x.contiguous().clone() if x.is_contiguous() else x.contiguous()
+    x = x.clone(memory_format=torch.contiguous_format)
     return _rounds32_(_xorshift16_(x))
 
 
