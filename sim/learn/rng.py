@@ -174,7 +174,8 @@ def _fast32(device) -> dict[str, bool]:
     checked once per device type on 70,020 edge and random words (whatever
     raises or differs is not used): ``hash``, the 32-bit hash (int32
     multiplication wrap and int64 -> int32 conversion included), and
-    ``u32float``, uint32 -> float32 conversion for the uniforms."""
+    ``u32float``, uint32 -> float32 conversion (rounded as int64 -> float32
+    rounds; exact for the uniforms) and uint32 -> float64 (exact)."""
     key = torch.device(device).type
     if key not in _FAST32:
         res = {"hash": False, "u32float": False}
@@ -189,8 +190,13 @@ def _fast32(device) -> dict[str, bool]:
             except (RuntimeError, NotImplementedError, TypeError):
                 pass
         try:
-            b = _to_int32_exact(ref).bitwise_and_(-256)
-            res["u32float"] = torch.equal(b.view(torch.uint32).to(torch.float32).mul_(1.0 / 2**32), to_uniform(ref))
+            b = _to_int32_exact(ref)
+            u64 = torch.empty(b.shape, dtype=torch.float64, device=b.device).copy_(b.view(torch.uint32))
+            u32 = b.view(torch.uint32).to(torch.float32)
+            b.bitwise_and_(-256)
+            res["u32float"] = bool(torch.equal(b.view(torch.uint32).to(torch.float32).mul_(1.0 / 2**32),
+                                               to_uniform(ref)) and torch.equal(u64, ref.double())
+                                   and torch.equal(u32, ref.to(torch.float32)))
         except (RuntimeError, NotImplementedError, TypeError):
             pass
         _FAST32[key] = res
