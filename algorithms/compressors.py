@@ -47,6 +47,18 @@ Sign convention: one bit cannot encode three values, so every sign-based
 compressor (block_sign, scaled_sign, sign, and qsgd's sign bit) sends bit 1 for
 x >= 0 and bit 0 for x < 0, i.e. sign(0) = +1, and decodes exactly what the bit
 says (a 0 input decodes to +scale, not to 0 as torch.sign would give).
+
+Fast paths (issue 15): every compressor gives, bit for bit, what its first,
+plain tensor expression gave (frozen in tests/_reference_compressors.py and
+checked by tests/test_fast_paths.py).  The per-element work runs by row chunks
+that stay in the core's cache (:func:`sim.learn.rng.chunk_rows`; one chunk on
+other devices, i.e. the old whole-tensor ops), in place on the outputs, with
+the random draws as int32 words straight from the stream's 32-bit hash
+(:func:`sim.learn.rng.chunks32_of`); mixed-dtype ops run on float64 copies of
+chunks; a reduction runs on the old shape, or per chunk where each reduced
+slice is summed alone as it was among the others (never one output alone out
+of several, which torch may split across threads).  Inputs where an equivalence needs finite values (a NaN or an
+infinity in mvss, terngrad, int8; non-finite qsgd norms) take the old code.
 """
 from __future__ import annotations
 
@@ -58,7 +70,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sim.registry import Registry
-from sim.learn.rng import TAG_COMPRESS, WorkerStreams
+from sim.learn.rng import (TAG_COMPRESS, WorkerStreams, _fast32, _uniform_shift32, chunk_rows, chunks32_of,
+                           to_int64)
 
 from .base import INDEX_BYTES, VALUE_BYTES, Context, Payload
 
@@ -118,11 +131,28 @@ def _scatter(d: int, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, idx, vals)
 
 
-def _plus_minus_one(pos: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """+1.0 where ``pos``, else -1.0 (exactly pos.to(dtype) * 2 - 1), in one new
-    tensor: the bools read as uint8 (0 / 1; torch converts uint8 to float much
-    faster than bool), then doubled and shifted in place."""
-    return pos.view(torch.uint8).to(dtype).mul_(2).sub_(1)
+def _plus_minus_one(pos: torch.Tensor, dtype: torch.dtype, then=None) -> torch.Tensor:
+    """+1.0 where ``pos`` [n, ...], else -1.0 (exactly pos.to(dtype) * 2 - 1), in
+    one new tensor: the bools read as uint8 (0 / 1; torch converts uint8 to
+    float much faster than bool), then doubled and shifted in place, row chunk
+    by row chunk so that each chunk is in cache for every step; ``then(chunk,
+    lo, hi)``, if given, finishes rows lo..hi in place (elementwise steps only:
+    chunking never changes a value)."""
+    out = torch.empty(pos.shape, dtype=dtype, device=pos.device)
+    if pos.dim() < 2:
+        out.copy_(pos.view(torch.uint8)).mul_(2).sub_(1)
+        if then is not None:
+            then(out, 0, out.shape[0] if pos.dim() else 1)
+        return out
+    n = pos.shape[0]
+    r = chunk_rows(n, out[0].numel() if n else 1, pos.device)
+    for lo in range(0, n, r):
+        hi = min(n, lo + r)
+        oc = out[lo:hi]
+        oc.copy_(pos[lo:hi].view(torch.uint8)).mul_(2).sub_(1)
+        if then is not None:
+            then(oc, lo, hi)
+    return out
 
 
 def _need_streams(streams: WorkerStreams | None, who: str) -> WorkerStreams:
@@ -235,6 +265,63 @@ def topk_abs_indices(x: torch.Tensor, k: int, *, sample: int | None = None, sigm
     return idx
 
 
+# --- the k largest random keys per row (RandomK), fast path ---------------------
+
+RANDK_SIGMAS = 4.0       # candidates expected beyond k, in binomial standard deviations
+
+
+def largest_keys(chunks, d: int, k: int, device) -> torch.Tensor:
+    """For the 32-bit draws u [m, d] of ``chunks`` ((start, stop, int32 words)
+    row chunks, :func:`sim.learn.rng.chunks32_of`), the columns [m, k] of the
+    k largest keys u_ij d + j of every row (all distinct): what
+    ``torch.topk(keys, k, dim=1, sorted=False).indices`` gives, in its order.
+
+    When 64 k <= d, torch.topk on the CPU partial-sorts (TopKImpl.h), so its
+    order is by decreasing key.  Then a threshold t >= 2^31 with about
+    k + 4 sqrt(k) + 16 draws expected at or above it picks the candidates
+    (u >= t, read off the int32 words w as t - 2^32 <= w < 0, chunk by chunk),
+    whose keys are packed into a padded [m, c] matrix and sorted by
+    torch.topk(sorted=True).  Since u dominates the key, the top k keys all
+    have u >= t when at least k draws do, so the set and the order are
+    torch.topk's; a row with fewer than k candidates (probability about 3e-5)
+    takes torch.topk over all its keys.  When 64 k > d all keys go to
+    torch.topk, as before.
+    """
+    ar = torch.arange(d, dtype=torch.int64, device=device)
+
+    def full(words: torch.Tensor) -> torch.Tensor:
+        keys = to_int64(words.to(device)).mul_(d).add_(ar)
+        return torch.topk(keys, k, dim=1, sorted=False).indices
+
+    if 64 * k > d:
+        tops = [full(w) for _, _, w in chunks]
+        return torch.cat(tops) if tops else torch.empty((0, k), dtype=torch.int64, device=device)
+    q = min(0.5, (k + RANDK_SIGMAS * math.sqrt(k) + 16) / d)
+    ts = -math.ceil(q * 2**32)                        # t - 2^32 for t = 2^32 - ceil(q 2^32) >= 2^31
+    rows, cols, words, short, m = [], [], [], {}, 0
+    for a, b, w in chunks:
+        m = b
+        rr, cc = (w >= ts).logical_and_(w < 0).nonzero(as_tuple=True)          # row-major
+        rows.append(rr + a), cols.append(cc), words.append(w[rr, cc].to(device))
+        few = (torch.bincount(rr, minlength=b - a) < k).nonzero().squeeze(1).tolist()
+        if few:
+            short.update(zip((a + i for i in few), full(w[few])))
+    if not rows:
+        return torch.empty((0, k), dtype=torch.int64, device=device)
+    row, col = torch.cat(rows).to(device), torch.cat(cols).to(device)
+    counts = torch.bincount(row, minlength=m)
+    pos = torch.arange(row.numel(), device=device) - (counts.cumsum(0) - counts).index_select(0, row)
+    width = max(k, int(counts.max())) if m else k
+    keys = torch.full((m, width), -1, dtype=torch.int64, device=device)      # -1: padding, below any key
+    keys.index_put_((row, pos), to_int64(torch.cat(words)).mul_(d).add_(col))
+    where = torch.zeros((m, width), dtype=torch.int64, device=device)
+    where.index_put_((row, pos), col)
+    idx = torch.gather(where, 1, torch.topk(keys, k, dim=1, sorted=True).indices)
+    for i, top in short.items():
+        idx[i] = top
+    return idx
+
+
 # --- compressors -------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -337,12 +424,11 @@ class RandomK:
     def _indices(self, n: int, streams: WorkerStreams, round: int, device) -> torch.Tensor:
         if self.shared_seed:
             # Worker 0's stream: a 1-worker stream with the same seed has worker 0's key.
-            bits = WorkerStreams(streams.seed, 1, streams.device).bits(TAG_COMPRESS, round, (self.d,))
-        else:
-            bits = streams.bits(TAG_COMPRESS, round, (self.d,))              # [n, d]
-        keys = bits * self.d + torch.arange(self.d, dtype=torch.int64, device=bits.device)
-        idx = torch.topk(keys, self.k, dim=1, sorted=False).indices.to(device)
-        return idx.expand(n, -1) if self.shared_seed else idx
+            one = WorkerStreams(streams.seed, 1, streams.device)
+            idx = largest_keys(one.bits32_chunks(TAG_COMPRESS, round, (self.d,)), self.d, self.k, device)
+            return idx.expand(n, -1)
+        chunks = chunks32_of(streams, TAG_COMPRESS, round, (self.d,))        # [n, d] int32 words
+        return largest_keys(chunks, self.d, self.k, device)
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
         streams = _need_streams(streams, "randomk")
@@ -353,8 +439,10 @@ class RandomK:
         return Payload({"values": vals, "indices": idx}, nbytes)
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        out = _scatter(self.d, p.tensors["values"], p.tensors["indices"])
-        return out * (self.d / self.k) if self.unbiased else out
+        # scaling the k values before the scatter is out * (d / k) value by value
+        # (the zeros stay +0), without a second [n, d] tensor
+        vals = p.tensors["values"]
+        return _scatter(self.d, vals * (self.d / self.k) if self.unbiased else vals, p.tensors["indices"])
 
 
 @dataclass(frozen=True)
@@ -371,12 +459,78 @@ class Threshold:
     linear: ClassVar[bool] = False
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
-        kept = x.abs() >= self.tau                                           # [n, d]
-        vals = torch.where(kept, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        return Payload({"values": vals, "kept": kept}, sparse_bytes(kept.sum(1), self.d, self.index_bits))
+        # kept = |x| >= tau, values = where(kept, x, 0), nnz = kept.sum(1), row
+        # chunk by row chunk in cache (the values as x with the rest set to +0,
+        # the counts as int32 sums of the bools read as uint8: exact integers)
+        n, d = x.shape
+        kept = torch.empty((n, d), dtype=torch.bool, device=x.device)
+        vals = torch.empty((n, d), dtype=x.dtype, device=x.device)
+        nnz = torch.empty((n,), dtype=torch.int64, device=x.device)
+        r = chunk_rows(n, d, x.device)
+        a = drop = None
+        for lo in range(0, n, r):
+            hi = min(n, lo + r)
+            if a is None:
+                a = torch.empty((hi - lo, d), dtype=x.dtype, device=x.device)
+                drop = torch.empty((hi - lo, d), dtype=torch.bool, device=x.device)
+            kc = kept[lo:hi]
+            torch.ge(torch.abs(x[lo:hi], out=a[: hi - lo]), self.tau, out=kc)             # [rows, d]
+            vals[lo:hi].copy_(x[lo:hi]).masked_fill_(torch.logical_not(kc, out=drop[: hi - lo]), 0.0)
+            nnz[lo:hi] = kc.view(torch.uint8).sum(1, dtype=torch.int32)
+        return Payload({"values": vals, "kept": kept}, sparse_bytes(nnz, self.d, self.index_bits))
 
     def decompress(self, p: Payload) -> torch.Tensor:
         return p.tensors["values"]
+
+
+def _row_ranges(n: int, row_elems: int, device) -> list[tuple[int, int]]:
+    """Row chunks of :func:`sim.learn.rng.chunk_rows` size, but never a single
+    row out of several (a reduction over a lone row may be split across
+    threads, which sums in another order than the same row among others)."""
+    r = max(2, chunk_rows(n, row_elems, device))
+    bounds = [(a, min(n, a + r)) for a in range(0, n, r)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def _rows_f64(a: torch.Tensor):
+    """Yields (lo, hi, buf): buf a float64 scratch [hi - lo, d] for the rows
+    lo..hi of ``a`` (reused; float32 -> float64 work on a chunk in cache
+    instead of mixed-dtype ops over all of ``a``, which are slow on the CPU)."""
+    n, d = a.shape
+    ranges = _row_ranges(n, 2 * d, a.device)
+    buf = torch.empty((max((hi - lo for lo, hi in ranges), default=0), d), dtype=torch.float64, device=a.device)
+    for lo, hi in ranges:
+        yield lo, hi, buf[: hi - lo]
+
+
+def _sum_f64(a: torch.Tensor, buf: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out <- a.sum(1, keepdim=True, dtype=torch.float64) bit for bit, ``buf``
+    a float64 scratch like a.  On the CPU that call sums a float64 copy of a
+    (tests/test_fast_paths.py checks it), so it sums buf <- a; other devices
+    make the call itself."""
+    if a.device.type != "cpu":
+        return torch.sum(a, 1, keepdim=True, dtype=torch.float64, out=out)
+    return torch.sum(buf.copy_(a), 1, keepdim=True, out=out)
+
+
+def _sum_rows_f64(a: torch.Tensor) -> torch.Tensor:
+    """a.sum(1, keepdim=True, dtype=torch.float64) bit for bit, by row chunks."""
+    out = torch.empty((a.shape[0], 1), dtype=torch.float64, device=a.device)
+    for lo, hi, buf in _rows_f64(a):
+        _sum_f64(a[lo:hi], buf, out[lo:hi])
+    return out
+
+
+def _saturate_(q: torch.Tensor) -> torch.Tensor:
+    """Entries of q at 1 or above -> -0.0 (the saturated mark), in place; their
+    count per row, [rows, 1] int64."""
+    if q.numel() == 0 or float(q.max()) < 1:                     # nothing saturates (one read, no mask)
+        return torch.zeros((q.shape[0], 1), dtype=torch.int64, device=q.device)
+    sat = q >= 1
+    q.masked_fill_(sat, -0.0)
+    return sat.sum(1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -406,6 +560,98 @@ class Mvss:
         """The keep probabilities p [n, d] of the greedy algorithm (sums in
         float64; a worker counts as done once c <= 1 + 1e-6, since float
         rounding makes c hover around 1 once nothing new saturates)."""
+        got = self._unsaturated(x)
+        if got is None:
+            return self._probabilities_general(x)
+        q, any_sat = got
+        return q.masked_fill_(torch.signbit(q), 1.0) if any_sat else q
+
+    def _unsaturated(self, x: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """The greedy algorithm of :meth:`_probabilities_general`, value for
+        value, in fewer passes, as q [n, d]: p where p < 1, and -0.0 where p
+        saturated at 1, and whether any entry saturated.  None if some row has
+        a non-finite l1 norm (then the general code runs).  With finite rows no p is NaN, so: the unsaturated
+        count is d minus the saturated count; the masked sum where(p < 1, p, 0)
+        is the sum of q (a -0.0 term changes no sum but an all-zero one's sign,
+        and den > 0 reads both zeros alike); c p for the unsaturated entries is
+        q times c (c = 1 for done rows, c > 1 keeps -0.0 at -0.0); and the
+        float32 result of a float64 product, then min(., 1), is min(float64
+        result, 1) in float32, since rounding is monotone and 1 is exact.  The
+        first p is float32(float64(target |x|) / l1) clamped to 1 (a zero row
+        gives +0 as the old where did).  The float64 sums and products run on
+        float64 copies of row chunks (:func:`_rows_f64`, :func:`_sum_f64`), one
+        pass over the chunks per iteration."""
+        n = x.shape[0]
+        q = torch.empty_like(x)
+        l1, den = (torch.empty((n, 1), dtype=torch.float64, device=x.device) for _ in range(2))
+        nsat = torch.empty((n, 1), dtype=torch.int64, device=x.device)
+        chunks = list(_rows_f64(q))
+        for lo, hi, buf in chunks:
+            _sum_f64(torch.abs(x[lo:hi], out=q[lo:hi]), buf, l1[lo:hi])
+        if not bool(torch.isfinite(l1).all()):
+            return None
+        target = self.rho * self.d
+        l1 = l1.clamp_min(1e-300)
+        for lo, hi, buf in chunks:                                           # p0, float32
+            qc = q[lo:hi].mul_(target)
+            qc.copy_(buf.copy_(qc).div_(l1[lo:hi])).clamp_(max=1.0)
+            nsat[lo:hi] = _saturate_(qc)
+            _sum_f64(qc, buf, den[lo:hi])
+        for _ in range(self.max_iters):
+            num = target - self.d + (self.d - nsat).to(torch.float64)
+            c = torch.where(den > 0, num / den.clamp_min(1e-300), torch.ones_like(den))
+            busy = c > 1 + 1e-6                                              # [n, 1]
+            if not bool(busy.any()):
+                break
+            c = torch.where(busy, c, torch.ones_like(c))
+            for lo, hi, buf in chunks:                                       # float64 products, to float32
+                qc = q[lo:hi]
+                qc.copy_(buf.copy_(qc).mul_(c[lo:hi]))
+                nsat[lo:hi] += _saturate_(qc)
+                _sum_f64(qc, buf, den[lo:hi])
+        return q, bool(nsat.any())
+
+    def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old code: m = ceil(p 2^32) (int64), Z = [u < m], value x / (max(m, 1) / 2^32)
+        # in float64.  Here m stays float32 (p 2^32 is exact in float32 and so is
+        # its ceil, an integer <= 2^32), saturated entries get m = inf (always
+        # kept, as u < 2^32), and u < m is read off float32(u) (rounded to nearest,
+        # monotone): float32(u) > m means u > m; the entries with float32(u) <= m
+        # (the kept ones and the rare ties) are compared exactly in int64, and
+        # their values computed, chunk by chunk with the stream's words.
+        streams = _need_streams(streams, "mvss")
+        got = self._unsaturated(x) if _fast32(x.device)["u32float"] else None
+        if got is None:
+            return self._compress_general(x, streams, round)
+        q, any_sat = got
+        n, d = x.shape
+        m = q.mul_(2.0**32).ceil_()                                          # float32 m; -0.0: saturated
+        if any_sat:
+            m.masked_fill_(torch.signbit(m), math.inf)
+        kept = torch.empty((n, d), dtype=torch.bool, device=x.device)
+        vals = m                      # each chunk of m, once read, becomes that chunk of the values
+        counts = torch.empty((n,), dtype=torch.int64, device=x.device)
+        uf = None
+        for lo, hi, w in chunks32_of(streams, TAG_COMPRESS, round, (d,)):
+            w = w.to(x.device)
+            uf = torch.empty((hi - lo, d), dtype=torch.float32, device=x.device) if uf is None else uf[: hi - lo]
+            uf.copy_(w.view(torch.uint32))                                   # float32(u), rounded to nearest
+            mc, kc = m[lo:hi], kept[lo:hi]
+            torch.le(uf, mc, out=kc)                                         # kept, or float32(u) == m
+            at = kc.view(-1).nonzero().squeeze(1)
+            mk = mc.reshape(-1)[at].double().nan_to_num_(posinf=2.0**32)      # m as float64 (saturated: 2^32)
+            keep = to_int64(w.reshape(-1)[at]) < mk.to(torch.int64)          # u < m exactly
+            if not bool(keep.all()):
+                kc.view(-1)[at[~keep]] = False
+                at, mk = at[keep], mk[keep]
+            mc.zero_().view(-1)[at] = (x[lo:hi].reshape(-1)[at].double() / (mk / 2.0**32)).to(x.dtype)
+            counts[lo:hi] = torch.bincount(at // d, minlength=hi - lo)          # kept per row
+        return Payload({"values": vals, "kept": kept}, sparse_bytes(counts, self.d, self.index_bits))
+
+    def _probabilities_general(self, x: torch.Tensor) -> torch.Tensor:
+        """The keep probabilities p [n, d] of the greedy algorithm (sums in
+        float64; a worker counts as done once c <= 1 + 1e-6, since float
+        rounding makes c hover around 1 once nothing new saturates)."""
         a = x.abs()
         l1 = a.sum(1, keepdim=True, dtype=torch.float64)
         target = self.rho * self.d
@@ -422,9 +668,8 @@ class Mvss:
             p = torch.where(unsat & busy, (c * p).clamp(max=1.0).to(p.dtype), p)
         return p
 
-    def compress(self, x, *, streams=None, round=0) -> Payload:
-        streams = _need_streams(streams, "mvss")
-        p = self.probabilities(x)
+    def _compress_general(self, x, streams, round) -> Payload:
+        p = self._probabilities_general(x)
         m = torch.ceil(p.double() * 2.0 ** 32).to(torch.int64)                # P(keep) = m / 2^32
         bits = streams.bits(TAG_COMPRESS, round, (self.d,)).to(x.device)     # [n, d] in [0, 2^32)
         kept = bits < m
@@ -475,32 +720,48 @@ class BlockSign:
         return sizes
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
-        n = x.shape[0]
-        a = x.abs()
-        if self.block_size is not None:
-            l1 = _padded_view(a, self.block_size).sum(-1)                     # [n, M]
-        else:  # a loop over the layers (a handful), deterministic on every device
-            l1 = torch.stack([a[:, s:e].sum(1) for s, e in self.bounds], dim=1)
+        # ||x_B||_1 per block: the sums of |x| (zero-padded to whole blocks with
+        # block_size), as before, but of |x| made chunk by chunk of rows into one
+        # small buffer (the same reduction per row; chunks of two rows or more,
+        # :func:`_row_ranges`), not of a second [n, d] tensor
+        n, d = x.shape
+        m = self.n_blocks
+        width = m * self.block_size if self.block_size is not None else d
+        l1 = torch.empty((n, m), dtype=x.dtype, device=x.device)
+        positive = torch.empty((n, d), dtype=torch.bool, device=x.device)
+        ranges = _row_ranges(n, width, x.device)
+        buf = torch.empty((max((hi - lo for lo, hi in ranges), default=0), width), dtype=x.dtype, device=x.device)
+        for lo, hi in ranges:
+            a = buf[: hi - lo]
+            torch.ge(x[lo:hi], 0, out=positive[lo:hi])
+            torch.abs(x[lo:hi], out=a[:, :d])
+            if self.block_size is not None:
+                a[:, d:].zero_()
+                torch.sum(a.view(hi - lo, m, self.block_size), -1, out=l1[lo:hi])      # [rows, M]
+            else:  # a loop over the layers (a handful), deterministic on every device
+                for j, (s, e) in enumerate(self.bounds):
+                    torch.sum(a[:, s:e], 1, out=l1[lo:hi, j])
         scales = l1 / self._sizes(x.device).to(x.dtype)
-        return Payload({"positive": x >= 0, "scales": scales}, _full(n, self.nbytes))
+        return Payload({"positive": positive, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
         # +-1 from the bits, then times each block's scale, in place on one [n, d]
         # buffer: (+-1) * s is exactly +-s (also for s = 0, giving -0.0 as -mag did,
         # and s = inf), the values of repeat_interleave + where(pos, mag, -mag).
         scales, pos = p.tensors["scales"], p.tensors["positive"]
-        n = scales.shape[0]
-        out = _plus_minus_one(pos, scales.dtype)
-        if self.block_size is not None:
-            b, full = self.block_size, self.d // self.block_size
-            if full:
-                out[:, : full * b].view(n, full, b).mul_(scales[:, :full].unsqueeze(-1))
-            if full * b < self.d:
-                out[:, full * b:].mul_(scales[:, full:full + 1])
-        else:   # a loop over the layers (a handful)
-            for j, (a, e) in enumerate(self.bounds):
-                out[:, a:e].mul_(scales[:, j:j + 1])
-        return out
+
+        def scale(out: torch.Tensor, lo: int, hi: int) -> None:     # rows lo..hi, in cache
+            sc, n = scales[lo:hi], hi - lo
+            if self.block_size is not None:
+                b, full = self.block_size, self.d // self.block_size
+                if full:
+                    out[:, : full * b].view(n, full, b).mul_(sc[:, :full].unsqueeze(-1))
+                if full * b < self.d:
+                    out[:, full * b:].mul_(sc[:, full:full + 1])
+            else:   # a loop over the layers (a handful)
+                for j, (a, e) in enumerate(self.bounds):
+                    out[:, a:e].mul_(sc[:, j:j + 1])
+        return _plus_minus_one(pos, scales.dtype, scale)
 
 
 @dataclass(frozen=True)
@@ -554,21 +815,80 @@ class Qsgd:
         return (self.d * self.bits_per_entry + 7) // 8 + VALUE_BYTES * self.n_buckets
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old expression, value for value: v = x zero-padded to [n, M, b];
+        # norms = ||v||_2 per bucket; r = |v| / safe * s; levels = clamp(floor(r + u), 0, s).
+        # Here, row chunk by row chunk (the chunks of the stream's words, so a
+        # chunk stays in cache): |x| is padded instead of x (|x|^2 = x^2: the
+        # same reduction over the same values), r is formed in place, and u is
+        # added as exact multiples of 2^-32 straight from the int32 words.  floor
+        # is dropped: r + u >= 0 (or NaN), which the conversion to int32
+        # truncates exactly as floor would (and clamp commutes with both).
         streams = _need_streams(streams, "qsgd")
-        n = x.shape[0]
-        v = _padded_view(x, self.bucket_size)                                # [n, M, b]
-        norms = torch.linalg.vector_norm(v, dim=-1)                          # [n, M]
-        safe = norms.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
-        r = (v.abs() / safe * self.s).reshape(n, -1)[:, : self.d]            # s |v_i| / norm in [0, s]
-        u = streams.uniform(TAG_COMPRESS, round, (self.d,)).to(device=x.device, dtype=r.dtype)
-        levels = torch.floor(r + u).clamp_(0, self.s).to(torch.int32)
+        n, d, b, m = x.shape[0], self.d, self.bucket_size, self.n_buckets
+        levels = torch.empty((n, d), dtype=torch.int32, device=x.device)
+        norms = torch.empty((n, m), dtype=x.dtype, device=x.device)
+        tiny = torch.finfo(x.dtype).tiny
+        if m == 1 and n > 1:   # one bucket per row: the norms of all rows in one reduction, as before
+            torch.linalg.vector_norm(_padded_view(x, b), dim=-1, out=norms)
+        a = u = None
+        for lo, hi, w in chunks32_of(streams, TAG_COMPRESS, round, (d,)):
+            if a is None or a.shape[0] < hi - lo:
+                a = torch.empty((hi - lo, m * b), dtype=x.dtype, device=x.device)
+                u = torch.empty((hi - lo, d), dtype=x.dtype, device=x.device)
+            ac, uc = a[: hi - lo], u[: hi - lo]
+            torch.abs(x[lo:hi], out=ac[:, :d])
+            ac[:, d:].zero_()
+            v = ac.view(hi - lo, m, b)
+            if not (m == 1 and n > 1):
+                torch.linalg.vector_norm(v, dim=-1, out=norms[lo:hi])            # [rows, M]
+            v.div_(norms[lo:hi].clamp_min(tiny).unsqueeze(-1))
+            if self.s != 1:                                                     # (x * 1 is x)
+                v.mul_(self.s)
+            _uniform_times_2_32(w.to(x.device), out=uc)                         # u 2^32, exact
+            torch.add(ac[:, :d], uc, alpha=1.0 / 2**32, out=uc).clamp_(0, self.s)   # r + u
+            levels[lo:hi].copy_(uc)
         return Payload({"norms": norms, "levels": levels, "positive": x >= 0}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
         norms, levels, pos = p.tensors["norms"], p.tensors["levels"], p.tensors["positive"]
-        per = torch.repeat_interleave(norms, self.bucket_size, dim=1)[:, : self.d] / self.s
-        mag = per * levels.to(per.dtype)
-        return torch.where(pos, mag, -mag)
+        if not bool(torch.isfinite(norms).all()):
+            per = torch.repeat_interleave(norms, self.bucket_size, dim=1)[:, : self.d] / self.s
+            mag = per * levels.to(per.dtype)
+            return torch.where(pos, mag, -mag)
+        # Finite norms: per = norm / s is finite and >= 0 and levels are in [0, s],
+        # so mag = l per is +0, finite or +inf, never NaN, and -mag is mag * -1:
+        # where(pos, mag, -mag) = (l per) * (+-1), in place on one [n, d] tensor.
+        n, d, b = levels.shape[0], self.d, self.bucket_size
+        per = norms / self.s                                                 # [n, M]
+        out = levels.to(norms.dtype)
+        full = d // b
+        if full:
+            out[:, : full * b].view(n, full, b).mul_(per[:, :full].unsqueeze(-1))
+        if full * b < d:
+            out[:, full * b:].mul_(per[:, full:full + 1])
+        return _times_plus_minus_one_(out, pos)
+
+
+def _times_plus_minus_one_(out: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """out <- out * (+1 where pos, -1 elsewhere) in place, by row chunks (the
+    +-1 of a chunk made in a small buffer, :func:`_plus_minus_one`'s values)."""
+    n = out.shape[0]
+    r = chunk_rows(n, out[0].numel() if n else 1, out.device)
+    sg = None
+    for lo in range(0, n, r):
+        hi = min(n, lo + r)
+        sg = torch.empty_like(out[lo:hi]) if sg is None else sg[: hi - lo]
+        sg.copy_(pos[lo:hi].view(torch.uint8)).mul_(2).sub_(1)
+        out[lo:hi].mul_(sg)
+    return out
+
+
+def _uniform_times_2_32(w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out <- float32(u & ~0xFF) for the int32 words w (overwritten): the
+    stream's uniform times 2^32, exactly (:func:`sim.learn.rng.uniform_from32_`)."""
+    if _fast32(w.device)["u32float"]:
+        return out.copy_(w.bitwise_and_(-256).view(torch.uint32))
+    return out.copy_(_uniform_shift32(w)).mul_(2.0**32)
 
 
 def layer_ids(bounds: tuple[tuple[int, int], ...], device=None) -> torch.Tensor:
@@ -582,6 +902,30 @@ def _layer_absmax(a: torch.Tensor, ids: torch.Tensor, n_layers: int) -> torch.Te
     in any order, so this is the same on every device)."""
     out = torch.zeros(a.shape[0], n_layers, dtype=a.dtype, device=a.device)
     return out.scatter_reduce_(1, ids.expand(a.shape[0], -1), a, reduce="amax", include_self=True)
+
+
+def _layer_absmax_fast(x: torch.Tensor, bounds: tuple[tuple[int, int], ...]) -> torch.Tensor | None:
+    """:func:`_layer_absmax` of |x| by one amax per layer (a max is exact in any
+    order): the same [n, L] scales, or None if any is NaN (NaN inputs: the
+    caller runs its old code, whose scatter_reduce handles NaN its own way)."""
+    out = torch.stack([x[:, a:b].abs().amax(1) if b - a < 4096 else
+                       torch.maximum(x[:, a:b].amax(1), x[:, a:b].amin(1).neg_()).abs_()
+                       for a, b in bounds], dim=1).clamp_min_(0.0)
+    return None if bool(torch.isnan(out).any()) else out
+
+
+def _times_layer_scales(q: torch.Tensor, scales: torch.Tensor, bounds) -> torch.Tensor:
+    """q.to(float) * scales.index_select(1, layer_ids(bounds)) value for value
+    (the same products q_k s_L), as one converted tensor scaled in place per
+    layer, row chunk by row chunk in cache."""
+    out = torch.empty(q.shape, dtype=scales.dtype, device=scales.device)
+    n = q.shape[0]
+    r = chunk_rows(n, q.shape[1] if n else 1, q.device)
+    for lo in range(0, n, r):
+        oc = out[lo:lo + r].copy_(q[lo:lo + r])
+        for j, (a, b) in enumerate(bounds):
+            oc[:, a:b].mul_(scales[lo:lo + r, j:j + 1])
+    return out
 
 
 @dataclass(frozen=True)
@@ -631,9 +975,36 @@ class TernGrad:
         return torch.cat(parts, dim=1)
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old expression (:meth:`_compress_general`), value for value, by row
+        # chunks of the stream's words: s_L by per-layer amax (a max is exact in
+        # any order; NaN anywhere takes the old code), p = float64(|g|) / s_L
+        # and u < p 2^32 on float64 copies of the chunk (u exact in float64;
+        # s_L > 0 or |g| = 0 there, so the old where and clamp change nothing),
+        # and the ternary symbol as the integer (2 [g >= 0] - 1) [u < p 2^32].
         streams = _need_streams(streams, "terngrad")
-        n = x.shape[0]
         g = self._clip(x) if self.clip_sigma is not None else x
+        scales = _layer_absmax_fast(g, self.bounds)
+        if scales is None or not _fast32(x.device)["u32float"]:
+            return self._compress_general(x, g, streams, round)
+        n, d = g.shape
+        tern = torch.empty((n, d), dtype=torch.int8, device=x.device)
+        pf = uf = None
+        for lo, hi, w in chunks32_of(streams, TAG_COMPRESS, round, (d,)):
+            if pf is None:
+                pf, uf = (torch.empty((hi - lo, d), dtype=torch.float64, device=x.device) for _ in range(2))
+            pc, uc, tc, gc = pf[: hi - lo], uf[: hi - lo], tern[lo:hi], g[lo:hi]
+            pc.copy_(gc).abs_()
+            for j, (a, e) in enumerate(self.bounds):
+                pc[:, a:e].div_(scales[lo:hi, j:j + 1].double().clamp_min(1e-300))
+            uc.copy_(w.to(x.device).view(torch.uint32))
+            b = uc < pc.mul_(2.0**32)                                        # Bernoulli(p)
+            torch.ge(gc, 0, out=tc.view(torch.bool))                         # 0 / 1 as int8
+            tc.mul_(2).sub_(1).mul_(b.view(torch.int8))                      # in {-1, 0, 1}
+        # nbytes = ceil(2 d / 8) + 4 L
+        return Payload({"ternary": tern, "scales": scales}, _full(n, self.nbytes))
+
+    def _compress_general(self, x, g, streams, round) -> Payload:
+        n = x.shape[0]
         ids = layer_ids(self.bounds, x.device)                                # [d]
         a = g.abs()
         scales = _layer_absmax(a, ids, len(self.bounds))                      # [n, L] s_L
@@ -646,8 +1017,7 @@ class TernGrad:
         return Payload({"ternary": tern, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        scales = p.tensors["scales"]
-        return p.tensors["ternary"].to(scales.dtype) * scales.index_select(1, layer_ids(self.bounds, scales.device))
+        return _times_layer_scales(p.tensors["ternary"], p.tensors["scales"], self.bounds)
 
 
 @dataclass(frozen=True)
@@ -708,6 +1078,48 @@ class Int8:
         return self.d + VALUE_BYTES * len(self.bounds)
 
     def compress(self, x, *, streams=None, round=0) -> Payload:
+        # The old expression (:meth:`_compress_general`), value for value, row
+        # chunk by row chunk in cache: the scales from per-layer amax (exact in
+        # any order; NaN takes the old code), v = x / scale per layer (0 in a
+        # layer whose scale is not > 0, as the old where), then R(v): round half
+        # to even, or floor(v + u) with u added as an exact multiple of 2^-32
+        # from the stream's int32 words.
+        if self.stochastic:
+            streams = _need_streams(streams, "int8 (stochastic)")
+        amax = _layer_absmax_fast(x, self.bounds)
+        if amax is None:
+            return self._compress_general(x, streams=streams, round=round)
+        n, d = x.shape
+        scales = amax / 127.0                                                # [n, L]
+        safe = scales.clamp_min(torch.finfo(x.dtype).tiny)
+        bad = ~(scales > 0)
+        q = torch.empty((n, d), dtype=torch.int8, device=x.device)
+        if self.stochastic:
+            chunks = chunks32_of(streams, TAG_COMPRESS, round, (d,))
+        else:
+            r = chunk_rows(n, d, x.device)
+            chunks = ((lo, min(n, lo + r), None) for lo in range(0, n, r))
+        v = u = None
+        for lo, hi, w in chunks:
+            if v is None or v.shape[0] < hi - lo:
+                v = torch.empty((hi - lo, d), dtype=x.dtype, device=x.device)
+                u = torch.empty_like(v) if self.stochastic else None
+            vc = v[: hi - lo]
+            for j, (a, b) in enumerate(self.bounds):
+                torch.div(x[lo:hi, a:b], safe[lo:hi, j:j + 1], out=vc[:, a:b])
+                rows = bad[lo:hi, j].nonzero().squeeze(1).tolist() if bool(bad[lo:hi, j].any()) else ()
+                for i in rows:
+                    vc[i, a:b] = 0.0
+            if self.stochastic:
+                uc = _uniform_times_2_32(w.to(x.device), out=u[: hi - lo])    # u 2^32, exact
+                torch.add(vc, uc, alpha=1.0 / 2**32, out=vc).floor_()
+            else:
+                vc.round_()                                                  # half to even
+            q[lo:hi].copy_(vc.clamp_(-127, 127))
+        # nbytes = d + 4 L (an int8 per coordinate, a float32 scale per layer)
+        return Payload({"q": q, "scales": scales}, _full(n, self.nbytes))
+
+    def _compress_general(self, x, *, streams=None, round=0) -> Payload:
         n = x.shape[0]
         ids = layer_ids(self.bounds, x.device)                                # [d]
         scales = _layer_absmax(x.abs(), ids, len(self.bounds)) / 127.0       # [n, L]
@@ -724,8 +1136,7 @@ class Int8:
         return Payload({"q": q, "scales": scales}, _full(n, self.nbytes))
 
     def decompress(self, p: Payload) -> torch.Tensor:
-        scales = p.tensors["scales"]
-        return p.tensors["q"].to(scales.dtype) * scales.index_select(1, layer_ids(self.bounds, scales.device))
+        return _times_layer_scales(p.tensors["q"], p.tensors["scales"], self.bounds)
 
 
 # --- configs -----------------------------------------------------------------------
