@@ -109,8 +109,7 @@ class AsyncSgd:
                 version: int, out: torch.Tensor | None = None) -> tuple[torch.Tensor, None, dict]:
         """One arrival: theta [d], grad [d] -> new theta (in ``out`` when given), state, what was done."""
         eta = self.step_size(version, staleness)
-        new = torch.add(theta, grad, alpha=-eta, out=out) if out is not None else torch.add(theta, grad, alpha=-eta)
-        return new, state, {"applied": True, "step_size": eta}   # one pass
+        return torch.add(theta, grad, alpha=-eta, out=out), state, {"applied": True, "step_size": eta}   # one pass
 
     def may_proceed(self, clock: int, slowest: int) -> bool:
         """SSP: may a worker at ``clock`` get new parameters while the slowest is at ``slowest``?"""
