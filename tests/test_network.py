@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 import pytest
 import simpy
 from hypothesis import given, settings
@@ -452,3 +453,85 @@ def test_heap_filling_is_bitwise_the_linear_search(data):
     max_min_rates(fast)
     _filling_reference(slow)
     assert [f.rate_Bps for f in fast] == [f.rate_Bps for f in slow]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.data())
+def test_one_shared_link_shortcut_is_bitwise_the_filling(data):
+    """Flows that each cross at most one shared link (a star: own links plus the
+    server NIC; up and down NICs give two groups) take max_min_rates' one-shared-
+    link shortcut; its rates are bitwise those of the plain filling, with ties
+    between own links and the NIC (first-seen wins), down links (0 bps), flows
+    with no own link, and the NIC the bottleneck part-way."""
+    # Own links of a base bandwidth b and NICs of b times a small integer make the
+    # NIC's share tie with an own link's, where the order of the picks decides
+    # how the NIC's remaining capacity rounds.
+    b = data.draw(st.floats(1.0, 1e10))
+    caps = st.sampled_from([b, b, 2 * b, 0.0, 8.0]) | st.floats(1.0, 1e10)
+    nic_caps = st.builds(lambda m: b * m, st.integers(1, 6)) | caps
+    nics = [Link(f"sw{i}", "srv", data.draw(nic_caps), 0.0) for i in range(data.draw(st.integers(1, 3)))]
+    ev = simpy.Environment().event()
+    fast, slow = [], []
+    for i in range(data.draw(st.integers(2, 8))):
+        own = [Link(f"w{i}h{h}", f"w{i}h{h + 1}", data.draw(caps), 0.0) for h in range(data.draw(st.integers(0, 2)))]
+        nic = data.draw(st.sampled_from([None, *nics]))
+        path = own + ([nic] if nic is not None else [])
+        path = tuple(path[k] for k in data.draw(st.permutations(range(len(path)))))
+        for out in (fast, slow):
+            out.append(Flow(Message("a", "b", "x", 0, 1, 0), path, 1.0, ev, 0.0, rate_Bps=-1.0))
+    max_min_rates(fast)
+    _filling_reference(slow)
+    assert [f.rate_Bps for f in fast] == [f.rate_Bps for f in slow]
+
+
+def test_one_shared_link_shortcut_takes_the_star():
+    """The shortcut is what runs on a star (so the test above checks the code
+    that runs), and it leaves a path with two shared links to the filling."""
+    import sim.net.network as network
+    calls = []
+    real = network._one_shared_link
+
+    def spy(*a):
+        calls.append(real(*a))
+        return calls[-1]
+    ev = simpy.Environment().event()
+    nic, core = Link("sw", "srv", 8e9, 0.0), Link("core", "sw", 8e9, 0.0)
+    star = [Flow(Message("a", "b", "x", 0, 1, 0), (Link(f"w{i}", "sw", 4e9, 0.0), nic), 1.0, ev, 0.0)
+            for i in range(3)]
+    two = [Flow(Message("a", "b", "x", 0, 1, 0), (core, nic), 1.0, ev, 0.0) for _ in range(2)]
+    try:
+        network._one_shared_link = spy
+        max_min_rates(star)
+        max_min_rates(two)
+    finally:
+        network._one_shared_link = real
+    assert calls == [True, False]
+    lone = Flow(Message("a", "b", "x", 0, 1, 0), (Link("x", "y", 8.0, 0.0),), 1.0, ev, 0.0, rate_Bps=-1.0)
+    mixed = [lone, *two]
+    cap = {link: link.bandwidth_bps / 8 for f in mixed for link in f.path}
+    count = {core: 2, nic: 2, lone.path[0]: 1}
+    assert not real(mixed, cap, count) and lone.rate_Bps == -1.0      # refused: nothing set
+    assert [f.rate_Bps for f in star] == [1e9 / 3] * 3          # the NIC's 1 GB/s in three
+    assert [f.rate_Bps for f in two] == [5e8, 5e8]
+
+
+@pytest.mark.parametrize("nic_first", [False, True])
+def test_one_shared_link_tie_goes_to_the_link_seen_first(nic_first):
+    """A NIC whose share ties exactly with the own links' (1774.6868446989079 / 3
+    == 591.5622815663027 B/s): the first flow's own link, seen before the NIC,
+    is picked first and the NIC's remaining capacity rounds one way; with the
+    NIC seen first it is picked first.  The two orders give different rates."""
+    ev = simpy.Environment().event()
+    u, cap_s = 591.5622815663027, 1774.6868446989079
+    assert cap_s / 3 == u and (cap_s - u) / 2 != u          # a tie whose order shows
+    results = []
+    for fill in (max_min_rates, _filling_reference):
+        nic = Link("sw", "srv", 8 * cap_s, 0.0)
+        flows = []
+        for i in range(3):
+            own = Link(f"w{i}", "sw", 8 * u, 0.0)
+            flows.append(Flow(Message("a", "b", "x", 0, 1, 0), (nic, own) if nic_first else (own, nic), 1.0, ev, 0.0))
+        fill(flows)
+        results.append([f.rate_Bps for f in flows])
+    assert results[0] == results[1]
+    assert (results[0] == [u] * 3) == nic_first

@@ -107,6 +107,8 @@ def max_min_rates(flows: list[Flow]) -> None:
             if f.path:
                 f.rate_Bps = max(min(cap[link] for link in f.path), 0.0)
         return
+    if _one_shared_link(flows, cap, count):
+        return
     # The link with the smallest cap / count (ties: the link seen first) from a heap of
     # (cap / count, first-seen index, stamp), an entry valid while its stamp is the link's
     # latest: the same choice as min() over the links in first-seen order, in O(log L) a step
@@ -138,6 +140,76 @@ def max_min_rates(flows: list[Flow]) -> None:
             if other in count:
                 stamp[other] += 1
                 heapq.heappush(heap, (cap[other] / count[other], order[other], stamp[other], other))
+
+
+def _one_shared_link(flows: list[Flow], cap: dict[Link, float], count: dict[Link, int]) -> bool:
+    """The progressive filling below, in O(k log k), when no flow crosses more
+    than one shared link (a link with two flows or more): a star, whose
+    workers' own links each carry one flow and whose server NIC carries them
+    all.  Sets the rates and returns True; returns False (nothing set) when
+    the flows do not have that shape or a capacity is not finite.
+
+    Why it gives bitwise the filling's rates.  The filling takes links in the
+    order of (cap / count, first-seen index), and a link's cap and count
+    change only when a flow crossing it is fixed.  So the flows of one shared
+    link S and their own links form a group that no other link touches, and
+    the picks within a group come in the same order, with the same floats,
+    whatever the other groups do.  In a group, an own link (count 1) keeps its
+    ratio cap / 1 = cap until its flow is fixed, so each flow of S has one
+    candidate, its own link with the smallest (cap, first-seen index); its
+    other own links are deleted, unpicked, when it is fixed.  Taking the
+    candidates in that order, a candidate is picked while it comes before S's
+    (cap_S / count_S, index_S): its flow gets max(cap / 1, 0.0), and cap_S
+    loses that share (count_S one flow); once S comes first, its unfixed
+    flows all get max(cap_S / count_S, 0.0).  A flow on own links only gets
+    the smallest of their caps, as in the disjoint shortcut above.
+    """
+    order = {link: k for k, link in enumerate(count)}
+    groups: dict[Link, list] = {}
+    lone = []
+    for f in flows:
+        shared = None
+        best = None
+        for link in f.path:
+            c = cap[link]
+            if not math.isfinite(c):
+                return False
+            if count[link] > 1:
+                if shared is not None:
+                    return False                     # two shared links on one path
+                shared = link
+            else:
+                key = (c / 1, order[link])
+                if best is None or key < best:
+                    best = key
+        if shared is None:
+            if best is not None:
+                lone.append((f, max(best[0], 0.0)))
+        else:
+            groups.setdefault(shared, []).append((best, f))
+    for f, rate in lone:
+        f.rate_Bps = rate
+    for s, members in groups.items():
+        cap_s, count_s, index_s = cap[s], count[s], order[s]
+        rest = [f for best, f in members if best is None]
+        cand = sorted((best, i, f) for i, (best, f) in enumerate(members) if best is not None)
+        j = 0
+        while j < len(cand):
+            (u, index), _, f = cand[j]
+            if (cap_s / count_s, index_s) < (u, index):
+                break
+            share = max(u, 0.0)
+            f.rate_Bps = share
+            cap_s -= share
+            count_s -= 1
+            j += 1
+        if count_s:
+            share = max(cap_s / count_s, 0.0)
+            for _, _, f in cand[j:]:
+                f.rate_Bps = share
+            for f in rest:
+                f.rate_Bps = share
+    return True
 
 
 class Network:
