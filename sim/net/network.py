@@ -47,6 +47,9 @@ _EPS_S = 1e-12
 
 SHARING_MODELS = ("fair", "fifo")
 
+# From this many active flows, fair sharing keeps them as numpy rows (Network._reschedule).
+_ROWS_FROM = 64
+
 
 @dataclass(eq=False)
 class Link:
@@ -349,7 +352,7 @@ class Network:
         Python work per flow and link.
         """
         flows = self._flows
-        if len(flows) < 64:
+        if len(flows) < _ROWS_FROM:
             if getattr(self, "_rem", None) is not None:   # leave the rows
                 for f, r, b in zip(flows, self._rem.tolist(), self._rate.tolist()):
                     f.remaining_bytes = r
@@ -367,6 +370,7 @@ class Network:
                 if getattr(self, "_link_ids", None) is None:
                     self._link_ids: dict[Link, int] = {}
                     self._link_list: list[Link] = []
+                    self._link_cap = np.zeros(0)
                 self._rem = np.zeros(0)
                 self._rate = np.zeros(0)
                 self._inc_row = np.zeros(0, np.intp)
@@ -384,6 +388,10 @@ class Network:
                             link_list.append(link)
                         rows.append(r)
                         ids.append(i)
+                if len(link_list) > self._link_cap.size:      # bytes/s of each link, kept (see _follow_schedule)
+                    more = link_list[self._link_cap.size:]
+                    self._link_cap = np.concatenate(
+                        (self._link_cap, np.array([l.bandwidth_bps for l in more], dtype=float) / 8.0))
                 self._inc_row = np.concatenate((self._inc_row, np.array(rows, np.intp)))
                 self._inc_link = np.concatenate((self._inc_link, np.array(ids, np.intp)))
                 self._rem = np.concatenate((self._rem, [f.remaining_bytes for f in new]))
@@ -397,7 +405,7 @@ class Network:
             count = np.bincount(inc_link, minlength=nlinks)   # unfixed flows on each link
             act = np.flatnonzero(count)                       # links that still have some
             cap = np.zeros(nlinks)                            # remaining capacity, bytes/s
-            cap[act] = np.array([links[i].bandwidth_bps for i in act.tolist()], dtype=float) / 8.0
+            cap[act] = self._link_cap[act]
             fixed = np.zeros(nrows, dtype=bool)
             first = None                                      # first position of each link in inc_link
             batch_ties = True                                 # until a tie fails the check below
@@ -530,6 +538,9 @@ class Network:
             yield self.env.timeout(nxt - self.env.now)
             self._advance()
             link.bandwidth_bps = link.schedule.rate_at(self.env.now)
+            i = getattr(self, "_link_ids", {}).get(link)
+            if i is not None and i < self._link_cap.size:
+                self._link_cap[i] = link.bandwidth_bps / 8.0   # the rows' copy of its capacity
             self._reschedule()
 
     # -- fifo ------------------------------------------------------------
