@@ -167,6 +167,8 @@ def _one_shared_link(flows: list[Flow], cap: dict[Link, float], count: dict[Link
     flows all get max(cap_S / count_S, 0.0).  A flow on own links only gets
     the smallest of their caps, as in the disjoint shortcut above.
     """
+    if not math.isfinite(sum(cap.values())):      # an inf or NaN somewhere (or an overflow): the filling
+        return False
     order = {link: k for k, link in enumerate(count)}
     groups: dict[Link, list] = {}
     lone = []
@@ -174,15 +176,12 @@ def _one_shared_link(flows: list[Flow], cap: dict[Link, float], count: dict[Link
         shared = None
         best = None
         for link in f.path:
-            c = cap[link]
-            if not math.isfinite(c):
-                return False
             if count[link] > 1:
                 if shared is not None:
                     return False                     # two shared links on one path
                 shared = link
             else:
-                key = (c / 1, order[link])
+                key = (cap[link], order[link])       # its ratio cap / 1, which is cap exactly
                 if best is None or key < best:
                     best = key
         if shared is None:
