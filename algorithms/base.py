@@ -110,7 +110,7 @@ class Algorithm(Protocol):
 class AlgorithmConfig(BaseModel):
     """Fields every algorithm entry in a scenario has."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     name: str | None = Field(None, description="label in results and plots (default: kind)")
     lr: float = Field(gt=0, description="learning rate")
     lr_schedule: ScheduleConfig = Field(default_factory=Constant, description="lr_t = lr * factor(t)")

@@ -1142,7 +1142,7 @@ class Int8:
 # --- configs -----------------------------------------------------------------------
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 def _index_bits_field():

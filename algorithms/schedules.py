@@ -15,7 +15,7 @@ SCHEDULES: Registry = Registry("learning-rate schedule")
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @SCHEDULES.register("constant")

@@ -171,7 +171,7 @@ class LasgPsRule(SkipRule):
 
 # --- configs (what a scenario names) ------------------------------------------------
 class _RuleConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @SKIP_RULES.register("lag")

@@ -182,7 +182,7 @@ class GossipGraph(BaseModel):
     the two workers (``network.topology``), sharing its links with every
     other flow.  A seeded generator uses ``seed`` (default: the scenario seed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["ring", "torus", "hypercube", "complete", "random_regular", "erdos_renyi", "exponential",
                   "graphml"] = "ring"
     rows: int | None = Field(None, ge=3, description="torus: rows (n must be a multiple)")

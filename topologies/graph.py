@@ -38,7 +38,7 @@ class EdgeSpec(LinkSpec):
 
 @TOPOLOGIES.register("graph")
 class GraphTopology(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["graph"] = "graph"
     nodes: list[str] | None = Field(None, description="optional: the node names edges may use")
     edges: list[EdgeSpec] = Field(default_factory=list)

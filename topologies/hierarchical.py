@@ -26,7 +26,7 @@ from .star import add_servers, add_worker_links, server_names
 
 @TOPOLOGIES.register("hierarchical")
 class HierarchicalTopology(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["hierarchical"] = "hierarchical"
     rack_size: int = Field(ge=1, description="workers per rack")
     oversubscription: float = Field(1.0, gt=0, description="host-facing over core-facing bandwidth of a rack")

@@ -21,7 +21,7 @@ from .spec import link_attrs
 
 @TOPOLOGIES.register("ring")
 class RingTopology(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["ring"] = "ring"
     collective: ClassVar[str] = "ring"
 

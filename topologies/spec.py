@@ -25,7 +25,7 @@ from sim.unitfields import Bandwidth, BandwidthOrZero, Duration, PositiveDuratio
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class _LogNormal(Strict):

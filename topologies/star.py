@@ -48,7 +48,7 @@ def add_servers(g: nx.DiGraph, net, names: list[str], rng: np.random.Generator, 
 
 @TOPOLOGIES.register("star")
 class StarTopology(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     kind: Literal["star"] = "star"
     servers: int = Field(1, ge=1, description="shard the parameters over this many servers")
     collective: ClassVar[str] = "ps"

@@ -81,13 +81,13 @@ class Stragglers(BaseModel):
     """Each worker, each step, independently: with ``probability`` the step
     takes ``slowdown`` times as long (drawn from the worker's own stream)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     probability: float = Field(ge=0, le=1)
     slowdown: float = Field(ge=1)
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     speed: per_worker_type(PositiveFloat, SpeedDist) = Field(  # type: ignore[valid-type]
         1.0, description="per-worker speed factor: one number, a list of n, or a distribution "
                          "({dist: lognormal|uniform|choice, ...}); 0.5 = half as fast")

@@ -109,7 +109,7 @@ class BatchNorm(nn.Module):
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 @MODELS.register("logreg")

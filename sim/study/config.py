@@ -26,7 +26,9 @@ from sim.unitfields import Duration, PositiveDuration
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a nested config's own validator is built on its first direct use; validating a
+    # scenario goes through Scenario's schema, which holds every nested model (start-up, issue 15)
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # --- data -------------------------------------------------------------------
@@ -208,6 +210,7 @@ def check_name(v: str) -> str:
 
 
 class Scenario(Strict):
+    model_config = ConfigDict(extra="forbid", defer_build=False)   # built here, with every nested schema
     name: str = Field(description=f"names the results folder: {NAME_RULE}")
     seed: Seed = Field(0, description=f"an integer 0 .. {MAX_SEED}")
     seeds: list[Seed] | None = Field(None, min_length=1, max_length=MAX_SEEDS,
