@@ -396,7 +396,7 @@ def test_random_small_graphs_conserve_bytes_and_respect_capacity(data):
 
 
 def _filling_reference(flows):
-    """The progressive filling of max_min_rates without its disjoint-paths shortcut."""
+    """The progressive filling of max_min_rates without its shortcut (_one_shared_link)."""
     cap, users = {}, {}
     for f in flows:
         for link in f.path:
@@ -422,7 +422,7 @@ def _filling_reference(flows):
 @given(st.data())
 def test_disjoint_paths_shortcut_is_bitwise_the_filling(data):
     """Flows on disjoint paths (no link shared, as on a star's own links) take
-    max_min_rates' shortcut; it gives bitwise the rates of the full filling,
+    max_min_rates' one-shared-link shortcut (with no shared link); it gives bitwise the rates of the full filling,
     down links (0 bps) and empty paths included."""
     n_flows = data.draw(st.integers(1, 12))
     caps = st.one_of(st.just(0.0), st.floats(1e-3, 1e12, allow_nan=False))

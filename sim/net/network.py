@@ -101,16 +101,7 @@ def max_min_rates(flows: list[Flow]) -> None:
                 users[link] = []
             users[link].append(f)
     count = {link: len(fs) for link, fs in users.items()}
-    if all(c == 1 for c in count.values()):
-        # No link is shared (one flow per link: disjoint paths, e.g. a star's own links): the
-        # filling below fixes each flow at the smallest capacity on its path, cap / 1 = cap, and
-        # what it takes off that flow's other links touches no other flow.  The same floats,
-        # without the O(links^2) search.
-        for f in flows:
-            if f.path:
-                f.rate_Bps = max(min(cap[link] for link in f.path), 0.0)
-        return
-    if _one_shared_link(flows, cap, count):
+    if _one_shared_link(flows, cap, count):     # a star, or disjoint paths (no link shared)
         return
     # The link with the smallest cap / count (ties: the link seen first) from a heap of
     # (cap / count, first-seen index, stamp), an entry valid while its stamp is the link's
@@ -164,8 +155,10 @@ def _one_shared_link(flows: list[Flow], cap: dict[Link, float], count: dict[Link
     candidates in that order, a candidate is picked while it comes before S's
     (cap_S / count_S, index_S): its flow gets max(cap / 1, 0.0), and cap_S
     loses that share (count_S one flow); once S comes first, its unfixed
-    flows all get max(cap_S / count_S, 0.0).  A flow on own links only gets
-    the smallest of their caps, as in the disjoint shortcut above.
+    flows all get max(cap_S / count_S, 0.0).  A flow on own links only (no
+    link shared: disjoint paths) is fixed at its smallest cap, and what that
+    takes off its other links touches no other flow: it gets
+    max(smallest cap, 0.0).
     """
     if not math.isfinite(sum(cap.values())):      # an inf or NaN somewhere (or an overflow): the filling
         return False
