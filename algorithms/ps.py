@@ -42,13 +42,45 @@ def update_bytes(delta: torch.Tensor) -> int:
     return min(VALUE_BYTES * d, nnz * (VALUE_BYTES + INDEX_BYTES))
 
 
+# Workers per block of the sum over workers.  The sum is a fold over fixed
+# blocks of REDUCE_ROWS rows (each block summed by torch.sum over dim 0, then
+# the block sums added in worker order), so its floats do not depend on how
+# the workers are processed: the chunked round of a memory budget
+# (sim/learn/chunked.py) feeds the same blocks one chunk at a time and gets
+# the same bits as one [n, d] call.  A BLAS gemv (w @ decoded) would not: its
+# order over rows is the library's and changes with the shape.
+REDUCE_ROWS = 8
+
+
+def fold_rows(rows: torch.Tensor, w: torch.Tensor | None, acc: torch.Tensor | None,
+              start: int = 0) -> torch.Tensor | None:
+    """acc + sum_i w_i rows[i], rows [m, d] holding workers start .. start + m
+    (start a multiple of REDUCE_ROWS), as the fixed-block fold above; w [m]
+    0/1 weights or None (all 1); acc None: nothing summed yet.  Returns the new
+    accumulator (None if m == 0)."""
+    assert start % REDUCE_ROWS == 0, "a chunk must start on a block boundary"
+    for a in range(0, rows.shape[0], REDUCE_ROWS):
+        block = rows[a:a + REDUCE_ROWS]
+        if w is not None:
+            wb = w[a:a + REDUCE_ROWS]
+            if not bool(wb.all()):
+                block = torch.where(wb.view(-1, 1), block, torch.zeros((), dtype=block.dtype, device=block.device))
+        part = block.sum(0)
+        acc = part if acc is None else acc.add_(part)
+    return acc
+
+
 def mean_over_arrived(decoded: torch.Tensor, arrived: torch.Tensor) -> torch.Tensor:
     """Aggregation with missing workers (Flower style, documented meaning): a
     worker whose message did not arrive is left out and the mean is over the
-    workers that arrived.  With none arrived the result is zero (no step)."""
-    w = arrived.to(decoded.dtype)                     # [n]
-    count = w.sum().clamp(min=1.0)
-    return (w @ decoded) / count                      # [d]
+    workers that arrived.  With none arrived the result is zero (no step).
+    The sum is :func:`fold_rows` (a fixed order, the same in chunks)."""
+    w = arrived.to(device=decoded.device, dtype=torch.bool)    # [n]
+    count = float(w.sum().clamp(min=1))
+    total = fold_rows(decoded, w, None)
+    if total is None:
+        return torch.zeros(decoded.shape[1:], dtype=decoded.dtype, device=decoded.device)
+    return total / count                                        # [d]
 
 
 def keep_rows(active: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -161,6 +193,14 @@ class ParameterServer:
         else:
             g_bar = mean_over_arrived(state.decoded, arrived.to(theta.device))
         previous = state.decoded if self.keep_late else None
+        theta, down, state = self.apply_mean(state, theta, g_bar, round)
+        return theta, down, replace(state, previous=previous)
+
+    def apply_mean(self, state: PSState, theta: torch.Tensor, g_bar: torch.Tensor, round: int
+                   ) -> tuple[torch.Tensor, Downlink, PSState]:
+        """The server's step from the mean of the decoded uploads g_bar [d]
+        (the chunked round of a memory budget, sim/learn/chunked.py, computes
+        g_bar itself and calls this)."""
         delta, opt = self.optimizer.update(g_bar, state.opt, round)
         server_error = state.server_error
         if self.down_compressor is None:
@@ -179,8 +219,7 @@ class ParameterServer:
                 dec = self.down_compressor.decompress(payload)
             delta = -dec.view(-1)
             down = Downlink(int(payload.nbytes[0]), "update")
-        return theta + delta, down, replace(state, opt=opt, server_error=server_error, decoded=None,
-                                            previous=previous)
+        return theta + delta, down, replace(state, opt=opt, server_error=server_error, decoded=None)
 
 
 def _keep_tree(active, new, old):

@@ -169,6 +169,28 @@ def compressor_error_feedback(comp: Any, n: int = N, d: int = D, rounds: int = 3
         e = e_new
 
 
+def compressor_chunks(comp: Any, n: int = 20, d: int = D, cut: int = 8) -> None:
+    """Row-wise: compressing workers 0..cut and cut..n separately (each with its
+    streams, ``WorkerStreams.rows``) gives each worker the bytes and the decoded
+    row of the n-row call, bit for bit, with both payloads held before either is
+    decoded.  The chunked round of a memory budget (sim/learn/chunked.py) relies
+    on it."""
+    streams = WorkerStreams(5, n)
+    inp = randn(7, n, d)
+    whole = comp.compress(inp.clone(), streams=streams, round=2)
+    parts = [comp.compress(inp[a:b].clone(), streams=streams.rows(a, b), round=2) for a, b in ((0, cut), (cut, n))]
+    dec = comp.decompress(whole)
+    for (a, b), p in zip(((0, cut), (cut, n)), parts):
+        expect(torch.equal(p.nbytes, whole.nbytes[a:b]),
+               f"workers {a}..{b} compressed alone have sizes {p.nbytes.tolist()}, in the {n}-row call "
+               f"{whole.nbytes[a:b].tolist()}: a worker's message must depend on its own row only")
+        got = comp.decompress(p)
+        expect(torch.equal(got, dec[a:b]),
+               f"workers {a}..{b} compressed alone decode differently from their rows of the {n}-row call "
+               f"(largest gap {float((got - dec[a:b]).abs().max()):.3g}): a worker's message must depend on its "
+               "own row and stream only")
+
+
 def compressor_linear(comp: Any, n: int = N, d: int = D) -> None:
     """A linear compressor's payloads sum in compressed form (ring all-reduce)."""
     from algorithms.base import Payload
@@ -569,6 +591,7 @@ def checks_for(what: str, name: str, obj: Any) -> list[tuple[str, Callable[[], A
                 ("bytes", bytes_check),
                 ("determinism", lambda: compressor_determinism(build(), getattr(obj, "conformance_random", None))),
                 ("error feedback", lambda: compressor_error_feedback(build())),
+                ("row-wise (chunked rounds)", lambda: compressor_chunks(build())),
                 ("linear", lambda: compressor_linear(build()) if build().linear else "skip: not linear"),
                 ("short scenario", lambda: short_run(
                     {"algorithms": [{"name": f"comp_ams+{name}", "kind": "comp_ams", "lr": 0.01,

@@ -31,6 +31,7 @@ from algorithms.ps import update_bytes
 from sim.study.config import Scenario
 from sim.learn.data import Dataset, Shards, load_dataset, make_shards, partition
 from sim.errors import ConfigError
+from sim.learn.chunked import ChunkedRound, plan_round
 from sim.learn.grads import GradFn, dropout_masks, masks_at
 from sim.learn.memory import allocation_failed, check_fits
 from sim.learn.models import FlatModel, build_model, merge_buffers
@@ -231,7 +232,11 @@ class Trainer:
         self.grad_fn = GradFn(world.model, scn.gradients)
         self.theta = world.model.init_params(world.seed, dev)                   # [d]
         self.buffers = world.model.buffers0(dev)   # BatchNorm running statistics kept by the server ({} if none)
-        self.state = self.alg.init(self.theta)
+        # compute.memory_budget / state_dtype (issue 15): the round in chunks of workers, or None
+        plan, _ = plan_round(world, self.alg, self.theta)
+        self.chunked = None if plan.rows is None and scn.compute.state_dtype == "float32" else \
+            ChunkedRound(self.alg, self.theta, world.n, plan.rows, scn.compute.state_dtype)
+        self.state = self.alg.init(self.theta) if self.chunked is None else self.chunked.state
         self.upload = None
         self.new_buffers = None
         self.loss0: float | None = None   # the workers' mean minibatch loss in the first round (divergence)
@@ -259,25 +264,60 @@ class Trainer:
         idx = torch.gather(world.shards.index, 1, local)                                  # [n, b]
         x, y = world.x_train[idx], world.y_train[idx]                                     # [n, b, ...], [n, b]
         masks = dropout_masks(world.model, self.streams, t, scn.batch_size)
-        grads, losses, self.new_buffers = self.grad_fn(self.theta, x, y, masks, self.buffers)  # [n, d], [n]
-        if not bool(torch.isfinite(losses).all()):
-            return None
-        mean_loss = float(losses.mean())
-        if self.loss0 is None:
-            self.loss0 = mean_loss
-        if mean_loss > scn.stop.divergence_factor * self.loss0:   # docs/model.md, Divergence
-            return None
         act = torch.tensor(active, dtype=torch.bool)
+        if self.chunked is not None:
+            return self._plan_chunks(t, x, y, masks, act)
+        grads, losses, self.new_buffers = self.grad_fn(self.theta, x, y, masks, self.buffers)  # [n, d], [n]
+        if not self._loss_ok(losses):
+            return None
         aux = lambda thetas: self.grad_fn.at(thetas, x, y, masks)  # noqa: E731 (same minibatch)
         kw = {"local": LocalSteps(self, t)} if getattr(self.alg, "wants_local_steps", False) else {}
         self.upload, self.state = self.alg.worker_encode(self.state, grads, t, self.streams, act, aux_grad=aux,
                                                          **kw)
+        return self._planned(t, active, self.proto.sizes(self.upload.payload))
+
+    def _loss_ok(self, losses: torch.Tensor) -> bool:
+        """False when the run diverged: a non-finite loss, or the mean loss above
+        stop.divergence_factor x round 0's (docs/model.md, Divergence)."""
+        if not bool(torch.isfinite(losses).all()):
+            return False
+        mean_loss = float(losses.mean())
+        if self.loss0 is None:
+            self.loss0 = mean_loss
+        return not mean_loss > self.world.scenario.stop.divergence_factor * self.loss0
+
+    def _plan_chunks(self, t: int, x, y, masks, act: torch.Tensor) -> dict | None:
+        """plan() of a round in chunks of workers (sim/learn/chunked.py): per
+        chunk one batched gradient call and the chunk's worker_encode; the
+        uploads are kept for update()."""
+        ch, losses, sizes, carries, sends, news = self.chunked, [], [], [], [], []
+        ch.payloads = []
+        for a, b in ch.chunks():
+            g, loss, nb = self.grad_fn(self.theta, x[a:b], y[a:b], {k: m[a:b] for k, m in masks.items()},
+                                       self.buffers)                                        # [c, d], [c]
+            losses.append(loss)
+            news.append(nb)
+            up = ch.encode(a, b, g, t, self.streams, act)
+            del g
+            sizes += self.proto.sizes(up.payload)
+            carries.append(up.carries_gradient)
+            sends.append(up.sends if up.sends is not None else torch.ones(b - a, dtype=torch.bool))
+        if not self._loss_ok(torch.cat(losses)):
+            return None
+        self.new_buffers = {k: torch.cat([nb[k] for nb in news]) for k in news[0]} if news and news[0] else {}
+        self.upload = dataclasses.replace(up, carries_gradient=torch.cat(carries), sends=torch.cat(sends),
+                                          compute_factor=None)
+        self.state = ch.state
+        return self._planned(t, act.tolist(), sizes)
+
+    def _planned(self, t: int, active: list[bool], sizes: list[list[int]]) -> dict:
+        world = self.world
         step_s = straggler_times(world, self.streams, t)
         if self.upload.compute_factor is not None:      # auxiliary gradients, or nothing computed
             step_s = [s * f for s, f in zip(step_s, self.upload.compute_factor.tolist())]
         sending = active if self.upload.sends is None else \
             [a and bool(b) for a, b in zip(active, self.upload.sends.tolist())]
-        return {"sizes": self.proto.sizes(self.upload.payload), "sending": sending,
+        return {"sizes": sizes, "sending": sending,
                 "carries": [bool(c) for c in self.upload.carries_gradient.tolist()], "step_s": step_s}
 
     def second_round(self, t: int, arrived: list[bool]) -> list[int] | None:
@@ -287,7 +327,11 @@ class Trainer:
     def update(self, t: int, arrived: list[bool], late: list[bool] | None = None) -> dict:
         arr = torch.tensor(arrived, dtype=torch.bool)
         kw = {} if late is None else {"late": torch.tensor(late, dtype=torch.bool)}
-        self.theta, down, self.state = self.alg.server_update(self.state, self.theta, self.upload, arr, t, **kw)
+        if self.chunked is not None:                      # the mean folded chunk by chunk (sim/learn/chunked.py)
+            self.theta, down = self.chunked.aggregate(self.theta, arr, t)
+            self.state = self.chunked.state
+        else:
+            self.theta, down, self.state = self.alg.server_update(self.state, self.theta, self.upload, arr, t, **kw)
         self.buffers = merge_buffers(self.buffers, self.new_buffers, arr)
         bounds = getattr(self.proto, "bounds", [(0, self.world.model.d)])
         out = {"down": [int(b) for b in down.slice_bytes(bounds, update_bytes)],

@@ -16,7 +16,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 from sim import units
 
-BASE_UNITS = {"bandwidth": "bit/s", "time": "s"}
+BASE_UNITS = {"bandwidth": "bit/s", "time": "s", "size": "B"}
 
 
 def _parser(kind: str):
@@ -48,3 +48,17 @@ PositiveDuration = Annotated[float, BeforeValidator(_parser("time")), Field(gt=0
                              PlainSerializer(_writer("time"), return_type=str), _schema("time", True)]
 BandwidthOrZero = Annotated[float, BeforeValidator(_parser("bandwidth")), Field(ge=0),
                             PlainSerializer(_writer("bandwidth"), return_type=str), _schema("bandwidth", False)]
+
+
+def _write_size(v: float) -> str:
+    """Memory sizes back in binary units when exact ("8 GiB"), else as units.format."""
+    for unit in ("GiB", "MiB", "KiB"):
+        scale = units.SIZE_UNITS[unit]
+        if v >= scale and float(f"{v / scale:.12g}") * scale == v:
+            return f"{v / scale:.12g} {unit}"
+    return units.format(v, "size")
+
+
+# A memory size in bytes (> 0): "8 GiB", "512 MB", or a number of bytes.
+Size = Annotated[float, BeforeValidator(_parser("size")), Field(gt=0),
+                 PlainSerializer(_write_size, return_type=str), _schema("size", True)]

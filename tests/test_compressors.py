@@ -94,6 +94,7 @@ def test_compressor_conformance(kind):
     conformance.compressor_bytes(build(kind), lambda inp, out: expected_bytes(kind, inp, out))   # the formula
     conformance.compressor_determinism(build(kind), random=kind in RANDOM)  # same seed, same output; RNG
     conformance.compressor_error_feedback(build(kind))                      # EF invariant, every round
+    conformance.compressor_chunks(build(kind))                              # row-wise (chunked rounds)
 
 
 def test_the_conformance_checks_catch_what_they_check():
@@ -128,6 +129,15 @@ def test_the_conformance_checks_catch_what_they_check():
             return Payload({"x": x.clone()}, torch.tensor([4 * x.shape[1]]))
     with pytest.raises(AssertionError, match=r"int64 tensor of shape \(4,\)"):
         conformance.compressor_shapes(OneSize())
+
+    class BatchScaled(Mutating):    # one scale for the whole batch: a worker's message depends on the others
+        def compress(self, x, *, streams=None, round=0):
+            return Payload({"x": x / x.abs().max()}, torch.full((x.shape[0],), 4 * x.shape[1], dtype=torch.int64))
+
+        def decompress(self, p):
+            return p.tensors["x"].clone()
+    with pytest.raises(AssertionError, match="own row"):
+        conformance.compressor_chunks(BatchScaled())
 
 
 @pytest.mark.parametrize("kind", algorithms.COMPRESSORS.names())

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sim.learn import cache
 from sim.learn.models import FlatModel
 from sim.registry import Registry
-from sim.unitfields import Duration
+from sim.unitfields import Duration, Size
 from topologies.spec import _dists, per_worker, per_worker_type
 
 SpeedDist = _dists(PositiveFloat, "Speed")
@@ -92,6 +92,13 @@ class _Config(BaseModel):
         1.0, description="per-worker speed factor: one number, a list of n, or a distribution "
                          "({dist: lognormal|uniform|choice, ...}); 0.5 = half as fast")
     stragglers: Stragglers | None = None
+    memory_budget: Size | None = Field(
+        None, description='memory a synchronous parameter-server round may hold, e.g. "8 GiB" (default: what '
+                          'the device has free): when the whole [n, d] round does not fit, workers are processed '
+                          'in chunks, with the same results (sim/learn/chunked.py)')
+    state_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="how per-worker state (error feedback, local momenta) is stored between rounds; "
+                               "bfloat16 halves it and rounds it each round (results differ from float32)")
 
     def speeds(self, n: int, rng: np.random.Generator) -> list[float]:
         return per_worker(self.speed, n, rng, "compute.speed")

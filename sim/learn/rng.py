@@ -325,6 +325,16 @@ class WorkerStreams:
         base = hash32_int64(torch.full_like(w, self.seed & _MASK32) ^ 0x9E3779B9)
         self.keys = _absorb(base, w)  # [n] one key per worker
 
+    def rows(self, a: int, b: int) -> "WorkerStreams":
+        """The streams of workers a .. b-1 as a stream set of b - a workers
+        (row r is worker a + r): every draw of row r is worker a + r's draw, so
+        a round processed in chunks of workers (sim/learn/chunked.py) draws
+        what the [n]-row call draws."""
+        out = object.__new__(WorkerStreams)
+        out.seed, out.n, out.device = self.seed, int(b - a), self.device
+        out.keys = self.keys[a:b]
+        return out
+
     def _words(self, tag: int, round: int, ndim: int) -> torch.Tensor:
         k = self.keys.view(self.n, *([1] * ndim))
         return _absorb(_absorb(k, tag), round)

@@ -233,9 +233,11 @@ def load_sweep(path: str | Path, changes: dict | None = None, data: Any = None,
 
 
 # Bumped whenever a default changes what a scenario computes without changing its
-# resolved form (2: SASG's threshold follows the notebook, issue 12): points done
+# resolved form (2: SASG's threshold follows the notebook, issue 12; 3: the sum
+# over workers is a fold over fixed blocks of workers, algorithms/ps.py
+# REDUCE_ROWS, issue 15, which changes the last bits of every mean): points done
 # before are then re-run instead of being kept with the old math.
-MATH_VERSION = 2
+MATH_VERSION = 3
 
 
 def scenario_hash(scn) -> str:
