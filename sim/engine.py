@@ -96,7 +96,8 @@ def build_world(scn: Scenario, seed: int, dataset: Dataset | None = None) -> Wor
         raise ConfigError(f"{scn.batch_size} is larger than the smallest worker shard "
                           f"({smallest} samples under partition {part.kind!r}); allowed: 1 .. {smallest}",
                           field="batch_size")
-    check_fits(scn.model, data.input_shape, data.num_classes, scn.workers, device)   # before allocating
+    if scn.compute.memory_budget is None:      # with a budget the round's plan checks it (sim/learn/chunked.py)
+        check_fits(scn.model, data.input_shape, data.num_classes, scn.workers, device)   # before allocating
     try:
         model = build_model(scn.model, data.input_shape, data.num_classes).to(device)
     except Exception as exc:  # noqa: BLE001 - only the allocator's failure is turned into a message
@@ -405,6 +406,13 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     ``on_round(round, sim_time_s)`` drives progress.  ``record``: a callable
     wrapping the trainer (``sim.study.trace.Recorder``) to write the run's trace.
     """
+    comp = world.scenario.compute
+    if (getattr(cfg, "decentralized", False) or getattr(cfg, "event_driven", False)) and \
+            (comp.memory_budget is not None or comp.state_dtype != "float32"):
+        raise ConfigError(f"algorithm {cfg.label!r} runs on the {'gossip' if getattr(cfg, 'decentralized', False) else 'event-driven'} "
+                          "engine, which does not process workers in chunks; compute.memory_budget and "
+                          "compute.state_dtype apply to the synchronous round only; allowed: leave them unset "
+                          "(state_dtype: float32) for this algorithm", field="compute.memory_budget")
     if getattr(cfg, "decentralized", False):         # gossip over a communication graph: sim/gossip.py
         from sim.gossip import run_gossip
         return run_gossip(world, cfg, on_row=on_row, on_round=on_round, on_phase=on_phase, on_update=on_update)

@@ -11,6 +11,14 @@ import os
 import tempfile
 from pathlib import Path
 
+# MKL's conditional numerical reproducibility, before torch is imported (and
+# inherited by the subprocesses tests start): float32 GEMMs take the AVX2 code
+# path on every x86 CPU that has it, so the golden files (tests/golden) and the
+# other bit-for-bit comparisons give the same bits on Intel and AMD machines.
+# Without it, MKL takes its AVX-512 path on an Intel Xeon and its AVX2 path on
+# an AMD EPYC, and the golden files written on one failed on the other.
+os.environ.setdefault("MKL_CBWR", "AVX2")
+
 import pytest
 import yaml
 

@@ -102,11 +102,16 @@ def test_a_budget_that_binds_chunks_the_round_and_keeps_the_results():
     d, n = w.model.d, w.n
     act = chunked.activation_bytes(w.model, theta, w.x_train[:8], w.y_train[:8])
     row = 4 * d * chunked.ROUND_ROWS + act
-    budget = 4 * d * chunked.SERVER_VECTORS + 4 * d * n + 4 * d * n + 9 * row   # state, payloads, 9 rows
+    payload = chunked.payload_bytes(alg, d, w.device)
+    assert payload == 12 * round(0.1 * d)          # top-k 10% as held: a float32 value and an int64 index per entry
+    budget = 4 * d * chunked.SERVER_VECTORS + 4 * d * n + payload * n + 9 * row   # state, payloads, 9 rows
     scn = w.scenario.model_copy(update={"compute": w.scenario.compute.model_copy(
         update={"memory_budget": float(budget)})})
-    plan = make_plan(scn, alg, d, n, w.device, act, 1)
+    plan = make_plan(scn, alg, d, n, w.device, act, 1, payload)
     assert plan.rows == 8                          # 9 rows fit; chunks are whole blocks of REDUCE_ROWS
+    scn7 = scn.model_copy(update={"compute": scn.compute.model_copy(update={"memory_budget": float(budget - 2 * row)})})
+    with pytest.raises(ConfigError, match="in chunks of 8 workers"):
+        make_plan(scn7, alg, d, n, w.device, act, 1, payload)   # 7 rows: less than one block
     w2 = world(**{"compute.memory_budget": float(budget)})
     tr = engine.Trainer(w2, config(ALGS[1]))
     assert tr.chunked is not None and tr.chunked.chunks() == [(0, 8), (8, 20)]
@@ -151,3 +156,12 @@ def test_the_fold_is_the_same_in_chunks_and_means_over_the_arrived_workers():
     assert torch.equal(mean_over_arrived(x, torch.zeros(21, dtype=torch.bool)), torch.zeros(37))
     with pytest.raises(AssertionError, match="block boundary"):
         fold_rows(x[3:8], None, None, start=3)
+
+
+@pytest.mark.parametrize("kind,extra", [("async_sgd", {}), ("dpsgd", {})])
+def test_the_event_driven_and_gossip_engines_refuse_a_budget(kind, extra):
+    cfg = algorithms.ALGORITHMS[kind](name="x", lr=0.1, **extra)
+    for patch in ({"compute.memory_budget": "8 GiB"}, {"compute.state_dtype": "bfloat16"}):
+        with pytest.raises(ConfigError, match="synchronous round only") as err:
+            engine.run_algorithm(world(**patch), cfg)
+        assert err.value.field == "compute.memory_budget"

@@ -520,12 +520,13 @@ def test_check_passes_on_the_docs_example():
     rc, out, err = cli("check", EXAMPLE)
     assert rc == 0, out + err
     lines = out.splitlines()
-    for check in ("schema", "shapes", "bytes", "determinism", "error feedback", "short scenario"):
+    for check in ("schema", "shapes", "bytes", "determinism", "error feedback", "row-wise (chunked rounds)",
+                  "short scenario"):
         assert f"PASS  compressor sign_topk: {check}" in lines, check
     for check in ("schema", "shapes", "determinism", "convex loss", "short scenario"):
         assert f"PASS  algorithm ef21: {check}" in lines, check
     assert "SKIP  compressor sign_topk: linear: not linear" in lines
-    assert lines[-1] == "13 checks: 11 passed, 0 failed, 2 skipped"
+    assert lines[-1] == "14 checks: 12 passed, 0 failed, 2 skipped"
 
 
 BROKEN = '''

@@ -116,12 +116,15 @@ def with_rows(state, rows: dict[str, torch.Tensor]):
     return dataclasses.replace(state, error=rows.get("error"), local=local)
 
 
-def make_plan(scn, alg, d: int, n: int, device: torch.device, act_row: int | None, n_state: int) -> Plan:
+def make_plan(scn, alg, d: int, n: int, device: torch.device, act_row: int | None, n_state: int,
+              payload_row: int | None = None) -> Plan:
     """Decide chunking: unchunked when the whole round fits (and state is
     float32), else the largest chunk that fits; ConfigError when nothing fits
     or the algorithm cannot run in chunks.  ``act_row``: activation bytes of
     one worker (:func:`activation_bytes`); ``n_state``: [n, d] state tensors
-    per worker (:func:`state_rows` of a one-worker state)."""
+    per worker (:func:`state_rows` of a one-worker state); ``payload_row``:
+    bytes one worker's upload keeps until the server decodes it
+    (:func:`payload_bytes`; default a dense float32 row)."""
     comp = scn.compute
     dtype = comp.state_dtype
     if comp.memory_budget is not None:
@@ -145,8 +148,8 @@ def make_plan(scn, alg, d: int, n: int, device: torch.device, act_row: int | Non
                           "allowed: a parameter-server algorithm (sgd, topk_ef_sgd, comp_ams, ...) without "
                           "late: apply, state_dtype: float32, or a larger memory_budget", field="compute.memory_budget")
     state = itemsize * d * n_state * n
-    # the payloads of a round are kept until the server decodes them: at most a dense row per worker
-    payload = FLOAT32_BYTES * d * n
+    # the payloads of a round are kept until the server decodes them
+    payload = (FLOAT32_BYTES * d if payload_row is None else int(payload_row)) * n
     left = budget - fixed - state - payload
     rows = (left // row) // REDUCE_ROWS * REDUCE_ROWS if left > 0 else 0
     least = min_rows(n)
@@ -154,7 +157,7 @@ def make_plan(scn, alg, d: int, n: int, device: torch.device, act_row: int | Non
         need = fixed + state + payload + least * row
         raise ConfigError(
             f"d = {d:,} and workers = {n} need at least {gib(need)} in chunks of {least} workers "
-            f"(per-worker state {gib(state)} in {dtype}, this round's uploads up to {gib(payload)}, "
+            f"(per-worker state {gib(state)} in {dtype}, this round's uploads {gib(payload)}, "
             f"{gib(row)} per worker in a chunk), more than the {gib(budget)} of {source}; allowed: "
             f"memory_budget >= {gib(need)}, state_dtype: bfloat16, or fewer workers", field="compute.memory_budget")
     return Plan(min(rows, n), budget, state, row)
@@ -224,5 +227,16 @@ def plan_round(world, alg, theta: torch.Tensor) -> tuple[Plan, int]:
             return Plan(None, int(have or 0), 0, 0, "fits"), leaves
     b = scn.batch_size
     act = activation_bytes(world.model, theta, world.x_train[:b], world.y_train[:b])
-    return make_plan(scn, alg, d, n, world.device, act, leaves), leaves
+    payload = payload_bytes(alg, d, world.device) if isinstance(alg, ParameterServer) else None
+    return make_plan(scn, alg, d, n, world.device, act, leaves, payload), leaves
+
+
+def payload_bytes(alg, d: int, device) -> int:
+    """Bytes of the tensors of one worker's upload: the algorithm's compressor
+    on one row of normal noise (exact for codes of fixed size: top-k, sign,
+    qsgd, dense; an estimate for codes whose size depends on the data)."""
+    from sim.learn.rng import WorkerStreams
+    x = torch.randn(1, d, generator=torch.Generator().manual_seed(0)).to(device)
+    payload = alg.compressor.compress(x, streams=WorkerStreams(0, 1, device), round=0)
+    return int(sum(t.numel() * t.element_size() for t in payload.tensors.values()))
 

@@ -15,10 +15,36 @@ server's next set.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from sim.learn.models import Buffers, FlatModel
 from sim.learn.rng import TAG_DROPOUT, WorkerStreams, to_uniform
+
+
+@contextlib.contextmanager
+def threads_for(rows: int):
+    """Run a batched call of ``rows`` workers on one thread when it has fewer
+    rows than torch has intra-op threads.  A batch of at least that many rows
+    gives each thread whole per-worker products; a smaller one lets the BLAS
+    split a single product across threads, in another order, and its rows
+    then differ in the last bit from the same workers' rows in a wider call
+    (measured on a 2-core AMD EPYC: a one-worker call; on the 2-core Intel Xeon
+    the same call agreed).  On one thread every call agrees, so a worker's
+    gradient does not depend on how many others share its call: the batches
+    of the event-driven and gossip engines (:meth:`GradFn.at`), proved equal
+    to one-at-a-time runs.  (The chunked rounds of sim/learn/chunked.py share
+    one theta and never make a chunk smaller than the threads instead.)"""
+    threads = torch.get_num_threads()
+    if rows >= threads or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class GradFn:
@@ -74,7 +100,10 @@ class GradFn:
         (the auxiliary gradients of skip rules), one batched call."""
         if self.model.has_buffers:
             raise ValueError("per-worker parameters are not supported for BatchNorm models")
-        masks = masks or {}
+        with threads_for(x.shape[0]):
+            return self._at(thetas, x, y, masks or {})
+
+    def _at(self, thetas, x, y, masks):
         if self.mode == "vmap":
             if not hasattr(self, "_per_worker"):
                 self._per_worker = torch.func.vmap(self._one, in_dims=(0, 0, 0, 0))

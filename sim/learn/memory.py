@@ -97,8 +97,10 @@ def scenario_bytes(scn) -> int | None:
     """The estimate of the module docstring for a scenario, in bytes, or None
     when it cannot be made here (the data set cannot be read on this machine,
     the model cannot be built: the point itself reports that)."""
+    budget = getattr(scn.compute, "memory_budget", None)
     try:
         shape, classes = _data_shape(scn.data.dataset, scn.data.root)
-        return estimate_bytes(count_params(scn.model, shape, classes), scn.workers)
+        need = estimate_bytes(count_params(scn.model, shape, classes), scn.workers)
+        return need if budget is None else min(need, int(budget))    # a budget caps the round (sim/learn/chunked.py)
     except Exception:  # noqa: BLE001 - no estimate: nothing is refused before the point runs
         return None

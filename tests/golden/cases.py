@@ -5,7 +5,13 @@ synchronous algorithms keep their exact results).
     python tests/golden/cases.py            # rewrite the golden files (only on purpose!)
 
 The files were written by commit 4e48801 (before the event-driven engine);
-tests/test_golden.py runs the same cases and compares the bytes.  Issue 14
+tests/test_golden.py runs the same cases and compares the bytes.
+
+Rewritten on purpose once since (issue 15, the memory budget): the sum over
+workers became a fold over fixed blocks of workers (algorithms/ps.py
+REDUCE_ROWS), which changes the last bits of every mean, and the files are now
+written with MKL_CBWR=AVX2 (tests/conftest.py), so that an Intel and an AMD
+machine give the same bits.  Written on a 2-core AMD EPYC, torch 2.13.0+cpu.  Issue 14
 appended three columns for decentralized algorithms (worker_acc_mean,
 worker_acc_min, consensus_distance; empty here): the files were edited by
 appending the names to the header and ",,," to every row, not rewritten, so
@@ -13,8 +19,11 @@ the passing test shows every earlier column kept its bytes.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("MKL_CBWR", "AVX2")   # as tests/conftest.py: the same bits on Intel and AMD CPUs
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
