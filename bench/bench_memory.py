@@ -21,7 +21,7 @@ The issue's scale, n = 1000 workers (44.7 GB of error-feedback state alone),
 does not fit this 24 GiB machine in any form: the state would have to live on
 the host of a GPU machine or on disk, which is not built.
 
-    .venv/bin/python bench/bench_memory.py [--workers 32] [--batch 8] [--rounds 3] [--budget "4 GiB"] [--json OUT]
+    .venv/bin/python bench/bench_memory.py [--workers 16] [--batch 8] [--rounds 3] [--budget "4 GiB"] [--json OUT]
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def child(args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workers", type=int, default=32)
+    p.add_argument("--workers", type=int, default=16)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget", default="4 GiB")
