@@ -32,6 +32,17 @@ def config(entry):
     return algorithms.ALGORITHMS[entry["kind"]](**{k: v for k, v in entry.items() if k != "kind"})
 
 
+def spy(monkeypatch, name: str) -> list:
+    """Replace engine.<name> by a wrapper that keeps every object it makes."""
+    made, real = [], getattr(engine, name)
+
+    def keep(*a, **k):
+        made.append(real(*a, **k))
+        return made[-1]
+    monkeypatch.setattr(engine, name, keep)
+    return made
+
+
 def run(w, entry, rows, monkeypatch):
     """run_algorithm with the plan forced to ``rows`` workers per chunk (None: unchunked)."""
     real = engine.plan_round
@@ -40,20 +51,7 @@ def run(w, entry, rows, monkeypatch):
         plan, leaves = real(world_, alg, theta)
         return Plan(rows, 0, 0, 0, "forced by the test"), leaves
     monkeypatch.setattr(engine, "plan_round", forced)
-    made = []
-    real_round = engine.ChunkedRound
-
-    def spy(*a, **k):
-        made.append(real_round(*a, **k))
-        return made[-1]
-    monkeypatch.setattr(engine, "ChunkedRound", spy)
-    trainers = []
-    real_trainer = engine.Trainer
-
-    def keep(*a, **k):
-        trainers.append(real_trainer(*a, **k))
-        return trainers[-1]
-    monkeypatch.setattr(engine, "Trainer", keep)
+    made, trainers = spy(monkeypatch, "ChunkedRound"), spy(monkeypatch, "Trainer")
     result = engine.run_algorithm(w, config(entry))
     monkeypatch.undo()
     result.trainer = trainers[0]              # its final theta and state
