@@ -36,7 +36,8 @@ BENCHES: dict[str, tuple[list[str], str | None]] = {
     "gossip": (["bench_gossip.py"], None),
     "startup": (["bench_startup.py"], None),
     "sweep_threads": (["bench_sweep_threads.py"], None),
-    "memory": (["bench_memory.py", "--workers", "16", "--batch", "8", "--rounds", "3", "--budget", "4 GiB"], None),
+    "memory": (["bench_memory.py", "--workers", "16", "--batch", "8", "--rounds", "5", "--repeats", "2",
+                "--budget", "4 GiB"], None),
     # flwr pins its own ray: it runs from a venv of its own (make bench-flower), see --flower-python
     "flower": (["bench_flower.py", "--sizes", "10", "32", "100", "1000", "--rounds", "10", "--flower-rounds", "4",
                 "--rounds-1000", "2", "--repeats", "2"], "flwr"),
