@@ -25,7 +25,7 @@ import simpy
 import torch
 
 import algorithms
-from algorithms.base import Context
+from algorithms.base import Context, Payload
 from algorithms.ps import update_bytes
 
 from sim.study.config import Scenario
@@ -291,7 +291,7 @@ class Trainer:
         """plan() of a round in chunks of workers (sim/learn/chunked.py): per
         chunk one batched gradient call and the chunk's worker_encode; the
         uploads are kept for update()."""
-        ch, losses, sizes, carries, sends, news = self.chunked, [], [], [], [], []
+        ch, losses, sizes, carries, sends, news, nbytes = self.chunked, [], [], [], [], [], []
         ch.payloads = []
         for a, b in ch.chunks():
             g, loss, nb = self.grad_fn(self.theta, x[a:b], y[a:b], {k: m[a:b] for k, m in masks.items()},
@@ -301,13 +301,15 @@ class Trainer:
             up = ch.encode(a, b, g, t, self.streams, act)
             del g
             sizes += self.proto.sizes(up.payload)
+            nbytes.append(up.payload.nbytes)
             carries.append(up.carries_gradient)
             sends.append(up.sends if up.sends is not None else torch.ones(b - a, dtype=torch.bool))
         if not self._loss_ok(torch.cat(losses)):
             return None
         self.new_buffers = {k: torch.cat([nb[k] for nb in news]) for k in news[0]} if news and news[0] else {}
-        self.upload = dataclasses.replace(up, carries_gradient=torch.cat(carries), sends=torch.cat(sends),
-                                          compute_factor=None)
+        # the round's Upload: every worker's size and flags; the tensors stay with their chunks (ch.payloads)
+        self.upload = dataclasses.replace(up, payload=Payload({}, torch.cat(nbytes)), carries_gradient=torch.cat(carries),
+                                          sends=torch.cat(sends), compute_factor=None)
         self.state = ch.state
         return self._planned(t, act.tolist(), sizes)
 
