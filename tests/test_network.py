@@ -541,3 +541,38 @@ def test_one_shared_link_tie_goes_to_the_link_seen_first(nic_first):
         results.append([f.rate_Bps for f in flows])
     assert results[0] == results[1]
     assert (results[0] == [u] * 3) == nic_first
+
+
+def test_remembered_filling_is_the_filling_and_forgets_a_changed_bandwidth():
+    """Network._fill reuses a filling for the same paths in the same order only
+    while every link involved keeps its bandwidth: after a change it gives what
+    max_min_rates gives on fresh flows, and a reused filling is bitwise the same."""
+    g = line(("x1", "s", 16.0, 0.0), ("x2", "s", 1000.0, 0.0), ("s", "d", 80.0, 0.0))
+    env = simpy.Environment()
+    net = Network(env, g)
+
+    def flows(order=("x1", "x2")):
+        return [Flow(Message(src, "d", "x", 0, 100, 0), net.route(src, "d"), 100.0, env.event(), 0.0)
+                for src in order]
+
+    def rates(fs):
+        return [f.rate_Bps for f in fs]
+
+    first = flows()
+    net._fill(first)
+    again = flows()
+    net._fill(again)
+    assert rates(again) == rates(first) == [2.0, 8.0]
+    swapped = flows(("x2", "x1"))               # another order is another key
+    net._fill(swapped)
+    assert rates(swapped) == [8.0, 2.0]
+    net.links[("x1", "s")].bandwidth_bps = 40.0   # x1's own link: 5 B/s, the server link 10 B/s
+    changed, fresh = flows(), flows()
+    net._fill(changed)
+    max_min_rates(fresh)
+    assert rates(changed) == rates(fresh) == [5.0, 5.0]
+    net.links[("s", "d")].bandwidth_bps = 800.0   # the shared link, touched by both
+    changed, fresh = flows(), flows()
+    net._fill(changed)
+    max_min_rates(fresh)
+    assert rates(changed) == rates(fresh) == [5.0, 95.0]

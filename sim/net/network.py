@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import heapq
 
@@ -49,6 +49,9 @@ SHARING_MODELS = ("fair", "fifo")
 
 # From this many active flows, fair sharing keeps them as numpy rows (Network._reschedule).
 _ROWS_FROM = 64
+
+# Fillings remembered per network (Network._fill); the memo starts over when full.
+_FILLS_KEPT = 4096
 
 
 @dataclass(eq=False)
@@ -72,15 +75,21 @@ class Link:
         return f"{self.src}->{self.dst}"
 
 
-@dataclass(eq=False)
 class Flow:
-    msg: Message
-    path: tuple[Link, ...]
-    remaining_bytes: float
-    done: simpy.Event
-    start_s: float
-    rate_Bps: float = 0.0        # bytes per second, set by max-min sharing
-    latency_s: float = field(default=0.0)
+    """A message on its way under fair sharing.  A plain class with slots, not a
+    dataclass: one is made per message, on the hot path of a replay."""
+
+    __slots__ = ("msg", "path", "remaining_bytes", "done", "start_s", "rate_Bps", "latency_s")
+
+    def __init__(self, msg: Message, path: tuple[Link, ...], remaining_bytes: float, done: simpy.Event,
+                 start_s: float, rate_Bps: float = 0.0, latency_s: float = 0.0) -> None:
+        self.msg = msg
+        self.path = path
+        self.remaining_bytes = remaining_bytes
+        self.done = done
+        self.start_s = start_s
+        self.rate_Bps = rate_Bps      # bytes per second, set by max-min sharing
+        self.latency_s = latency_s
 
 
 def max_min_rates(flows: list[Flow]) -> None:
@@ -232,6 +241,7 @@ class Network:
         self._last_s = 0.0
         self._wakeup_version = 0
         self._recompute_pending = False
+        self._fills: dict[tuple, tuple] = {}   # flow paths -> a remembered filling (see _fill)
         self.trace = False
         self.delivered: list[tuple[float, float, Message]] = []  # (send_s, arrive_s, msg) when tracing
         self.in_flight = 0
@@ -259,7 +269,8 @@ class Network:
         message as value) when its last byte reaches ``msg.dst``."""
         key = (msg.src, msg.dst)
         path = self._routes.get(key) or self.route(msg.src, msg.dst)
-        done = simpy.Event(self.env)
+        env = self.env
+        done = simpy.Event(env)
         self.in_flight += 1
         if self.sharing == "fifo":
             self._fifo(msg, path, done)
@@ -267,14 +278,16 @@ class Network:
         latency_s = self._path_latency.get(key)
         if latency_s is None:       # link latencies are fixed (schedules change bandwidth only)
             latency_s = self._path_latency[key] = sum(l.latency_s for l in path)
-        flow = Flow(msg, path, float(msg.nbytes), done, self.env.now, latency_s=latency_s)
-        self._advance()
+        now = env.now
+        if now != self._last_s:
+            self._advance()
+        self._flows.append(Flow(msg, path, float(msg.header_bytes + msg.payload_bytes), done, now, 0.0, latency_s))
         for link in path:
             if link.active == 0:
-                link._busy_since = self.env.now
+                link._busy_since = now
             link.active += 1
-        self._flows.append(flow)
-        self._request_recompute()
+        if not self._recompute_pending:
+            self._request_recompute()
         return done
 
     # -- fair sharing ----------------------------------------------------
@@ -350,7 +363,7 @@ class Network:
                     f.remaining_bytes = r
                     f.rate_Bps = b
                 self._rem = self._rate = None
-            max_min_rates(flows)
+            self._fill(flows)
             self._wakeup_version += 1
             moving = [f.remaining_bytes / f.rate_Bps for f in flows if f.rate_Bps > 0]
             if not moving:
@@ -474,6 +487,29 @@ class Network:
             first_done = float((rem[moving] / rate[moving]).min())
         version = self._wakeup_version
         self.env.timeout(max(first_done, 0.0)).callbacks.append(lambda _ev: self._on_wakeup(version))
+
+    def _fill(self, flows: list[Flow]) -> None:
+        """:func:`max_min_rates` on ``flows``, remembered: the rates are a pure
+        function of the flows' paths, in order, and the capacities of their
+        links, and a synchronous round repeats the same few flow sets (n
+        uploads, n downloads) round after round.  A remembered filling is used
+        only while every link it involved has the bandwidth it had then (a
+        schedule, or anyone, may change it), so the rates are bitwise the ones
+        max_min_rates would set."""
+        key = tuple([f.path for f in flows])
+        memo = self._fills
+        hit = memo.get(key)
+        if hit is not None:
+            links, bws, rates = hit
+            if all([l.bandwidth_bps == b for l, b in zip(links, bws)]):
+                for f, r in zip(flows, rates):
+                    f.rate_Bps = r
+                return
+        max_min_rates(flows)
+        if len(memo) >= _FILLS_KEPT:
+            memo.clear()
+        links = tuple({l: None for f in flows for l in f.path})
+        memo[key] = (links, tuple([l.bandwidth_bps for l in links]), tuple([f.rate_Bps for f in flows]))
 
     def _on_wakeup(self, version: int) -> None:
         if version != self._wakeup_version:
