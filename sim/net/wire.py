@@ -6,7 +6,7 @@ as SimGrid does; the size of a Python object never matters.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Every message carries a fixed header: sender, receiver, round, kind, lengths.
 # 64 bytes is the order of an Ethernet + IP + TCP header (14 + 20 + 20 = 54 B)
@@ -14,8 +14,11 @@ from dataclasses import dataclass
 HEADER_BYTES = 64
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
+    """One message (immutable).  A named tuple rather than a frozen dataclass:
+    one is made per message sent, and a frozen dataclass's __init__ costs
+    several times a tuple's on a replay's hot path."""
+
     src: str            # node name in the topology graph ("w0", "server")
     dst: str
     kind: str           # "grad", "params", "update", "request", "skip", ...
