@@ -163,21 +163,33 @@ class ParameterServer:
         a SimPy process: a process per worker and round costs two more events
         and a generator, a third of a replayed round's host time."""
         env = self.env
+        failures = self.failures if self.failures.intervals else None
 
         def computed(_ev) -> None:
-            if out.get("interrupted"):     # K-sync moved on: this work is dropped, nothing is sent
+            if "interrupted" in out and out["interrupted"]:   # K-sync moved on: this work is dropped
                 finished()
                 return
-            if not self.failures.up_through(i, self.round_start, env.now):
+            if failures is not None and not failures.up_through(i, self.round_start, env.now):
                 out["lost"][i] = env.now   # crashed before it could send
                 finished()
                 return
-            evs = [self.net.send(Message(self.workers[i], s, "grad", t, sizes[j], self.header))
-                   for j, s in enumerate(self.servers)]
-            out["sent_bytes"][i] = sum(sizes) + self.header * len(self.servers)
-            if out.get("closed"):          # sent after its round ended: counted with the next round
+            send, header, w = self.net.send, self.header, self.workers[i]
+            servers = self.servers
+            if len(servers) == 1:          # as below, without the count of deliveries left
+                ev = send(Message(w, servers[0], "grad", t, sizes[0], header))
+                out["sent_bytes"][i] = sizes[0] + header
+            else:
+                evs = [send(Message(w, s, "grad", t, sizes[j], header)) for j, s in enumerate(servers)]
+                out["sent_bytes"][i] = sum(sizes) + header * len(servers)
+            if "closed" in out:            # sent after its round ended: counted with the next round
                 carry = out["carries"] is None or out["carries"][i]
                 self._late_sent.append((out["sent_bytes"][i], carry))
+            if len(servers) == 1:
+                def delivered_one(_ev) -> None:
+                    out["done"][i] = env.now
+                    finished(True)
+                ev.callbacks.append(delivered_one)
+                return
             left = [len(evs)]
 
             def delivered(_ev) -> None:
@@ -324,19 +336,25 @@ class ParameterServer:
     def finish(self, t: int, down_sizes: list[int] | None) -> None:
         """The servers broadcast their slice of the update to every worker up now;
         ``None``: nothing was applied, a header-only 'no update' goes out."""
-        self.round_start = self.env.now
-        for i in range(self.n):
-            if not self.failures.up(i, self.env.now):
-                self.ready[i] = None          # must pull the parameters when it rejoins
+        now = self.round_start = self.env.now
+        failures = self.failures if self.failures.intervals else None
+        sizes = [0 if down_sizes is None else down_sizes[j] for j in range(len(self.servers))]
+        send, header, ready, synced = self.net.send, self.header, self.ready, self.synced_at
+        one = len(self.servers) == 1
+        for i, w in enumerate(self.workers):
+            if failures is not None and not failures.up(i, now):
+                ready[i] = None               # must pull the parameters when it rejoins
                 continue
-            evs = []
-            for j, s in enumerate(self.servers):
-                size = 0 if down_sizes is None else down_sizes[j]
-                msg = Message(s, self.workers[i], "update", t, size, self.header)
-                self.bytes_down += msg.nbytes
-                evs.append(self.net.send(msg))
-            self.ready[i] = evs[0] if len(evs) == 1 else self.env.all_of(evs)
-            self.synced_at[i] = self.env.now
+            if one:                           # the same message as below, without the list
+                self.bytes_down += header + sizes[0]
+                ready[i] = send(Message(self.servers[0], w, "update", t, sizes[0], header))
+            else:
+                evs = []
+                for j, s in enumerate(self.servers):
+                    self.bytes_down += header + sizes[j]
+                    evs.append(send(Message(s, w, "update", t, sizes[j], header)))
+                ready[i] = self.env.all_of(evs)
+            synced[i] = now
 
 
 class Ring:
