@@ -263,3 +263,28 @@ def test_an_edited_event_driven_trace_is_detected(tmp_path):
     path.write_text("\n".join([*lines[:k], lines[k].replace('"worker":0', '"worker":1'), *lines[k + 1:]]) + "\n")
     with pytest.raises(TraceError, match="do not match the checksum"):
         read_trace(path)
+
+
+def test_replays_share_one_parse_of_the_trace_and_an_edit_is_read_again(tmp_path):
+    """A sweep replays many points from one trace: replay parses it once per content
+    (sim/study/replay.py _segments).  The shared parse is not modified by a replay
+    (a second replay writes the same files, and the parse equals a fresh read), and a
+    trace edited after it was parsed is read again and refused."""
+    from sim.study import replay as replay_mod
+    from sim.study.trace import TraceError
+    common = [*SHORT, f"algorithms={ALGS['dense+compressed']}"]
+    recorded = run(tmp_path, "a", common)
+    scn = load_scenario(TINY, [*common, "network.uplink.bandwidth=20 Mbps"])
+    replay_run(recorded, scn, tmp_path / "r1", plots=False)
+    parsed = replay_mod._segments(recorded / TRACE_FILE)
+    assert replay_mod._segments(recorded / TRACE_FILE) is parsed        # one parse, shared
+    replay_run(recorded, scn, tmp_path / "r2", plots=False)
+    same_files(tmp_path / "r1", tmp_path / "r2")
+    assert parsed == read_trace(recorded / TRACE_FILE)                  # replays left it as it was
+    path = recorded / TRACE_FILE
+    lines = path.read_text().splitlines()
+    k = next(i for i, x in enumerate(lines) if '"plan"' in x)
+    path.write_text("\n".join([*lines[:k], lines[k].replace('"sizes":[[', '"sizes":[[1', 1), *lines[k + 1:]]) + "\n")
+    with pytest.raises(TraceError, match="do not match the checksum"):
+        replay_run(recorded, scn, tmp_path / "r3", plots=False)
+    assert not (tmp_path / "r3").exists()

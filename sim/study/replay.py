@@ -23,6 +23,7 @@ Replay is refused, with the reason, when timing can change the math:
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -110,6 +111,33 @@ def recorded_scenario(run_dir: str | Path) -> Scenario:
     return scn
 
 
+_PARSED: dict[str, tuple[str, dict]] = {}   # trace path -> (sha256 of its bytes, read_trace of them)
+
+
+def _segments(path: Path) -> dict:
+    """:func:`read_trace` of ``path``, parsed once per process and content: a
+    sweep replays many points from one trace, and parsing it was a tenth of a
+    replayed point.  Keyed by the SHA-256 of the file's bytes, read every time,
+    so an edited or replaced trace is parsed (and checked) again.  The result
+    is shared: replay only reads it (the Replayer hands out the recorded
+    values, which simulate does not modify; tests/test_replay.py checks)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return read_trace(path)                 # it words the error
+    digest = hashlib.sha256(data).hexdigest()
+    key = str(path.resolve())
+    hit = _PARSED.get(key)
+    if hit is not None and hit[0] == digest:
+        return hit[1]
+    segments = read_trace(path)
+    if hashlib.sha256(path.read_bytes()).hexdigest() == digest:   # not rewritten while it was parsed
+        if len(_PARSED) >= 8:
+            _PARSED.clear()
+        _PARSED[key] = (digest, segments)
+    return segments
+
+
 def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict[str, list[dict]]:
     """Re-time every algorithm and seed of ``scn`` from the trace in
     ``source_dir``; returns the rows of each results file, in the order a full
@@ -118,7 +146,7 @@ def replay_results(source_dir: str | Path, scn: Scenario, on_round=None) -> dict
     why = refusal(recorded_scenario(source_dir), scn)
     if why:
         raise ReplayUnavailable(why)
-    segments = read_trace(source_dir / TRACE_FILE)
+    segments = _segments(source_dir / TRACE_FILE)
     rows: dict[str, list[dict]] = {name: [] for name in RESULT_COLUMNS}
     for seed in scn.run_seeds:
         graph = build_graph(scn, seed)
