@@ -15,7 +15,8 @@ by uplink latencies (0.1 ms .. 200 ms, log-spaced): ``--grid 10`` gives
   replay  the source point is trained once (its cost is reported and
           amortised over the grid); every point is then
           sim.study.replay.replay_run from the source's trace (load the trace,
-          build the graph, simulate the network, write the results folder).
+          build the graph, simulate the network, write the results folder),
+          inside sim.study.replay.frozen_heap, as a sweep runs its replays.
 
 Both write the same files (no plots: a sweep makes its figures once, with
 ``run_sim.py plot``).  Each replayed point's metrics.csv is checked to be
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from sim.alloc import reuse_freed_memory  # noqa: E402
 from sim.study.config import load_scenario  # noqa: E402
-from sim.study.replay import replay_run  # noqa: E402
+from sim.study.replay import frozen_heap, replay_run  # noqa: E402
 from sim.study.sweep import run_point  # noqa: E402
 from sim.units import format as fmt  # noqa: E402
 
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                             "seed 0, to the 90% target: trained in full (sim.study.sweep.run_point: load, build "
                             "the world, train with the network, write the folder; median over the points timed "
                             "in full) against re-timed from the first point's trace (sim.study.replay.replay_run, "
-                            "every point, median). Every point timed in full is checked byte-identical (metrics.csv) "
+                            "every point, median, inside sim.study.replay.frozen_heap as a sweep runs its replays). Every point timed in full is checked byte-identical (metrics.csv) "
                             "to its replay. The whole-sweep figures count the source point's training once.",
                       tables=[_report.table("", ["algorithm", "rounds", "full per point s", "replay per point ms",
                                                  "ratio", "whole sweep s: without -> with replay"],
@@ -119,11 +120,12 @@ def measure(algorithm: str, grid_n: int, full_points: int) -> dict:
     assert res["status"] == "done", res
 
     replay_s = []
-    for i, (bw, lat) in enumerate(points):
-        scn = load_scenario(SCENARIO, overrides(algorithm, bw, lat))
-        t0 = time.perf_counter()
-        replay_run(tmp / "source", scn, tmp / f"replay{i:03d}", plots=False)
-        replay_s.append(time.perf_counter() - t0)
+    with frozen_heap():          # as a sweep replays its points (sim/study/sweep.py)
+        for i, (bw, lat) in enumerate(points):
+            scn = load_scenario(SCENARIO, overrides(algorithm, bw, lat))
+            t0 = time.perf_counter()
+            replay_run(tmp / "source", scn, tmp / f"replay{i:03d}", plots=False)
+            replay_s.append(time.perf_counter() - t0)
 
     full_s = []
     for i in full_idx:

@@ -288,3 +288,15 @@ def test_replays_share_one_parse_of_the_trace_and_an_edit_is_read_again(tmp_path
     with pytest.raises(TraceError, match="do not match the checksum"):
         replay_run(recorded, scn, tmp_path / "r3", plots=False)
     assert not (tmp_path / "r3").exists()
+
+
+def test_frozen_heap_freezes_what_exists_and_unfreezes_after_an_error():
+    import gc
+    from sim.study.replay import frozen_heap
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(KeyError):
+        with frozen_heap():
+            assert gc.get_freeze_count() > 0
+            assert gc.isenabled()                # replays' own garbage is still collected
+            raise KeyError("boom")
+    assert gc.get_freeze_count() == 0

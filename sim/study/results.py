@@ -158,7 +158,11 @@ class CsvAppender:
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Write a whole file at once, formatted as :class:`CsvAppender` writes it
     (for results produced in memory, e.g. a replay)."""
-    write_text(path, csv_line(columns) + "".join(csv_line([row.get(c, "") for c in columns]) for row in rows))
+    buf = io.StringIO()          # one writer for the file: the rows of csv_line, without a writer per row
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([_fmt(v) for v in columns])
+    w.writerows([[_fmt(row.get(c, "")) for c in columns] for row in rows])
+    write_text(path, buf.getvalue())
 
 
 def write_text(path: Path, text: str) -> None:

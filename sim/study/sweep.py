@@ -697,8 +697,7 @@ def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, li
     from sim.learn.memory import scenario_bytes
     from sim.study.backends import Job, resources
     from sim.study.inputs import scenario_inputs
-    from sim.study.replay import replay_run
-    from sim.study.trace import ReplayUnavailable
+    from sim.study.replay import frozen_heap
 
     def full(ids: list[int], notes: dict[int, str]) -> None:
         if not ids:
@@ -721,7 +720,21 @@ def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, li
 
     # Replays, here (milliseconds each: no gradients, no data).
     fallback: dict[int, str] = {}
-    for i in [i for i in todo if i in source_of]:
+    replays = [i for i in todo if i in source_of]
+    with frozen_heap() if replays else contextlib.nullcontext():
+        _replay_points(sw, replays, scenarios, source_of, fallback)
+
+    # Points whose replay was refused at run time run in full.
+    full(list(fallback), fallback)
+
+
+def _replay_points(sw: _Sweep, replays: list[int], scenarios: dict, source_of: dict[int, int],
+                   fallback: dict[int, str]) -> None:
+    """Replay the points ``replays`` from their sources' traces, here; a point whose
+    replay is impossible or refused goes into ``fallback`` with the reason."""
+    from sim.study.replay import replay_run
+    from sim.study.trace import ReplayUnavailable
+    for i in replays:
         src = source_of[i]
         if sw.results.get(src, {}).get("status") != "done":
             fallback[i] = f"replay impossible: source point {src:03d} did not finish"
@@ -738,6 +751,3 @@ def _run_points(sw: _Sweep, todo: list[int], base: Path, overrides: dict[int, li
         except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
             sw.done(i, {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "mode": "replay", "note": ""})
         sw.current = None
-
-    # Points whose replay was refused at run time run in full.
-    full(list(fallback), fallback)
