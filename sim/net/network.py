@@ -578,8 +578,9 @@ class Network:
 
     # -- delivery --------------------------------------------------------
     def _sent(self, msg: Message, path: tuple[Link, ...]) -> None:
+        nbytes = msg.nbytes
         for link in path:
-            link.bytes_carried += msg.nbytes
+            link.bytes_carried += nbytes
             link.messages += 1
         self.in_flight -= 1
 

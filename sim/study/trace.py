@@ -62,7 +62,7 @@ class ReplayUnavailable(Exception):
 
 
 def bits(flags: list[bool]) -> str:
-    return "".join("1" if f else "0" for f in flags)
+    return "".join(["1" if f else "0" for f in flags])
 
 
 def unbits(s: str) -> list[bool]:
@@ -178,9 +178,10 @@ class Replayer:
         self.summable = bool(header["summable"])
         self.updates_without_uploads = bool(header["updates_without_uploads"])
         self._last_step: list[float] | None = None
+        self._where = f"{header['algorithm']} (seed {header['seed']})"
 
     def _next(self, kind: str, t: int | None, inp: str | None = None) -> Any:
-        where = f"{self.header['algorithm']} (seed {self.header['seed']})"
+        where = self._where
         if self.pos >= len(self.events):
             raise ReplayUnavailable(f"{where}: the trace ends before round {t}'s {kind}: under this network "
                                     "the run goes further than the recorded one (stop.max_sim_time?)")
