@@ -168,7 +168,7 @@ class ParameterServer:
         failures = self.failures if self.failures.intervals else None
 
         def computed(_ev) -> None:
-            if "interrupted" in out and out["interrupted"]:   # K-sync moved on: this work is dropped
+            if out.get("interrupted"):     # K-sync moved on: this work is dropped, nothing is sent
                 finished()
                 return
             if failures is not None and not failures.up_through(i, self.round_start, env.now):
@@ -176,21 +176,17 @@ class ParameterServer:
                 finished()
                 return
             send, header, w = self.net.send, self.header, self.workers[i]
-            servers = self.servers
-            if len(servers) == 1:          # as below, without the count of deliveries left
-                ev = send(Message(w, servers[0], "grad", t, sizes[0], header))
-                out["sent_bytes"][i] = sizes[0] + header
-            else:
-                evs = [send(Message(w, s, "grad", t, sizes[j], header)) for j, s in enumerate(servers)]
-                out["sent_bytes"][i] = sum(sizes) + header * len(servers)
-            if "closed" in out:            # sent after its round ended: counted with the next round
+            evs = [send(Message(w, s, "grad", t, sizes[j], header)) for j, s in enumerate(self.servers)]
+            out["sent_bytes"][i] = sum(sizes) + header * len(evs)
+            if out.get("closed"):          # sent after its round ended: counted with the next round
                 carry = out["carries"] is None or out["carries"][i]
                 self._late_sent.append((out["sent_bytes"][i], carry))
-            if len(servers) == 1:
+            if len(evs) == 1:              # one server: no count of deliveries left
+
                 def delivered_one(_ev) -> None:
                     out["done"][i] = env.now
                     finished(True)
-                ev.callbacks.append(delivered_one)
+                evs[0].callbacks.append(delivered_one)
                 return
             left = [len(evs)]
 

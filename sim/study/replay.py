@@ -148,11 +148,10 @@ def _segments(path: Path) -> dict:
     hit = _PARSED.get(key)
     if hit is not None and hit[0] == digest:
         return hit[1]
-    segments = read_trace(path)
-    if hashlib.sha256(path.read_bytes()).hexdigest() == digest:   # not rewritten while it was parsed
-        if len(_PARSED) >= 8:
-            _PARSED.clear()
-        _PARSED[key] = (digest, segments)
+    segments = read_trace(path, data)          # these bytes, the ones hashed
+    if len(_PARSED) >= 8:
+        _PARSED.clear()
+    _PARSED[key] = (digest, segments)
     return segments
 
 

@@ -120,10 +120,15 @@ class MemoryLines:
         return "".join(self._parts)
 
 
-def csv_line(values: list) -> str:
+def csv_text(rows: list[list]) -> str:
+    """Rows of values as CSV lines (one writer for them all)."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_fmt(v) for v in values])
+    csv.writer(buf, lineterminator="\n").writerows([[_fmt(v) for v in values] for values in rows])
     return buf.getvalue()
+
+
+def csv_line(values: list) -> str:
+    return csv_text([values])
 
 
 class CsvAppender:
@@ -158,11 +163,7 @@ class CsvAppender:
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """Write a whole file at once, formatted as :class:`CsvAppender` writes it
     (for results produced in memory, e.g. a replay)."""
-    buf = io.StringIO()          # one writer for the file: the rows of csv_line, without a writer per row
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow([_fmt(v) for v in columns])
-    w.writerows([[_fmt(row.get(c, "")) for c in columns] for row in rows])
-    write_text(path, buf.getvalue())
+    write_text(path, csv_text([columns, *([row.get(c, "") for c in columns] for row in rows)]))
 
 
 def write_text(path: Path, text: str) -> None:

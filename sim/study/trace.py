@@ -355,7 +355,7 @@ def _check_event(ev: Any, n: int | None, event_driven: bool = False) -> str | No
     return None
 
 
-def read_trace(path: str | Path) -> dict[tuple[str, int], tuple[dict, list[dict]]]:
+def read_trace(path: str | Path, data: bytes | None = None) -> dict[tuple[str, int], tuple[dict, list[dict]]]:
     """(algorithm label, seed) -> (header, events) of every complete segment.
 
     A last line cut short (an interrupted run) ends an incomplete segment,
@@ -366,10 +366,12 @@ def read_trace(path: str | Path) -> dict[tuple[str, int], tuple[dict, list[dict]
     path = Path(path)
     segments: dict[tuple[str, int], tuple[dict, list[dict]]] = {}
     header, events, digest, first_line = None, [], hashlib.sha256(), 0
-    try:
-        raw_lines = path.read_bytes().split(b"\n")
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot be read: {os_reason(exc)}") from None
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TraceError(f"{path}: cannot be read: {os_reason(exc)}") from None
+    raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     for lineno, raw in enumerate(raw_lines, start=1):
