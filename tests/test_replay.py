@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import run_sim
 from sim.study.config import load_scenario
@@ -15,6 +18,7 @@ from sim.study.replay import refusal, replay_results, replay_run
 from sim.study.runner import execute
 from sim.study.trace import TRACE_FILE, ReplayUnavailable, read_trace
 from sim.study.results import METRICS_COLUMNS
+from sim.study import yamlfile
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")
@@ -300,3 +304,38 @@ def test_frozen_heap_freezes_what_exists_and_unfreezes_after_an_error():
             assert gc.isenabled()                # replays' own garbage is still collected
             raise KeyError("boom")
     assert gc.get_freeze_count() == 0
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=120))
+_KEYS = st.one_of(st.text(max_size=150), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False))
+_DATA = st.recursive(_SCALARS, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(_KEYS, c, max_size=4)),
+                     max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_KEYS, _DATA, min_size=1, max_size=5), st.data())
+def test_scenario_yaml_written_by_sections_is_safe_dump_bitwise(data, more):
+    """scenario.yaml is written section by section with each section's text remembered
+    (yamlfile.dump_sections); the bytes are yaml.safe_dump's, for any data, also when a
+    section changes between two dumps, and when a list is shared (anchors and aliases)."""
+    assert yamlfile.dump_sections(data) == yaml.safe_dump(data, sort_keys=False)
+    key = more.draw(st.sampled_from(list(data)))
+    changed = {**data, key: more.draw(_DATA)}
+    assert yamlfile.dump_sections(changed) == yaml.safe_dump(changed, sort_keys=False)
+    shared = [1, [2]]
+    aliased = {**data, "a": shared, "b": {"c": shared}}
+    assert yamlfile.dump_sections(aliased) == yaml.safe_dump(aliased, sort_keys=False)
+    assert "&id001" in yamlfile.dump_sections(aliased)
+
+
+def _shipped_scenarios() -> list[str]:
+    """The scenario files under scenarios/ (the sweep specs there have no top-level algorithms)."""
+    root = Path(__file__).resolve().parents[1] / "scenarios"
+    return sorted(str(p) for p in root.rglob("*.yaml") if "algorithms" in (yaml.safe_load(p.read_text()) or {}))
+
+
+@pytest.mark.parametrize("path", _shipped_scenarios())
+def test_every_shipped_scenario_dumps_by_sections_as_safe_dump(path):
+    d = load_scenario(path, []).dump()
+    assert yamlfile.dump_sections(d) == yaml.safe_dump(d, sort_keys=False)
+    assert yamlfile.dump_sections(d) == yaml.safe_dump(d, sort_keys=False)     # from the remembered text

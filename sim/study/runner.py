@@ -19,6 +19,7 @@ from sim.study.progress import Progress
 from sim.errors import ConfigError, OutputError, refuse_file_out
 from sim.study.results import RESULT_COLUMNS, CsvAppender, LineFile, MemoryLines, write_text
 from sim.study.trace import TRACE_FILE, EventRecorder, Recorder
+from sim.study import yamlfile
 
 EXIT_INTERRUPTED = 130
 RESULT_FILES = ("scenario.yaml", *(f"{name}.csv" for name in RESULT_COLUMNS))
@@ -62,7 +63,7 @@ def result_files(out: Path | None) -> dict[str, CsvAppender]:
 
 def write_scenario(out: Path, scn: Scenario) -> None:
     """The resolved scenario, as run and replay write it."""
-    write_text(Path(out) / "scenario.yaml", yaml.safe_dump(scn.dump(), sort_keys=False))
+    write_text(Path(out) / "scenario.yaml", yamlfile.dump_sections(scn.dump()))   # = yaml.safe_dump(..., sort_keys=False)
 
 
 def make_out_dir(out: Path) -> None:

@@ -118,3 +118,60 @@ def decode(raw: bytes, file: str, what: str = "YAML file") -> str:
 def read(path: str | Path, what: str = "YAML file") -> Any:
     """A YAML file's data (see the module docstring for what is refused)."""
     return loads(read_text(path, what), str(path))
+
+
+# --- writing ----------------------------------------------------------------
+_SECTIONS: dict[tuple[str, str], str] = {}   # (repr(key), repr(value)) -> its text (see dump_sections)
+_SECTIONS_KEPT = 256
+
+
+def dump_sections(data: dict) -> str:
+    """``yaml.safe_dump(data, sort_keys=False)`` of a mapping, bitwise, with the
+    text of each top-level entry remembered: a sweep writes one scenario.yaml
+    per point, and its points differ in a section or two (the network), so
+    the other sections' text is reused instead of emitted again (PyYAML's
+    emitter was a tenth of a replayed point).
+
+    Why the pieces are the whole: in block style every top-level entry starts
+    on its own line at column 0, so the emitter's output for a mapping is the
+    concatenation of its output for each one-entry mapping (tests/test_replay.py
+    checks it on every shipped scenario and on generated data).  The one
+    exception is shared objects: the representer writes a list or dict met
+    twice as an anchor and aliases numbered across the whole document, so data
+    with any container met twice is dumped whole.  A section's key is the
+    repr of its key and value, which tells apart every value safe_dump writes
+    differently (1, 1.0, True and "1"; -0.0 and 0.0).
+    """
+    if not isinstance(data, dict) or not data or _has_shared(data):
+        return yaml.safe_dump(data, sort_keys=False)
+    parts = []
+    for k, v in data.items():
+        key = (repr(k), repr(v))
+        text = _SECTIONS.get(key)
+        if text is None:
+            text = yaml.safe_dump({k: v}, sort_keys=False)
+            if len(_SECTIONS) >= _SECTIONS_KEPT:
+                _SECTIONS.clear()
+            _SECTIONS[key] = text
+        parts.append(text)
+    return "".join(parts)
+
+
+def _has_shared(data: Any) -> bool:
+    """Whether a container (anything but a scalar) appears twice in ``data``,
+    where PyYAML's representer would write an anchor and an alias."""
+    seen: set[int] = set()
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if node is None or isinstance(node, (str, bytes, bool, int, float)) or (isinstance(node, tuple) and node == ()):
+            continue                       # SafeRepresenter.ignore_aliases: never aliased
+        if id(node) in seen:
+            return True
+        seen.add(id(node))
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+    return False
