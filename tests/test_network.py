@@ -576,3 +576,90 @@ def test_remembered_filling_is_the_filling_and_forgets_a_changed_bandwidth():
     net._fill(changed)
     max_min_rates(fresh)
     assert rates(changed) == rates(fresh) == [5.0, 95.0]
+
+
+def _arrivals_trace(carry: bool, latencies, actions, stop_at=None):
+    """Messages from w_i to s that end at one instant (equal sizes, equal parallel links) and
+    arrive after latencies[i]; each arrival's callback logs and then does actions[i]: starts a
+    process (an URGENT event due now), schedules a timeout(0), sends a reply, raises, or
+    nothing.  ``stop_at``: run until that arrival first, then on.  Returns every logged step."""
+    g = nx.DiGraph()
+    for i, lat in enumerate(latencies):
+        g.add_edge(f"w{i}", "s", bandwidth_bps=8e3, latency_s=lat)
+        g.add_edge("s", f"w{i}", bandwidth_bps=8e3, latency_s=lat)
+    env = simpy.Environment()
+    net = Network(env, g)
+    net.carry, net.trace = carry, True
+    log = []
+
+    def child(i):
+        log.append(("child", i, env.now))
+        yield env.timeout(0)
+        log.append(("child after", i, env.now))
+
+    def on(i):
+        def arrived(ev):
+            log.append(("arrive", i, env.now, ev.value.src))
+            a = actions[i]
+            if a == "process":
+                env.process(child(i))
+            elif a == "timeout":
+                env.timeout(0).callbacks.append(lambda _e: log.append(("timeout", i, env.now)))
+            elif a == "send":
+                net.send(Message("s", f"w{i}", "x", 0, 10, header_bytes=0)).callbacks.append(
+                    lambda _e: log.append(("reply", i, env.now)))
+            elif a == "raise":
+                raise ValueError(i)
+        return arrived
+
+    dones = [net.send(Message(f"w{i}", "s", "x", 0, 1000, header_bytes=0)) for i in range(len(latencies))]
+    for i, d in enumerate(dones):
+        d.callbacks.append(on(i))
+        d.callbacks.append(lambda _e, i=i: log.append(("second callback", i, env.now)))
+    if stop_at is not None:
+        try:
+            env.run(until=dones[stop_at])
+            log.append(("stopped", env.now))
+        except ValueError as exc:
+            log.append(("raised", exc.args[0], env.now))
+    while env.peek() < float("inf"):     # on after a raise, or a stop left by the run above
+        try:
+            env.run()
+        except ValueError as exc:
+            log.append(("raised", exc.args[0], env.now))
+    return log + [("delivered", s, t, m.src, m.dst) for s, t, m in net.delivered]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_arrivals_at_one_instant_share_an_entry_in_simpys_exact_order(data):
+    """Deliveries due at one instant are carried by one queue entry (Network._arrive_together):
+    the trace (every callback, its time, in order) is the one of one SimPy event per delivery,
+    also when a callback starts a process (URGENT, due now), schedules more, raises, or is the
+    event a run stops at."""
+    n = data.draw(st.integers(2, 7))
+    latencies = data.draw(st.lists(st.sampled_from([0.0, 0.001, 0.25]), min_size=n, max_size=n))
+    actions = data.draw(st.lists(st.sampled_from(["none", "process", "timeout", "send", "raise"]),
+                                 min_size=n, max_size=n))
+    stop_at = data.draw(st.none() | st.integers(0, n - 1))
+    one_each = _arrivals_trace(False, latencies, actions, stop_at)
+    assert _arrivals_trace(True, latencies, actions, stop_at) == one_each
+    assert sum(1 for e in one_each if e[0] == "arrive") == n
+
+
+def test_arrivals_at_one_instant_take_one_queue_entry():
+    """The saving itself: 4 uploads ending together with one latency cost one queue entry, not
+    4 (the trace is checked equal above)."""
+    def entries(carry):
+        env = simpy.Environment()
+        g = nx.DiGraph()
+        for i in range(4):
+            g.add_edge(f"w{i}", "s", bandwidth_bps=8e3, latency_s=0.01)
+        net = Network(env, g)
+        net.carry = carry
+        for i in range(4):
+            net.send(Message(f"w{i}", "s", "x", 0, 1000, header_bytes=0))
+        env.run(until=1.0 + 0.001)        # every flow has ended; the deliveries are queued
+        return [(t, type(e).__name__) for t, _, _, e in env._queue if t == 1.0 + 0.01]
+    assert entries(True) == [(1.01, "_Arrivals")]
+    assert entries(False) == [(1.01, "Event")] * 4

@@ -243,6 +243,7 @@ class Network:
         self._recompute_pending = False
         self._fills: dict[tuple, tuple] = {}   # flow paths -> a remembered filling (see _fill)
         self.trace = False
+        self.carry = True    # deliveries due at one instant share a queue entry (_arrive_together)
         self.delivered: list[tuple[float, float, Message]] = []  # (send_s, arrive_s, msg) when tracing
         self.in_flight = 0
 
@@ -555,7 +556,11 @@ class Network:
                 if link.active == 0:
                     link.busy_s += self.env.now - link._busy_since
             self._sent(f.msg, f.path)
-            self._after(f.latency_s, f.start_s, f.msg, f.done)
+        if len(finished) == 1 or not self.carry:
+            for f in finished:
+                self._after(f.latency_s, f.start_s, f.msg, f.done)
+        else:
+            self._arrive_together(finished)
         self._reschedule()
 
     def _follow_schedule(self, link: Link):
@@ -584,6 +589,39 @@ class Network:
             link.messages += 1
         self.in_flight -= 1
 
+    def _arrive_together(self, finished: list[Flow]) -> None:
+        """:meth:`_after` for each of ``finished`` (flows that ended at this
+        instant, in order), with the deliveries due at one instant carried
+        by one queue entry (:class:`_Arrivals`) instead of one each: in a
+        synchronous round n uploads, or n downloads, end together and arrive
+        one latency later, and their n queue entries were a tenth of a
+        replayed round.  The entry takes the place (time, priority, id) of the
+        group's first delivery; the ids of one group's deliveries would have
+        been taken one after the other in this loop, with nothing else
+        between them at that time, so processing them in a row is SimPy's
+        own order (see _Arrivals for events scheduled while they run)."""
+        env = self.env
+        now = env._now
+        at: dict[float, list[simpy.Event]] = {}
+        for f in finished:
+            done = f.done
+            if self.trace:
+                done.callbacks.append(partial(_log_delivery, self.delivered, f.start_s, f.msg))
+            done._ok, done._value = True, f.msg
+            at.setdefault(now + (f.latency_s if f.latency_s > 0 else 0.0), []).append(done)
+        queue = env._queue
+        for f in finished:          # an entry per instant, where its first delivery's would be
+            delay = f.latency_s if f.latency_s > 0 else 0.0
+            when = now + delay
+            dones = at[when]
+            if dones[0] is not f.done:
+                continue
+            if len(dones) == 1:
+                env.schedule(f.done, simpy.events.NORMAL, delay)
+            else:
+                eid = next(env._eid)                   # as env.schedule takes it (simpy/core.py)
+                heapq.heappush(queue, (when, simpy.events.NORMAL, eid, _Arrivals(env, dones, eid)))
+
     def _after(self, latency_s: float, start_s: float, msg: Message, done: simpy.Event) -> None:
         """The last byte left the last link: ``done`` fires ``latency_s`` later."""
         env = self.env
@@ -593,6 +631,58 @@ class Network:
         # Event.succeed would (one event per message saved, as in fifo).
         done._ok, done._value = True, msg
         env.schedule(done, simpy.events.NORMAL, latency_s if latency_s > 0 else 0.0)
+
+
+def _log_delivery(log: list, start_s: float, msg: Message, ev: simpy.Event) -> None:
+    log.append((start_s, ev.env.now, msg))
+
+
+class _Arrivals(simpy.Event):
+    """One queue entry for deliveries due at one instant (Network._arrive_together):
+    processing it processes each delivery in turn, as env.step would (its
+    callbacks, then the next).  Exactly SimPy's order, also when a delivery's
+    callbacks schedule events: those come after the group's deliveries in
+    SimPy's order (they take later ids), unless they are due now with a
+    higher priority (URGENT: a process starting, an interrupt).  Then the
+    rest of the group goes back into the queue under this entry's
+    (time, priority, id), behind them.  If a callback raises, the deliveries
+    not yet processed go back the same way (and a StopSimulation, from
+    ``env.run(until=a delivery)``, leaves its event's remaining callbacks
+    rescheduled as env.step does), so a run resumed afterwards processes
+    them as SimPy would have."""
+
+    __slots__ = ("dones", "eid")
+
+    def __init__(self, env: simpy.Environment, dones: list[simpy.Event], eid: int) -> None:
+        self.env = env
+        self.callbacks = [self._process]
+        self._ok, self._value = True, None
+        self.dones, self.eid = dones, eid
+
+    def _later(self, rest: list[simpy.Event]) -> None:
+        env = self.env
+        heapq.heappush(env._queue, (env._now, simpy.events.NORMAL, self.eid, _Arrivals(env, rest, self.eid)))
+
+    def _process(self, _ev) -> None:
+        env = self.env
+        queue, now, normal = env._queue, env._now, simpy.events.NORMAL
+        dones = self.dones
+        for j, done in enumerate(dones):
+            if j and queue and queue[0][0] == now and queue[0][1] < normal:
+                self._later(dones[j:])               # an URGENT event came due now: it goes first
+                return
+            callbacks, done.callbacks = done.callbacks, None
+            callback = None
+            try:
+                for callback in callbacks:
+                    callback(done)
+            except BaseException as exc:
+                if isinstance(exc, simpy.core.StopSimulation):   # as env.step does for its event
+                    done.callbacks = callbacks[callbacks.index(callback) + 1:]
+                    env.schedule(done, simpy.events.EventPriority(-1))
+                if j + 1 < len(dones):
+                    self._later(dones[j + 1:])
+                raise
 
 
 def _latency_then_hops(u, v, data) -> float:
