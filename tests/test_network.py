@@ -661,5 +661,79 @@ def test_arrivals_at_one_instant_take_one_queue_entry():
             net.send(Message(f"w{i}", "s", "x", 0, 1000, header_bytes=0))
         env.run(until=1.0 + 0.001)        # every flow has ended; the deliveries are queued
         return [(t, type(e).__name__) for t, _, _, e in env._queue if t == 1.0 + 0.01]
-    assert entries(True) == [(1.01, "_Arrivals")]
+    assert entries(True) == [(1.01, "Batch")]
     assert entries(False) == [(1.01, "Event")] * 4
+
+
+def _timeouts_trace(batched: bool, program, until):
+    """Run ``program`` (a tree: each node a list of actions taken when its event fires) with
+    the timeouts made by sim.net.batch.Timeouts (``batched``) or env.timeout; other events,
+    processes (URGENT, due now) and raises are mixed in.  Returns every logged step."""
+    from sim.net.batch import Timeouts
+    env = simpy.Environment()
+    timeouts = Timeouts(env)
+    log = []
+
+    def proc(node, name):
+        log.append((name, "start", env.now))
+        yield env.timeout(0)
+        fire(node, name)(None)
+
+    def fire(node, name):
+        def cb(_ev):
+            log.append((name, env.now))
+            for k, (kind, delay, child) in enumerate(node):
+                if kind == "timeout":
+                    (timeouts.timeout(delay) if batched else env.timeout(delay)).callbacks.append(
+                        fire(child, f"{name}.{k}"))
+                elif kind == "other":
+                    env.timeout(delay).callbacks.append(fire(child, f"{name}.{k}o"))
+                elif kind == "process":
+                    env.process(proc(child, f"{name}.{k}p"))
+                elif kind == "raise":
+                    raise ValueError(name)
+        return cb
+
+    env.timeout(0).callbacks.append(fire(program, "root"))
+    if until is not None:
+        try:
+            env.run(until=until)
+        except ValueError as exc:
+            log.append(("raised", exc.args[0], env.now))
+        log.append(("stopped", env.now))
+    while env.peek() < float("inf"):
+        try:
+            env.run()
+        except ValueError as exc:
+            log.append(("raised", exc.args[0], env.now))
+    return log
+
+
+_PROGRAM = st.recursive(
+    st.just([]),
+    lambda kids: st.lists(st.tuples(st.sampled_from(["timeout", "timeout", "timeout", "other", "process", "raise"]),
+                                    st.sampled_from([0.0, 1.0, 2.5]), kids), max_size=4),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_PROGRAM, st.none() | st.sampled_from([0.0, 1.0, 2.5, 3.0]))
+def test_timeouts_sharing_an_entry_fire_in_simpys_exact_order(program, until):
+    """Timeouts made one after another for one instant share a queue entry only when nothing
+    was scheduled between them; every callback runs at the time and in the order it would
+    with one env.timeout each (also around other events, processes starting, raises, stops)."""
+    assert _timeouts_trace(True, program, until) == _timeouts_trace(False, program, until)
+
+
+def test_timeouts_for_one_instant_share_an_entry():
+    from sim.net.batch import Timeouts
+    env = simpy.Environment()
+    timeouts = Timeouts(env)
+    for _ in range(3):
+        timeouts.timeout(1.0)
+    env.timeout(1.0)                 # something else scheduled: the next one starts a new entry
+    timeouts.timeout(1.0)
+    assert [(t, type(e).__name__, len(getattr(e, "events", ()))) for t, _, _, e in sorted(env._queue)] == \
+        [(1.0, "Batch", 3), (1.0, "Timeout", 0), (1.0, "Batch", 1)]
+    with pytest.raises(ValueError, match="Negative delay"):
+        timeouts.timeout(-1.0)

@@ -3,6 +3,8 @@ files a full co-simulation under that network writes, byte for byte; replay is
 refused, with the reason, where timing can change the math."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from sim.study.replay import refusal, replay_results, replay_run
 from sim.study.runner import execute
 from sim.study.trace import TRACE_FILE, ReplayUnavailable, read_trace
 from sim.study.results import METRICS_COLUMNS
-from sim.study import yamlfile
+from sim.study import results, yamlfile
+import numpy as np
 
 TINY = Path(__file__).resolve().parents[1] / "scenarios" / "tiny.yaml"
 FILES = ("metrics.csv", "summary.csv", "phases.csv", "links.csv", "diagnostics.csv")
@@ -339,3 +342,17 @@ def test_every_shipped_scenario_dumps_by_sections_as_safe_dump(path):
     d = load_scenario(path, []).dump()
     assert yamlfile.dump_sections(d) == yaml.safe_dump(d, sort_keys=False)
     assert yamlfile.dump_sections(d) == yaml.safe_dump(d, sort_keys=False)     # from the remembered text
+
+
+_CELLS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
+                   st.floats().map(np.float64), st.floats(width=32).map(np.float32), st.integers(-9, 9).map(np.int64))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_CELLS, max_size=6), max_size=5))
+def test_csv_text_words_every_value_as_fmt(rows):
+    """csv_text hands plain values to csv.writer directly; the bytes are those of formatting
+    every value with _fmt first (None, numpy scalars and all)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([[results._fmt(v) for v in r] for r in rows])
+    assert results.csv_text(rows) == buf.getvalue()

@@ -38,6 +38,7 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from sim.net.batch import Batch
 from sim.net.schedule import Schedule
 from sim.net.wire import Message
 
@@ -236,7 +237,7 @@ class Network:
                 if sharing == "fair":
                     env.process(self._follow_schedule(link))
         self._routes: dict[tuple[str, str], tuple[Link, ...]] = {}
-        self._path_latency: dict[tuple[str, str], float] = {}
+        self._hops: dict[tuple[str, str], tuple[tuple[Link, ...], float]] = {}   # (src, dst) -> (route, its latency_s)
         self._flows: list[Flow] = []
         self._last_s = 0.0
         self._wakeup_version = 0
@@ -269,17 +270,18 @@ class Network:
         """Start sending ``msg`` now; the returned event fires (with the
         message as value) when its last byte reaches ``msg.dst``."""
         key = (msg.src, msg.dst)
-        path = self._routes.get(key) or self.route(msg.src, msg.dst)
+        hop = self._hops.get(key)
+        if hop is None:             # link latencies are fixed (schedules change bandwidth only)
+            path = self._routes.get(key) or self.route(msg.src, msg.dst)
+            hop = self._hops[key] = (path, sum(l.latency_s for l in path))
+        path, latency_s = hop
         env = self.env
         done = simpy.Event(env)
         self.in_flight += 1
         if self.sharing == "fifo":
             self._fifo(msg, path, done)
             return done
-        latency_s = self._path_latency.get(key)
-        if latency_s is None:       # link latencies are fixed (schedules change bandwidth only)
-            latency_s = self._path_latency[key] = sum(l.latency_s for l in path)
-        now = env.now
+        now = env._now
         if now != self._last_s:
             self._advance()
         self._flows.append(Flow(msg, path, float(msg.header_bytes + msg.payload_bytes), done, now, 0.0, latency_s))
@@ -519,9 +521,10 @@ class Network:
         flows = self._flows
         rem = getattr(self, "_rem", None)
         if rem is None:
-            finished = [f for f in flows if f.remaining_bytes <= f.rate_Bps * _EPS_S]
-            for f in finished:
-                flows.remove(f)
+            finished, left = [], []
+            for f in flows:
+                (finished if f.remaining_bytes <= f.rate_Bps * _EPS_S else left).append(f)
+            flows[:] = left
         else:
 
             rate = self._rate
@@ -550,12 +553,16 @@ class Network:
                 self._inc_link = self._inc_link[inc_keep]
                 self._rem = rem[keep]
                 self._rate = rate[keep]
-        for f in finished:
+        now = self.env._now
+        for f in finished:          # the links' accounting: active flows, busy time, bytes and messages carried
+            nbytes = f.msg.nbytes
             for link in f.path:
                 link.active -= 1
                 if link.active == 0:
-                    link.busy_s += self.env.now - link._busy_since
-            self._sent(f.msg, f.path)
+                    link.busy_s += now - link._busy_since
+                link.bytes_carried += nbytes
+                link.messages += 1
+        self.in_flight -= len(finished)
         if len(finished) == 1 or not self.carry:
             for f in finished:
                 self._after(f.latency_s, f.start_s, f.msg, f.done)
@@ -582,45 +589,37 @@ class Network:
         _FifoMessage(self, msg, path, done).hop(0, self.env.now)
 
     # -- delivery --------------------------------------------------------
-    def _sent(self, msg: Message, path: tuple[Link, ...]) -> None:
-        nbytes = msg.nbytes
-        for link in path:
-            link.bytes_carried += nbytes
-            link.messages += 1
-        self.in_flight -= 1
-
     def _arrive_together(self, finished: list[Flow]) -> None:
         """:meth:`_after` for each of ``finished`` (flows that ended at this
-        instant, in order), with the deliveries due at one instant carried
-        by one queue entry (:class:`_Arrivals`) instead of one each: in a
+        instant, in order), with the deliveries due at one instant carried by
+        one queue entry (sim/net/batch.py) instead of one each: in a
         synchronous round n uploads, or n downloads, end together and arrive
-        one latency later, and their n queue entries were a tenth of a
-        replayed round.  The entry takes the place (time, priority, id) of the
-        group's first delivery; the ids of one group's deliveries would have
+        one latency later.  The ids of one instant's deliveries would have
         been taken one after the other in this loop, with nothing else
-        between them at that time, so processing them in a row is SimPy's
-        own order (see _Arrivals for events scheduled while they run)."""
+        scheduled between them, which is what a Batch needs."""
         env = self.env
         now = env._now
+        trace = self.trace
         at: dict[float, list[simpy.Event]] = {}
+        order = []                                       # (deliveries, when, delay), by first delivery
         for f in finished:
             done = f.done
-            if self.trace:
+            if trace:
                 done.callbacks.append(partial(_log_delivery, self.delivered, f.start_s, f.msg))
             done._ok, done._value = True, f.msg
-            at.setdefault(now + (f.latency_s if f.latency_s > 0 else 0.0), []).append(done)
-        queue = env._queue
-        for f in finished:          # an entry per instant, where its first delivery's would be
             delay = f.latency_s if f.latency_s > 0 else 0.0
             when = now + delay
-            dones = at[when]
-            if dones[0] is not f.done:
-                continue
-            if len(dones) == 1:
-                env.schedule(f.done, simpy.events.NORMAL, delay)
+            group = at.get(when)
+            if group is None:
+                at[when] = group = [done]
+                order.append((group, when, delay))
             else:
-                eid = next(env._eid)                   # as env.schedule takes it (simpy/core.py)
-                heapq.heappush(queue, (when, simpy.events.NORMAL, eid, _Arrivals(env, dones, eid)))
+                group.append(done)
+        for group, when, delay in order:               # an entry where its first delivery's would be
+            if len(group) == 1:
+                env.schedule(group[0], simpy.events.NORMAL, delay)
+            else:
+                Batch.schedule(env, group, when)
 
     def _after(self, latency_s: float, start_s: float, msg: Message, done: simpy.Event) -> None:
         """The last byte left the last link: ``done`` fires ``latency_s`` later."""
@@ -635,54 +634,6 @@ class Network:
 
 def _log_delivery(log: list, start_s: float, msg: Message, ev: simpy.Event) -> None:
     log.append((start_s, ev.env.now, msg))
-
-
-class _Arrivals(simpy.Event):
-    """One queue entry for deliveries due at one instant (Network._arrive_together):
-    processing it processes each delivery in turn, as env.step would (its
-    callbacks, then the next).  Exactly SimPy's order, also when a delivery's
-    callbacks schedule events: those come after the group's deliveries in
-    SimPy's order (they take later ids), unless they are due now with a
-    higher priority (URGENT: a process starting, an interrupt).  Then the
-    rest of the group goes back into the queue under this entry's
-    (time, priority, id), behind them.  If a callback raises, the deliveries
-    not yet processed go back the same way (and a StopSimulation, from
-    ``env.run(until=a delivery)``, leaves its event's remaining callbacks
-    rescheduled as env.step does), so a run resumed afterwards processes
-    them as SimPy would have."""
-
-    __slots__ = ("dones", "eid")
-
-    def __init__(self, env: simpy.Environment, dones: list[simpy.Event], eid: int) -> None:
-        self.env = env
-        self.callbacks = [self._process]
-        self._ok, self._value = True, None
-        self.dones, self.eid = dones, eid
-
-    def _later(self, rest: list[simpy.Event]) -> None:
-        env = self.env
-        heapq.heappush(env._queue, (env._now, simpy.events.NORMAL, self.eid, _Arrivals(env, rest, self.eid)))
-
-    def _process(self, _ev) -> None:
-        env = self.env
-        queue, now, normal = env._queue, env._now, simpy.events.NORMAL
-        dones = self.dones
-        for j, done in enumerate(dones):
-            if j and queue and queue[0][0] == now and queue[0][1] < normal:
-                self._later(dones[j:])               # an URGENT event came due now: it goes first
-                return
-            callbacks, done.callbacks = done.callbacks, None
-            callback = None
-            try:
-                for callback in callbacks:
-                    callback(done)
-            except BaseException as exc:
-                if isinstance(exc, simpy.core.StopSimulation):   # as env.step does for its event
-                    done.callbacks = callbacks[callbacks.index(callback) + 1:]
-                    env.schedule(done, simpy.events.EventPriority(-1))
-                if j + 1 < len(dones):
-                    self._later(dones[j + 1:])
-                raise
 
 
 def _latency_then_hops(u, v, data) -> float:

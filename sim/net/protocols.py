@@ -19,6 +19,7 @@ import numpy as np
 import simpy
 import torch
 
+from sim.net.batch import Timeouts
 from sim.net.network import Network
 from sim.net.wire import Message
 
@@ -114,6 +115,7 @@ class ParameterServer:
     def __init__(self, env: simpy.Environment, net: Network, n: int, servers: list[str], d: int,
                  header: int, failures: Failures) -> None:
         self.env, self.net, self.n, self.servers, self.d = env, net, n, servers, d
+        self.timeouts = Timeouts(env)   # the workers' compute steps ending together share a queue entry
         self.header = header
         self.failures = failures
         self.workers = [f"w{i}" for i in range(n)]
@@ -200,7 +202,7 @@ class ParameterServer:
 
         def ready(_ev) -> None:
             out["ready"][i] = env.now
-            env.timeout(step_s).callbacks.append(computed)
+            self.timeouts.timeout(step_s).callbacks.append(computed)     # as env.timeout (sim/net/batch.py)
 
         ev = self.ready[i]
         if ev.callbacks is None:      # already processed: the worker has the parameters

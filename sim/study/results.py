@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 from pathlib import Path
 
@@ -120,10 +121,21 @@ class MemoryLines:
         return "".join(self._parts)
 
 
+_CSV_PLAIN = frozenset({float, int, str, bool})   # types csv.writer formats as _fmt does
+
+
 def csv_text(rows: list[list]) -> str:
-    """Rows of values as CSV lines (one writer for them all)."""
+    """Rows of values as CSV lines (one writer for them all), each value as :func:`_fmt`
+    words it.  When every value is a plain float, int, str or bool, csv.writer is given the
+    values themselves: it writes a float as repr(float) and anything else as str(), which
+    is _fmt (it differs for None and for float subclasses such as numpy's, which take the
+    _fmt path); the types are checked by one C-level pass (map(type, ...))."""
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([[_fmt(v) for v in values] for values in rows])
+    w = csv.writer(buf, lineterminator="\n")
+    if _CSV_PLAIN.issuperset(map(type, itertools.chain.from_iterable(rows))):
+        w.writerows(rows)
+    else:
+        w.writerows([[_fmt(v) for v in values] for values in rows])
     return buf.getvalue()
 
 
