@@ -168,6 +168,11 @@ class ParameterServer:
         and a generator, a third of a replayed round's host time."""
         env = self.env
         failures = self.failures if self.failures.intervals else None
+        one = len(self.servers) == 1
+
+        def delivered_one(_ev) -> None:
+            out["done"][i] = env.now
+            finished(True)
 
         def computed(_ev) -> None:
             if out.get("interrupted"):     # K-sync moved on: this work is dropped, nothing is sent
@@ -178,18 +183,18 @@ class ParameterServer:
                 finished()
                 return
             send, header, w = self.net.send, self.header, self.workers[i]
+            if one:                        # one server: one message, no count of deliveries left
+                ev = send(Message(w, self.servers[0], "grad", t, sizes[0], header))
+                out["sent_bytes"][i] = sizes[0] + header
+                if out.get("closed"):      # as below
+                    self._late_sent.append((out["sent_bytes"][i], out["carries"] is None or out["carries"][i]))
+                ev.callbacks.append(delivered_one)
+                return
             evs = [send(Message(w, s, "grad", t, sizes[j], header)) for j, s in enumerate(self.servers)]
             out["sent_bytes"][i] = sum(sizes) + header * len(evs)
             if out.get("closed"):          # sent after its round ended: counted with the next round
                 carry = out["carries"] is None or out["carries"][i]
                 self._late_sent.append((out["sent_bytes"][i], carry))
-            if len(evs) == 1:              # one server: no count of deliveries left
-
-                def delivered_one(_ev) -> None:
-                    out["done"][i] = env.now
-                    finished(True)
-                evs[0].callbacks.append(delivered_one)
-                return
             left = [len(evs)]
 
             def delivered(_ev) -> None:
