@@ -51,6 +51,7 @@ from sim.alloc import reuse_freed_memory  # noqa: E402
 from sim.study.config import load_scenario  # noqa: E402
 from sim.study.replay import frozen_heap, replay_run  # noqa: E402
 from sim.study.sweep import run_point  # noqa: E402
+from sim.study.yamlfile import forget_sections  # noqa: E402
 from sim.units import format as fmt  # noqa: E402
 
 SCENARIO = ROOT / "scenarios" / "quickstart.yaml"
@@ -120,6 +121,10 @@ def measure(algorithm: str, grid_n: int, full_points: int) -> dict:
     assert res["status"] == "done", res
 
     replay_s = []
+    # scenario.yaml's section texts are remembered per process (sim/study/yamlfile.py); the
+    # previous algorithm's sweep wrote the same network sections, which a sweep of its own
+    # would not have seen: start from none
+    forget_sections()
     with frozen_heap():          # as a sweep replays its points (sim/study/sweep.py)
         for i, (bw, lat) in enumerate(points):
             scn = load_scenario(SCENARIO, overrides(algorithm, bw, lat))

@@ -80,10 +80,11 @@ class Flow:
     """A message on its way under fair sharing.  A plain class with slots, not a
     dataclass: one is made per message, on the hot path of a replay."""
 
-    __slots__ = ("msg", "path", "remaining_bytes", "done", "start_s", "rate_Bps", "latency_s")
+    __slots__ = ("msg", "path", "remaining_bytes", "done", "start_s", "rate_Bps", "latency_s", "nbytes")
 
     def __init__(self, msg: Message, path: tuple[Link, ...], remaining_bytes: float, done: simpy.Event,
                  start_s: float, rate_Bps: float = 0.0, latency_s: float = 0.0) -> None:
+        self.nbytes = msg.header_bytes + msg.payload_bytes   # msg.nbytes (bytes on the wire), no property call
         self.msg = msg
         self.path = path
         self.remaining_bytes = remaining_bytes
@@ -555,7 +556,7 @@ class Network:
                 self._rate = rate[keep]
         now = self.env._now
         for f in finished:          # the links' accounting: active flows, busy time, bytes and messages carried
-            nbytes = f.msg.nbytes
+            nbytes = f.nbytes
             for link in f.path:
                 link.active -= 1
                 if link.active == 0:

@@ -157,6 +157,11 @@ def dump_sections(data: dict) -> str:
     return "".join(parts)
 
 
+def forget_sections() -> None:
+    """Drop the remembered section texts (a benchmark's sweeps start as fresh processes do)."""
+    _SECTIONS.clear()
+
+
 def _has_shared(data: Any) -> bool:
     """Whether a container (anything but a scalar) appears twice in ``data``,
     where PyYAML's representer would write an anchor and an alias."""
