@@ -68,3 +68,18 @@ class OutputError(Exception):
         self.errno = exc.errno
         self.reason = os_reason(exc)
         super().__init__(f"cannot write {self.path}: {self.reason}")
+
+
+def interrupted_by(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a KeyboardInterrupt (Ctrl-C,
+    or SIGTERM turned into one).  Ctrl-C landing inside a torch.func transform can
+    surface as a RuntimeError from functorch's own clean-up ("dynamicLayerStack"),
+    with the KeyboardInterrupt as its context: the run was interrupted, not failed."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -231,3 +231,43 @@ def test_a_lock_whose_process_is_gone_is_taken_over(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"taking over the lock of pid {dead.pid}" in err
     assert status(out) == ["done"] and not (out / ".lock").exists()
+
+
+def _raise_while_interrupted(*_a, **_k):
+    """What Ctrl-C inside a torch.func transform looked like once (a flaky run of the test
+    above): functorch's clean-up raised a RuntimeError while the KeyboardInterrupt unwound."""
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        raise RuntimeError("!dynamicLayerStack.empty() INTERNAL ASSERT FAILED") from None
+
+
+def test_interrupted_by_follows_the_exception_chain():
+    from sim.errors import interrupted_by
+    with pytest.raises(RuntimeError) as info:
+        _raise_while_interrupted()
+    assert interrupted_by(info.value) and interrupted_by(KeyboardInterrupt())
+    assert not interrupted_by(RuntimeError("a real failure")) and not interrupted_by(ValueError())
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__context__, b.__context__ = b, a          # a cycle ends the walk
+    assert not interrupted_by(a)
+
+
+def test_an_error_raised_while_ctrl_c_unwinds_is_an_interruption_not_a_failure(tmp_path, monkeypatch, capsys):
+    """run (execute) exits 130 and keeps the rows written so far; a sweep's point is
+    'interrupted' (re-run on resume), not 'failed'."""
+    import sim.study.runner as runner
+    from sim.engine import build_world
+    from sim.study.config import load_scenario
+    from sim.study.sweep import run_point
+    scn = load_scenario(TINY, ["stop.max_rounds=4"])
+    worlds = {0: build_world(scn, 0)}
+    monkeypatch.setattr(runner, "run_algorithm", _raise_while_interrupted)
+    status, rows = runner.execute(scn, worlds, tmp_path / "run", quiet=True, plots=False)
+    assert (status, rows) == (130, [])
+    assert (tmp_path / "run" / "metrics.csv").read_text().startswith("algorithm,seed,round")
+    assert "interrupted: the rows written so far are kept" in capsys.readouterr().err
+    assert run_point(str(TINY), ["stop.max_rounds=4"], True, str(tmp_path / "point")) == \
+        {"status": "interrupted", "error": ""}
+    monkeypatch.setattr(runner, "run_algorithm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("real")))
+    assert run_point(str(TINY), ["stop.max_rounds=4"], True, str(tmp_path / "p2"))["status"] == "failed"

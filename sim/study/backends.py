@@ -128,7 +128,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from sim.errors import ConfigError
+from sim.errors import ConfigError, interrupted_by
 from sim.study.rayconnect import CONNECT_TIMEOUT_S     # Ray: seconds to join a cluster or say why not
 
 BACKENDS = ("local", "ray")
@@ -206,7 +206,7 @@ def _call(fn: Callable[..., dict], args: tuple, out_dir: str, plugins: tuple = (
             load_specs(plugins)
         return fn(*args, out_dir=out_dir)
     except Exception as exc:  # noqa: BLE001 - a failing job is recorded, the others go on
-        return _failed(exc)
+        return _interrupted() if interrupted_by(exc) else _failed(exc)
 
 
 def _report(on_done: Callable[[int, dict], None], key: int, result: dict) -> None:

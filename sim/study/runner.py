@@ -16,7 +16,7 @@ import yaml
 from sim.study.config import Scenario
 from sim.engine import World, build_world, run_algorithm, summarize
 from sim.study.progress import Progress
-from sim.errors import ConfigError, OutputError, refuse_file_out
+from sim.errors import ConfigError, OutputError, interrupted_by, refuse_file_out
 from sim.study.results import RESULT_COLUMNS, CsvAppender, LineFile, MemoryLines, write_text
 from sim.study.trace import TRACE_FILE, EventRecorder, Recorder
 from sim.study import yamlfile
@@ -143,7 +143,9 @@ def execute(scn: Scenario, worlds: dict[int, World], out: Path | None, quiet: bo
                 row = summarize(result, scn.stop.target_accuracy)
                 files["summary"].append(row)
                 summaries.append(row)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not interrupted_by(exc):     # KeyboardInterrupt, or an error raised while it unwound
+            raise
         status = EXIT_INTERRUPTED
         print("\ninterrupted: the rows written so far are kept", file=sys.stderr)
     finally:

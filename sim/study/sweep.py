@@ -87,7 +87,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sim.study.config import NAME_PATTERN
-from sim.errors import ConfigError, refuse_file_out
+from sim.errors import ConfigError, interrupted_by, refuse_file_out
 from sim.study.signals import sigterm_interrupts
 from sim.study.results import SUMMARY_COLUMNS
 
@@ -262,6 +262,8 @@ def run_point(base: str, overrides: list[str], quiet: bool, out_dir: str) -> dic
     except ConfigError as exc:
         return {"status": "failed", "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a failing point is recorded, the sweep goes on
+        if interrupted_by(exc):        # Ctrl-C surfacing as another error (sim/errors.py)
+            return {"status": "interrupted", "error": ""}
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"}
 
 
