@@ -633,7 +633,7 @@ def _arrivals_trace(carry: bool, latencies, actions, stop_at=None):
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_arrivals_at_one_instant_share_an_entry_in_simpys_exact_order(data):
-    """Deliveries due at one instant are carried by one queue entry (Network._arrive_together):
+    """Deliveries due at one instant are carried by one queue entry (Network._deliver):
     the trace (every callback, its time, in order) is the one of one SimPy event per delivery,
     also when a callback starts a process (URGENT, due now), schedules more, raises, or is the
     event a run stops at."""

@@ -245,7 +245,7 @@ class Network:
         self._recompute_pending = False
         self._fills: dict[tuple, tuple] = {}   # flow paths -> a remembered filling (see _fill)
         self.trace = False
-        self.carry = True    # deliveries due at one instant share a queue entry (_arrive_together)
+        self.carry = True    # deliveries due at one instant share a queue entry (_deliver)
         self.delivered: list[tuple[float, float, Message]] = []  # (send_s, arrive_s, msg) when tracing
         self.in_flight = 0
 
@@ -564,11 +564,7 @@ class Network:
                 link.bytes_carried += nbytes
                 link.messages += 1
         self.in_flight -= len(finished)
-        if len(finished) == 1 or not self.carry:
-            for f in finished:
-                self._after(f.latency_s, f.start_s, f.msg, f.done)
-        else:
-            self._arrive_together(finished)
+        self._deliver(finished)
         self._reschedule()
 
     def _follow_schedule(self, link: Link):
@@ -590,27 +586,28 @@ class Network:
         _FifoMessage(self, msg, path, done).hop(0, self.env.now)
 
     # -- delivery --------------------------------------------------------
-    def _arrive_together(self, finished: list[Flow]) -> None:
-        """:meth:`_after` for each of ``finished`` (flows that ended at this
-        instant, in order), with the deliveries due at one instant carried by
-        one queue entry (sim/net/batch.py) instead of one each: in a
-        synchronous round n uploads, or n downloads, end together and arrive
-        one latency later.  The ids of one instant's deliveries would have
-        been taken one after the other in this loop, with nothing else
-        scheduled between them, which is what a Batch needs."""
+    def _deliver(self, finished: list[Flow]) -> None:
+        """The last bytes of ``finished`` (flows that ended at this instant, in
+        order) left their last link: each ``done`` fires its path latency
+        later, triggered directly (as a timeout and then Event.succeed would,
+        one event per message saved, as in fifo).  Deliveries due at one
+        instant share one queue entry (sim/net/batch.py; ``carry``, on unless
+        a test turns it off): in a synchronous round n uploads, or n
+        downloads, end together and arrive one latency later.  Their ids
+        would have been taken one after the other in this loop, with nothing
+        else scheduled between them, which is what a Batch needs."""
         env = self.env
         now = env._now
-        trace = self.trace
         at: dict[float, list[simpy.Event]] = {}
         order = []                                       # (deliveries, when, delay), by first delivery
         for f in finished:
             done = f.done
-            if trace:
+            if self.trace:
                 done.callbacks.append(partial(_log_delivery, self.delivered, f.start_s, f.msg))
             done._ok, done._value = True, f.msg
             delay = f.latency_s if f.latency_s > 0 else 0.0
             when = now + delay
-            group = at.get(when)
+            group = at.get(when) if self.carry else None
             if group is None:
                 at[when] = group = [done]
                 order.append((group, when, delay))
@@ -621,16 +618,6 @@ class Network:
                 env.schedule(group[0], simpy.events.NORMAL, delay)
             else:
                 Batch.schedule(env, group, when)
-
-    def _after(self, latency_s: float, start_s: float, msg: Message, done: simpy.Event) -> None:
-        """The last byte left the last link: ``done`` fires ``latency_s`` later."""
-        env = self.env
-        if self.trace:
-            done.callbacks.append(lambda _ev: self.delivered.append((start_s, env.now, msg)))
-        # Trigger ``done`` at the arrival time directly, as a timeout and then
-        # Event.succeed would (one event per message saved, as in fifo).
-        done._ok, done._value = True, msg
-        env.schedule(done, simpy.events.NORMAL, latency_s if latency_s > 0 else 0.0)
 
 
 def _log_delivery(log: list, start_s: float, msg: Message, ev: simpy.Event) -> None:
