@@ -235,8 +235,10 @@ class Trainer:
         self.buffers = world.model.buffers0(dev)   # BatchNorm running statistics kept by the server ({} if none)
         # compute.memory_budget / state_dtype (issue 15): the round in chunks of workers, or None
         plan, _ = plan_round(world, self.alg, self.theta)
-        self.chunked = None if plan.rows is None and scn.compute.state_dtype == "float32" else \
-            ChunkedRound(self.alg, self.theta, world.n, plan.rows, scn.compute.state_dtype)
+        self.chunked = None if plan.rows is None and scn.compute.state_dtype == "float32" and \
+            plan.store == "device" else ChunkedRound(self.alg, self.theta, world.n, plan.rows,
+                                                     scn.compute.state_dtype, plan.store, scn.compute.state_dir,
+                                                     plan.budget_bytes)
         self.state = self.alg.init(self.theta) if self.chunked is None else self.chunked.state
         self.upload = None
         self.new_buffers = None
@@ -292,7 +294,7 @@ class Trainer:
         chunk one batched gradient call and the chunk's worker_encode; the
         uploads are kept for update()."""
         ch, losses, sizes, carries, sends, news, nbytes = self.chunked, [], [], [], [], [], []
-        ch.payloads = []
+        ch.begin()
         for a, b in ch.chunks():
             g, loss, nb = self.grad_fn(self.theta, x[a:b], y[a:b], {k: m[a:b] for k, m in masks.items()},
                                        self.buffers)                                        # [c, d], [c]
@@ -410,11 +412,12 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
     """
     comp = world.scenario.compute
     if (getattr(cfg, "decentralized", False) or getattr(cfg, "event_driven", False)) and \
-            (comp.memory_budget is not None or comp.state_dtype != "float32"):
+            (comp.memory_budget is not None or comp.state_dtype != "float32" or comp.state_store != "auto"):
         raise ConfigError(f"algorithm {cfg.label!r} runs on the {'gossip' if getattr(cfg, 'decentralized', False) else 'event-driven'} "
-                          "engine, which does not process workers in chunks; compute.memory_budget and "
-                          "compute.state_dtype apply to the synchronous round only; allowed: leave them unset "
-                          "(state_dtype: float32) for this algorithm", field="compute.memory_budget")
+                          "engine, which does not process workers in chunks; compute.memory_budget, "
+                          "compute.state_dtype and compute.state_store apply to the synchronous round only; "
+                          "allowed: leave them unset (state_dtype: float32, state_store: auto) for this algorithm",
+                          field="compute.memory_budget")
     if getattr(cfg, "decentralized", False):         # gossip over a communication graph: sim/gossip.py
         from sim.gossip import run_gossip
         return run_gossip(world, cfg, on_row=on_row, on_round=on_round, on_phase=on_phase, on_update=on_update)
@@ -423,12 +426,16 @@ def run_algorithm(world: World, cfg: algorithms.AlgorithmConfig,
         return run_event_driven(world, cfg, on_row=on_row, on_round=on_round, on_update=on_update)
     env = simpy.Environment()
     net = Network(env, world.graph, world.scenario.network.sharing)
-    source = Trainer(world, cfg)
-    proto = source.proto = make_protocol(world.scenario, env, net, world.model.d, source.summable)
-    if record is not None:
-        source = record(source)
-    return simulate(world.scenario, env, net, proto, source, cfg.label, world.seed, world.model.d,
-                    on_row, on_round, on_phase, on_diag, wait_for=cfg.wait_for, keep_late=cfg.late == "apply")
+    trainer = source = Trainer(world, cfg)
+    try:
+        proto = source.proto = make_protocol(world.scenario, env, net, world.model.d, source.summable)
+        if record is not None:
+            source = record(source)
+        return simulate(world.scenario, env, net, proto, source, cfg.label, world.seed, world.model.d,
+                        on_row, on_round, on_phase, on_diag, wait_for=cfg.wait_for, keep_late=cfg.late == "apply")
+    finally:
+        if trainer.chunked is not None:     # a disk store's folder goes now, not when the trainer is collected
+            trainer.chunked.close()
 
 
 def simulate(scn: Scenario, env: simpy.Environment, net: Network, proto, source, label: str, seed: int,

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 from torch.utils.flop_counter import FlopCounterMode
 
 from sim.learn import cache
@@ -99,6 +99,22 @@ class _Config(BaseModel):
     state_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="how per-worker state (error feedback, local momenta) is stored between rounds; "
                                "bfloat16 halves it and rounds it each round (results differ from float32)")
+    state_store: Literal["auto", "device", "host", "disk"] = Field(
+        "auto", description="where per-worker state lives between rounds when the round runs in chunks: device; "
+                            "host (pinned memory, copied to the device chunk by chunk; on a CPU device the host "
+                            "is the device); disk (a file in state_dir, read and written chunk by chunk, with "
+                            "this round's uploads); auto: device, else host when a GPU is short (same results "
+                            "in every store, sim/learn/rowstore.py)")
+    state_dir: str | None = Field(
+        None, description="folder for the state file of state_store: disk (default: the system's temporary "
+                          "folder); it must have room for every worker's state and one round's uploads")
+
+    @model_validator(mode="after")
+    def _state_dir_for_disk(self):
+        if self.state_dir is not None and self.state_store != "disk":
+            raise ValueError(f"state_dir is the folder of state_store: disk, and state_store is "
+                             f"{self.state_store!r}; allowed: state_store: disk, or leave state_dir unset")
+        return self
 
     def speeds(self, n: int, rng: np.random.Generator) -> list[float]:
         return per_worker(self.speed, n, rng, "compute.speed")
