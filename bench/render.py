@@ -21,7 +21,7 @@ RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
 OPS = {"<=": lambda v, t: v <= t, ">=": lambda v, t: v >= t}
 ORDER = ["gradients", "compressors", "sketch", "network", "replay", "async", "gossip", "startup",
-         "sweep_threads", "flower", "memory"]
+         "sweep_threads", "flower", "memory", "memory_scale"]
 REQUIRED = ("name", "title", "command", "about", "machine", "tables", "goals", "notes")
 
 HEADER = """# Performance

@@ -40,8 +40,11 @@ def reuse_freed_memory() -> bool:
 # process was killed for memory after 800.  Applied before torch's import (as
 # run_sim.py does) the heap stayed under 3 GiB.  malloc_trim(0) hands the free
 # pages inside the heap back to the kernel (MADV_DONTNEED; glibc >= 2.8), so
-# the chunked round calls keep_within(budget) after each chunk: a trim only
-# when the resident set is above the budget, which costs nothing otherwise.
+# the chunked round calls keep_within(limit) after each chunk, with limit =
+# the budget less one chunk's bytes (sim/learn/chunked.py Plan.trim_above): a
+# trim only when the resident set is above it.  With the trim at the budget
+# itself the peak was 1.16x the budget at n = 1000 (a chunk grew the resident
+# set by up to 0.65 GiB after a trim).
 _libc = None
 
 

@@ -238,7 +238,7 @@ class Trainer:
         self.chunked = None if plan.rows is None and scn.compute.state_dtype == "float32" and \
             plan.store == "device" else ChunkedRound(self.alg, self.theta, world.n, plan.rows,
                                                      scn.compute.state_dtype, plan.store, scn.compute.state_dir,
-                                                     plan.budget_bytes)
+                                                     plan.trim_above)
         self.state = self.alg.init(self.theta) if self.chunked is None else self.chunked.state
         self.upload = None
         self.new_buffers = None

@@ -339,7 +339,7 @@ def test_a_state_dir_without_the_disk_store_is_refused_naming_the_field():
 def test_the_chunked_round_hands_freed_heap_pages_back_above_the_budget(monkeypatch, tmp_path):
     """sim/alloc.py keep_within: malloc_trim(0) only when the resident set is
     above the limit; the chunked round asks after every chunk and every decode,
-    with the plan's budget (on a CPU device)."""
+    with the plan's budget less one chunk (on a CPU device)."""
     from sim import alloc
     trims = []
 
@@ -354,6 +354,12 @@ def test_the_chunked_round_hands_freed_heap_pages_back_above_the_budget(monkeypa
     monkeypatch.setattr(chunked, "keep_within", lambda limit: asked.append(limit))
     w = world(**{"compute.state_store": "disk", "compute.state_dir": str(tmp_path), "compute.memory_budget": "1 GiB",
                  "stop.max_rounds": 2})
+    made = spy(monkeypatch, "ChunkedRound")
+    real_plan = engine.plan_round
+    plans = []
+    monkeypatch.setattr(engine, "plan_round", lambda *a: plans.append(real_plan(*a)) or plans[-1])
     engine.run_algorithm(w, config(ALGS[1]))
-    assert asked and set(asked) == {2 ** 30}
+    plan = plans[0][0]
+    assert made[0].chunks() == [(0, 20)] and plan.rows == 20
+    assert set(asked) == {2 ** 30 - 20 * plan.row_bytes} and plan.trim_above == 2 ** 30 - 20 * plan.row_bytes
     assert len(asked) == 2 * 2             # rounds x (one chunk encoded + one decoded)

@@ -84,6 +84,16 @@ class Plan:
     why: str = ""
     store: str = "device"     # where the state rows live (sim/learn/rowstore.py): device, host or disk
 
+    @property
+    def trim_above(self) -> int | None:
+        """Resident bytes above which a chunk is followed by a heap trim
+        (sim/alloc.py keep_within): the budget less one chunk's bytes, so that
+        the next chunk, which needs at most that much new memory, stays within
+        the budget.  None without a budget or chunks."""
+        if not self.budget_bytes or self.rows is None:
+            return None
+        return max(0, self.budget_bytes - self.rows * self.row_bytes)
+
 
 def min_rows(n: int) -> int:
     """No chunk smaller than one block nor than torch's intra-op threads (module docstring)."""
@@ -247,7 +257,7 @@ class ChunkedRound:
         self.store = {k: make(k, v) for k, v in state_rows(one).items()}
         self.spill = rowstore.Spill(self.folder.path, dev) if store == "disk" else None
         # on a CPU the budget is the process's memory: freed heap pages above it go back (sim/alloc.py)
-        self.limit = limit if dev.type == "cpu" else None
+        self.limit = limit if dev.type == "cpu" and limit is not None else None
         self.state = with_rows(one, {k: None for k in self.store}) if self.store else one
         self.payloads: list[tuple[int, int, object]] = []
 
@@ -274,7 +284,7 @@ class ChunkedRound:
         return upload
 
     def _trim(self) -> None:
-        if self.limit:
+        if self.limit is not None:
             keep_within(self.limit)
 
     def _payload(self, kept):
