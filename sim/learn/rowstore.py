@@ -48,24 +48,24 @@ def _bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
 
 
-def read_into(fd: int, t: torch.Tensor, offset: int) -> None:
-    """Fill the contiguous CPU tensor ``t`` with the file's bytes at ``offset``."""
+def _move(op, fd: int, t: torch.Tensor, offset: int, what: str) -> None:
+    """os.preadv or os.pwritev of all the bytes of ``t`` at ``offset``, in pieces of at most _IO_MAX."""
     mv, done = _bytes(t), 0
     while done < len(mv):
-        k = os.preadv(fd, [mv[done:done + _IO_MAX]], offset + done)
+        k = op(fd, [mv[done:done + _IO_MAX]], offset + done)
         if k <= 0:
-            raise OSError(f"state file: short read at byte {offset + done:,} (wanted {len(mv) - done:,} more)")
+            raise OSError(f"state file: short {what} at byte {offset + done:,} (wanted {len(mv) - done:,} more)")
         done += k
+
+
+def read_into(fd: int, t: torch.Tensor, offset: int) -> None:
+    """Fill the contiguous CPU tensor ``t`` with the file's bytes at ``offset``."""
+    _move(os.preadv, fd, t, offset, "read")
 
 
 def write_from(fd: int, t: torch.Tensor, offset: int) -> None:
     """Write the bytes of the contiguous CPU tensor ``t`` at ``offset``."""
-    mv, done = _bytes(t), 0
-    while done < len(mv):
-        k = os.pwritev(fd, [mv[done:done + _IO_MAX]], offset + done)
-        if k <= 0:
-            raise OSError(f"state file: short write at byte {offset + done:,}")
-        done += k
+    _move(os.pwritev, fd, t, offset, "write")
 
 
 class DeviceRows:
