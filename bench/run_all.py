@@ -37,7 +37,7 @@ BENCHES: dict[str, tuple[list[str], str | None]] = {
     "startup": (["bench_startup.py"], None),
     "sweep_threads": (["bench_sweep_threads.py"], None),
     "memory": (["bench_memory.py", "--workers", "16", "--batch", "8", "--rounds", "5", "--repeats", "2",
-                "--budget", "4 GiB"], None),
+                "--budget", "4 GiB", "--name", "memory"], None),
     # the scale, n = 1000 x ResNet-18 (44.7 GB of state): only on disk here; about 12 minutes
     "memory_scale": (["bench_memory.py", "--workers", "1000", "--batch", "4", "--rounds", "1", "--repeats", "1",
                       "--budget", "4 GiB", "--configs", "disk", "--name", "memory_scale"], None),
