@@ -47,19 +47,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim.alloc import resident_bytes, reuse_freed_memory  # noqa: E402 (imports no torch)
+
 CONFIGS = {"unchunked": [], "chunked": ["compute.memory_budget={budget}"],
            "bf16": ["compute.memory_budget={budget}", "compute.state_dtype=bfloat16"],
            "disk": ["compute.memory_budget={budget}", "compute.state_store=disk", "compute.state_dir={state_dir}"]}
 
 
-def rss_now() -> int:
-    """Resident set of this process, bytes (/proc/self/statm)."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(args) -> dict:
-    from sim.alloc import reuse_freed_memory
     reuse_freed_memory()                       # as run_sim.py does: before torch is imported (sim/alloc.py)
     import torch
     import algorithms
@@ -70,7 +65,7 @@ def child(args) -> dict:
     scn = load_scenario(ROOT / "scenarios" / "quickstart.yaml", over)
     world = build_world(scn, 0)
     cfg = algorithms.ALGORITHMS["topk_ef_sgd"](name="topk-ef", lr=0.05, ratio=0.01)
-    before = rss_now()
+    before = resident_bytes()
     tr = Trainer(world, cfg)
 
     class Sizes:                                # what the protocol would be asked (one server)
@@ -85,7 +80,7 @@ def child(args) -> dict:
 
         def traced(a, b, *rest):
             out = encode(a, b, *rest)
-            trace.append([t_now[0], a, rss_now()])
+            trace.append([t_now[0], a, resident_bytes()])
             return out
         tr.chunked.encode = traced
     everyone = [True] * world.n

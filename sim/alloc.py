@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -24,7 +25,7 @@ def reuse_freed_memory() -> bool:
     if _done:
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _c_library()
         ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_MMAP_MAX, 0))
     except (OSError, AttributeError):
         return False
@@ -48,31 +49,31 @@ def reuse_freed_memory() -> bool:
 _libc = None
 
 
+def _c_library():
+    """The C library, loaded once (OSError where there is none to load)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return _libc
+
+
 def resident_bytes() -> int | None:
     """This process's resident set (/proc/self/statm), or None where there is no /proc."""
     try:
         with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _page_size()
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _page_size() -> int:
-    import os
-    return os.sysconf("SC_PAGE_SIZE")
 
 
 def keep_within(limit_bytes: int) -> bool:
     """malloc_trim(0) when the resident set is above ``limit_bytes`` (glibc
     only); True if it trimmed."""
-    global _libc
     rss = resident_bytes()
     if rss is None or rss <= limit_bytes:
         return False
     try:
-        if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _libc.malloc_trim(0)
+        _c_library().malloc_trim(0)
     except (OSError, AttributeError):
         return False
     return True

@@ -196,8 +196,13 @@ def make_plan(scn, alg, d: int, n: int, device: torch.device, act_row: int | Non
         rows = (left // per_row) // REDUCE_ROWS * REDUCE_ROWS if left > 0 else 0
         return rows, fixed + held + least * per_row
 
+    room: list = []
+
     def host_room() -> tuple[int | None, str]:
-        return available_bytes(torch.device("cpu"))
+        """The host's free memory (read once)."""
+        if not room:
+            room.append(available_bytes(torch.device("cpu")))
+        return room[0]
 
     if store == "auto":
         store = "device"
